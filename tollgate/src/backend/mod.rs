@@ -1,0 +1,4 @@
+//! The backends, each behind its cargo feature.
+
+#[cfg(feature = "local")]
+pub mod local;
