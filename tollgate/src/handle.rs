@@ -12,7 +12,7 @@ use crate::{Error, Result, Wait};
 /// Dropping the handle releases what it holds. Drop never blocks the async runtime and never
 /// panics; a backend that must talk to a server to release does so on its own background
 /// task. Use [`Handle::release`] to wait for the release and see its errors.
-pub trait Handle: Send + Sync + 'static {
+pub trait Handle: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the hold and waits until the backend has confirmed it.
     ///
     /// Releasing consumes the handle, so a handle can never release twice, and a stale

@@ -215,7 +215,7 @@ impl Config {
             if metadata.permissions().mode() & 0o060 != 0o060 {
                 // Only the owner may chmod; for anyone else the owner already chose.
                 let _ =
-                    file.set_permissions(std::fs::Permissions::from_mode(self.file_mode.into()));
+                    file.set_permissions(std::fs::Permissions::from_mode(self.file_mode));
             }
         }
         Ok(file)

@@ -1,0 +1,319 @@
+//! The reader-writer and upgradeable reader-writer contract.
+
+use std::time::{Duration, Instant};
+
+use tollgate::{
+    Acquire, Error, Handle, ReadWriteLock, ReadWriteLockProvider, UpgradeableHandle,
+    UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider,
+};
+
+use super::support::{unique, Holder, PROMPT};
+
+const SHORT: Duration = Duration::from_millis(200);
+
+/// Polls (bounded) until a zero-wait read try fails: the sign that a writer now waits.
+async fn until_readers_turned_away<L: ReadWriteLock>(lock: &L) {
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            match lock.reader().try_acquire().await.unwrap() {
+                Some(handle) => drop(handle),
+                None => return,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a waiting writer turns new readers away");
+}
+
+pub async fn readers_share_writers_exclude<P: ReadWriteLockProvider>(provider: P) {
+    let name = unique("rw");
+    let lock = provider.read_write_lock(&name).unwrap();
+    let other = provider.read_write_lock(&name).unwrap();
+    let readers: Vec<_> = futures_join(&lock, 3).await;
+    assert!(
+        other.writer().try_acquire().await.unwrap().is_none(),
+        "writer beside readers"
+    );
+    assert!(
+        lock.writer().try_acquire().await.unwrap().is_none(),
+        "writer beside own readers"
+    );
+    drop(readers);
+    let writer = other
+        .writer()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("no readers left");
+    assert!(
+        lock.reader().try_acquire().await.unwrap().is_none(),
+        "reader beside a writer"
+    );
+    assert!(
+        lock.writer().try_acquire().await.unwrap().is_none(),
+        "two writers"
+    );
+    assert!(
+        other.writer().try_acquire().await.unwrap().is_none(),
+        "writer not re-entrant"
+    );
+    let started = Instant::now();
+    assert!(lock
+        .reader()
+        .acquire_timeout(SHORT)
+        .await
+        .unwrap_err()
+        .is_timeout());
+    assert!(started.elapsed() < Duration::from_millis(500));
+    writer.release().await.unwrap();
+    assert!(lock.reader().try_acquire().await.unwrap().is_some());
+}
+
+async fn futures_join<L: ReadWriteLock>(
+    lock: &L,
+    count: usize,
+) -> Vec<<L::Read as Acquire>::Handle> {
+    let mut handles = Vec::new();
+    for _ in 0..count {
+        handles.push(
+            lock.reader()
+                .try_acquire()
+                .await
+                .unwrap()
+                .expect("readers share"),
+        );
+    }
+    handles
+}
+
+pub async fn waiting_writer_blocks_new_readers<P>(provider: P)
+where
+    P: ReadWriteLockProvider<ReadWriteLock: Clone + 'static>,
+{
+    let name = unique("preference");
+    let lock = provider.read_write_lock(&name).unwrap();
+    let reader = lock.reader().acquire().await.unwrap();
+    let writer = tokio::spawn({
+        let lock = lock.clone();
+        async move {
+            lock.writer()
+                .acquire()
+                .await
+                .map(|handle| handle.fencing_token())
+        }
+    });
+    until_readers_turned_away(&lock).await;
+    assert!(!writer.is_finished());
+    reader.release().await.unwrap();
+    tokio::time::timeout(PROMPT, writer)
+        .await
+        .expect("writer gets in")
+        .unwrap()
+        .unwrap();
+    // The writer's handle was dropped by its task: readers are welcome again.
+    assert!(lock.reader().try_acquire().await.unwrap().is_some());
+}
+
+pub async fn cancelled_writer_lets_readers_in<P>(provider: P)
+where
+    P: ReadWriteLockProvider<ReadWriteLock: Clone + 'static>,
+{
+    let name = unique("writer-cancel");
+    let lock = provider.read_write_lock(&name).unwrap();
+    let reader = lock.reader().acquire().await.unwrap();
+    let writer = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.writer().acquire().await.map(drop) }
+    });
+    until_readers_turned_away(&lock).await;
+    writer.abort();
+    let _ = writer.await;
+    let second = tokio::time::timeout(PROMPT, lock.reader().acquire())
+        .await
+        .expect("readers admitted")
+        .unwrap();
+    drop((reader, second));
+    assert!(
+        lock.writer().try_acquire().await.unwrap().is_some(),
+        "nothing left held"
+    );
+}
+
+pub async fn reader_process_and_killed_writer<P: ReadWriteLockProvider>(provider: P, url: String) {
+    let name = unique("rw-processes");
+    let lock = provider.read_write_lock(&name).unwrap();
+    let mut reader = Holder::start(&url, "read", &name).await;
+    reader.held().await;
+    assert!(
+        lock.reader().try_acquire().await.unwrap().is_some(),
+        "readers share across processes"
+    );
+    assert!(lock.writer().try_acquire().await.unwrap().is_none());
+    reader.release().await;
+    let mut writer = Holder::start(&url, "write", &name).await;
+    writer.held().await;
+    assert!(lock.reader().try_acquire().await.unwrap().is_none());
+    writer.kill().await;
+    let read = tokio::time::timeout(PROMPT, lock.reader().acquire())
+        .await
+        .expect("killed writer frees")
+        .unwrap();
+    drop(read);
+}
+
+pub async fn upgradeable_rules<P>(provider: P)
+where
+    P: UpgradeableReadWriteLockProvider<UpgradeableReadWriteLock: Clone + 'static>,
+{
+    let name = unique("upgradeable");
+    let lock = provider.upgradeable_read_write_lock(&name).unwrap();
+    let mut upgradeable = lock.upgradeable_reader().acquire().await.unwrap();
+    assert!(!upgradeable.is_upgraded());
+    // Coexists with readers; excludes writers and other upgradeable readers.
+    let reader = lock
+        .reader()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("reader beside upgradeable");
+    assert!(
+        lock.upgradeable_reader()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "two upgradeable"
+    );
+    assert!(
+        lock.writer().try_acquire().await.unwrap().is_none(),
+        "writer beside upgradeable"
+    );
+    // The upgrade waits for the reader.
+    assert!(!upgradeable.try_upgrade().await.unwrap());
+    let started = Instant::now();
+    assert!(upgradeable
+        .upgrade_timeout(SHORT)
+        .await
+        .unwrap_err()
+        .is_timeout());
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(!upgradeable.is_upgraded());
+    // A failed upgrade leaves the read hold working for other readers.
+    let second_reader = lock
+        .reader()
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("readers still admitted");
+    drop(second_reader);
+    let upgrade = tokio::spawn(async move {
+        upgradeable.upgrade().await.unwrap();
+        upgradeable
+    });
+    until_readers_turned_away(&lock).await;
+    reader.release().await.unwrap();
+    let mut upgraded = tokio::time::timeout(PROMPT, upgrade)
+        .await
+        .expect("upgrade completes")
+        .unwrap();
+    assert!(upgraded.is_upgraded());
+    assert!(
+        lock.reader().try_acquire().await.unwrap().is_none(),
+        "reader beside a writer"
+    );
+    assert!(lock.writer().try_acquire().await.unwrap().is_none());
+    // Only once.
+    assert!(matches!(
+        upgraded.upgrade().await,
+        Err(Error::InvalidArgument(_))
+    ));
+    upgraded.release().await.unwrap();
+    assert!(
+        lock.writer().try_acquire().await.unwrap().is_some(),
+        "nothing left held"
+    );
+}
+
+pub async fn cancelled_upgrade_keeps_read_hold<P>(provider: P)
+where
+    P: UpgradeableReadWriteLockProvider<UpgradeableReadWriteLock: Clone + 'static>,
+{
+    let name = unique("upgrade-cancel");
+    let lock = provider.upgradeable_read_write_lock(&name).unwrap();
+    let mut upgradeable = lock.upgradeable_reader().acquire().await.unwrap();
+    let reader = lock.reader().acquire().await.unwrap();
+    assert!(tokio::time::timeout(SHORT, upgradeable.upgrade())
+        .await
+        .is_err());
+    // Readers are admitted again, the upgradeable hold still excludes writers.
+    let second = tokio::time::timeout(PROMPT, lock.reader().acquire())
+        .await
+        .expect("readers admitted")
+        .unwrap();
+    assert!(lock.writer().try_acquire().await.unwrap().is_none());
+    assert!(lock
+        .upgradeable_reader()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    drop((reader, second));
+    assert!(
+        upgradeable.try_upgrade().await.unwrap(),
+        "upgrade once readers are gone"
+    );
+    drop(upgradeable);
+    assert!(lock
+        .upgradeable_reader()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_some());
+}
+
+/// Runs the reader-writer cases, plus the mutex suite on the write side.
+#[macro_export]
+macro_rules! read_write_suite {
+    ($provider:expr, $url:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn readers_share_writers_exclude() {
+            $crate::conformance::rw::readers_share_writers_exclude($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn waiting_writer_blocks_new_readers() {
+            $crate::conformance::rw::waiting_writer_blocks_new_readers($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn cancelled_writer_lets_readers_in() {
+            $crate::conformance::rw::cancelled_writer_lets_readers_in($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn reader_process_and_killed_writer() {
+            $crate::conformance::rw::reader_process_and_killed_writer($provider, $url).await;
+        }
+        mod write_as_mutex {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::mutex_suite!($crate::conformance::support::Writers {
+                provider: $provider,
+                url: $url
+            });
+        }
+    };
+}
+
+/// Runs the upgradeable reader-writer cases.
+#[macro_export]
+macro_rules! upgradeable_suite {
+    ($provider:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn upgradeable_rules() {
+            $crate::conformance::rw::upgradeable_rules($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn cancelled_upgrade_keeps_read_hold() {
+            $crate::conformance::rw::cancelled_upgrade_keeps_read_hold($provider).await;
+        }
+    };
+}

@@ -1,0 +1,263 @@
+//! The local backend: the shared conformance suite, plus what only this backend has (file
+//! names on disk, permissions, I/O errors, URLs, the blocking API).
+
+mod conformance;
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tollgate::blocking::Blocking;
+use tollgate::local::{lock_file_name, LocalProvider};
+use tollgate::{
+    Acquire, AnyProvider, Error, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider,
+    SemaphoreProvider, UpgradeableHandle, UpgradeableReadWriteLock,
+    UpgradeableReadWriteLockProvider, Wait,
+};
+
+use conformance::support::{unique, Locks};
+
+holder_entry!();
+
+/// One lock directory for this test binary and the holder processes it starts.
+fn directory() -> PathBuf {
+    static DIRECTORY: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIRECTORY
+        .get_or_init(|| tempfile::tempdir().expect("temporary directory"))
+        .path()
+        .to_owned()
+}
+
+fn provider() -> LocalProvider {
+    LocalProvider::with_directory(directory()).expect("local provider")
+}
+
+fn url() -> String {
+    format!("file://{}", directory().display())
+}
+
+mod lock {
+    use super::*;
+    mutex_suite!(Locks {
+        provider: provider(),
+        url: url()
+    });
+}
+
+mod lock_through_any_provider {
+    use super::*;
+    mutex_suite!(Locks {
+        provider: AnyProvider::from_url(&url()).unwrap(),
+        url: url()
+    });
+}
+
+mod semaphore {
+    use super::*;
+    semaphore_suite!(provider(), url());
+}
+
+mod read_write {
+    use super::*;
+    read_write_suite!(provider(), url());
+    upgradeable_suite!(provider());
+}
+
+mod read_write_through_any_provider {
+    use super::*;
+    upgradeable_suite!(AnyProvider::from_url(&url()).unwrap());
+}
+
+#[tokio::test]
+async fn lock_files_use_distributed_lock_names_and_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = LocalProvider::with_directory(dir.path()).unwrap();
+    let lock = provider.lock("ABC").unwrap();
+    assert_eq!(
+        lock.path(),
+        dir.path().join("ABCZJ4QR6TVN4A3KMGQ4BUKHOWQYFRLXSB3.lock")
+    );
+    assert_eq!(lock_file_name(""), "P6AD62YPPHO33YTKIBUM5WBQHQVBCSXA.lock");
+    lock.acquire().await.unwrap().release().await.unwrap();
+    // Deleting lock files on release breaks exclusion (the inode race): they stay.
+    assert!(lock.path().exists());
+    let semaphore = provider.semaphore("ABC", 2).unwrap();
+    let rw = provider.read_write_lock("ABC").unwrap();
+    let (_a, _b, _c) = (
+        semaphore.acquire().await.unwrap(),
+        rw.writer().acquire().await.unwrap(),
+        lock.acquire().await.unwrap(),
+    );
+    assert!(dir
+        .path()
+        .join("semaphore")
+        .join(lock_file_name("ABC"))
+        .exists());
+    assert!(dir.path().join("rw").join(lock_file_name("ABC")).exists());
+}
+
+#[tokio::test]
+async fn files_are_owner_only_unless_group_access() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let private = LocalProvider::with_directory(dir.path().join("private")).unwrap();
+    let lock = private.lock("x").unwrap();
+    drop(lock.acquire().await.unwrap());
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(lock.path()), 0o600);
+    assert_eq!(mode(private.directory()), 0o700);
+
+    let shared = LocalProvider::builder()
+        .directory(dir.path().join("shared"))
+        .group_access(true)
+        .build()
+        .unwrap();
+    let lock = shared.lock("x").unwrap();
+    drop(lock.acquire().await.unwrap());
+    assert_eq!(mode(lock.path()), 0o660);
+    let from_url = LocalProvider::from_url(&format!(
+        "file://{}?group=true",
+        dir.path().join("url").display()
+    ))
+    .unwrap();
+    let lock = from_url.lock("x").unwrap();
+    drop(lock.acquire().await.unwrap());
+    assert_eq!(mode(lock.path()), 0o660);
+}
+
+#[tokio::test]
+async fn io_errors_are_errors_not_busy() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = LocalProvider::with_directory(dir.path()).unwrap();
+    let lock = provider.lock("in the way").unwrap();
+    std::fs::create_dir(lock.path()).unwrap();
+    for result in [
+        lock.try_acquire().await.map(drop),
+        lock.acquire().await.map(drop),
+    ] {
+        match result {
+            Err(error @ Error::Backend { .. }) => {
+                assert!(error.to_string().contains("lock file"), "{error}")
+            }
+            other => panic!("a directory in the way is an error, got {other:?}"),
+        }
+    }
+    // A lock directory that is a regular file.
+    let file = dir.path().join("plain-file");
+    std::fs::write(&file, b"").unwrap();
+    let error = LocalProvider::with_directory(&file).unwrap_err();
+    assert!(error.is_backend(), "{error}");
+}
+
+#[tokio::test]
+async fn replaced_lock_file_is_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = LocalProvider::with_directory(dir.path()).unwrap();
+    let lock = provider.lock("replaced").unwrap();
+    drop(lock.acquire().await.unwrap());
+    // Someone deletes the file between holders: the next holder locks the new file, and a
+    // contender that opens the path afresh sees it held.
+    std::fs::remove_file(lock.path()).unwrap();
+    let held = lock.acquire().await.unwrap();
+    assert!(lock.path().exists());
+    assert!(provider
+        .lock("replaced")
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    drop(held);
+}
+
+#[test]
+fn urls() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    assert_eq!(
+        LocalProvider::from_url(&url).unwrap().directory(),
+        dir.path()
+    );
+    assert_eq!(AnyProvider::from_url(&url).unwrap().backend(), "local");
+    assert!(AnyProvider::from_url("local:").is_ok());
+    for bad in [
+        "",
+        "nonsense",
+        "zz://host/x",
+        "local:/some/path",
+        "file://elsewhere/tmp/x",
+        &format!("{url}?bogus=1"),
+        &format!("{url}?group=maybe"),
+    ] {
+        match AnyProvider::from_url(bad) {
+            Err(Error::InvalidArgument(message)) => assert!(!message.is_empty()),
+            other => panic!("{bad:?} should be an invalid argument, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn blocking_api_outside_a_runtime() {
+    let provider = provider();
+    let name = unique("blocking");
+    let lock = Blocking::new(provider.lock(&name).unwrap());
+    let held = lock.acquire().unwrap();
+    assert!(held.fencing_token().is_some());
+    assert!(lock.try_acquire().unwrap().is_none());
+    let started = std::time::Instant::now();
+    assert!(lock
+        .acquire_timeout(Duration::from_millis(200))
+        .unwrap_err()
+        .is_timeout());
+    assert!(started.elapsed() < Duration::from_millis(500));
+    held.release().unwrap();
+    assert!(lock.try_acquire_timeout(Duration::ZERO).unwrap().is_some());
+
+    let semaphore = Blocking::new(provider.semaphore(&name, 2).unwrap());
+    let tickets = (semaphore.acquire().unwrap(), semaphore.acquire().unwrap());
+    assert!(semaphore.try_acquire().unwrap().is_none());
+    drop(tickets);
+
+    let rw = provider.upgradeable_read_write_lock(&name).unwrap();
+    let mut upgradeable = Blocking::new(rw.upgradeable_reader()).acquire().unwrap();
+    let reader = Blocking::new(rw.reader()).acquire().unwrap();
+    assert!(!upgradeable.upgrade_wait(Wait::NO_WAIT).unwrap());
+    drop(reader);
+    upgradeable.upgrade().unwrap();
+    assert!(upgradeable.is_upgraded());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn blocking_api_inside_a_runtime_does_not_hang() {
+    let provider = provider();
+    let name = unique("blocking-in-runtime");
+    let lock = Blocking::new(provider.lock(&name).unwrap());
+    let held = lock.acquire().unwrap();
+    assert!(lock
+        .acquire_timeout(Duration::from_millis(100))
+        .unwrap_err()
+        .is_timeout());
+    held.release().unwrap();
+}
+
+#[tokio::test]
+async fn upgrade_of_any_handle_and_fencing() {
+    let provider = AnyProvider::from_url(&url()).unwrap();
+    let rw = provider.read_write_lock(&unique("any-upgrade")).unwrap();
+    let first = rw
+        .writer()
+        .acquire()
+        .await
+        .unwrap()
+        .fencing_token()
+        .expect("writers get tokens");
+    let mut upgradeable = rw.upgradeable_reader().acquire().await.unwrap();
+    assert_eq!(upgradeable.fencing_token(), None);
+    upgradeable.upgrade().await.unwrap();
+    let second = upgradeable
+        .fencing_token()
+        .expect("an upgraded hold gets a token");
+    assert!(second > first);
+    assert!(!upgradeable.can_detect_loss());
+}
