@@ -19,6 +19,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 trait ErasedHandle: Send + Sync + 'static {
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+    fn name(&self) -> &str;
     fn loss_signal(&self) -> LossSignal;
     fn fencing_token(&self) -> Option<u64>;
 }
@@ -26,6 +27,9 @@ trait ErasedHandle: Send + Sync + 'static {
 impl<H: Handle> ErasedHandle for H {
     fn release(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(Handle::release(*self))
+    }
+    fn name(&self) -> &str {
+        Handle::name(self)
     }
     fn loss_signal(&self) -> LossSignal {
         Handle::loss_signal(self)
@@ -71,6 +75,9 @@ impl Handle for AnyHandle {
     fn release(self) -> impl Future<Output = Result<()>> + Send {
         self.0.release()
     }
+    fn name(&self) -> &str {
+        self.0.name()
+    }
     fn loss_signal(&self) -> LossSignal {
         self.0.loss_signal()
     }
@@ -101,6 +108,9 @@ impl Handle for AnyUpgradeableHandle {
     fn release(self) -> impl Future<Output = Result<()>> + Send {
         let upcast: Box<dyn ErasedHandle> = self.0;
         upcast.release()
+    }
+    fn name(&self) -> &str {
+        self.0.name()
     }
     fn loss_signal(&self) -> LossSignal {
         self.0.loss_signal()

@@ -25,6 +25,9 @@ pub trait Handle: Send + Sync + std::fmt::Debug + 'static {
     where
         Self: Sized;
 
+    /// The name of the primitive this hold is on.
+    fn name(&self) -> &str;
+
     /// The signal that fires if this hold is lost while held.
     fn loss_signal(&self) -> LossSignal;
 

@@ -5,6 +5,7 @@
 //! use std::time::Duration;
 //! use tollgate::{Acquire, SemaphoreProvider};
 //!
+//! # #[cfg(feature = "local")]
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> tollgate::Result<()> {
 //! # let dir = tempfile::tempdir().unwrap();
@@ -15,6 +16,8 @@
 //! drop(ticket); // gives it back
 //! # Ok(())
 //! # }
+//! # #[cfg(not(feature = "local"))]
+//! # fn main() {}
 //! ```
 //!
 //! - The contract is in [`primitive`] (what can be acquired, and how) and [`handle`] (what a
@@ -44,3 +47,8 @@ pub use primitive::{
     check_max_count, Acquire, Lock, LockProvider, ReadWriteLock, ReadWriteLockProvider, Semaphore,
     SemaphoreProvider, UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider, Wait,
 };
+
+/// The README's examples, compiled as doc tests.
+#[cfg(all(doctest, feature = "local"))]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

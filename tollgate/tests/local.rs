@@ -1,5 +1,6 @@
 //! The local backend: the shared conformance suite, plus what only this backend has (file
 //! names on disk, permissions, I/O errors, URLs, the blocking API).
+#![cfg(feature = "local")]
 
 mod conformance;
 

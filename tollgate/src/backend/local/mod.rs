@@ -214,8 +214,7 @@ impl Config {
                 .map_err(|error| io_error("cannot inspect", path, error))?;
             if metadata.permissions().mode() & 0o060 != 0o060 {
                 // Only the owner may chmod; for anyone else the owner already chose.
-                let _ =
-                    file.set_permissions(std::fs::Permissions::from_mode(self.file_mode));
+                let _ = file.set_permissions(std::fs::Permissions::from_mode(self.file_mode));
             }
         }
         Ok(file)
@@ -456,6 +455,7 @@ impl Named {
 /// (two system calls, no blocking); the kernel releases it if the process dies.
 #[derive(Debug)]
 pub struct LocalHandle {
+    named: Arc<Named>,
     _held: HeldFile,
     fencing_token: Option<u64>,
 }
@@ -464,6 +464,10 @@ impl Handle for LocalHandle {
     async fn release(self) -> Result<()> {
         drop(self);
         Ok(())
+    }
+
+    fn name(&self) -> &str {
+        &self.named.name
     }
 
     /// Local holds are kernel-held and cannot be lost while the process lives.
@@ -510,6 +514,7 @@ impl Acquire for LocalLock {
         };
         let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
+            named: self.named.clone(),
             _held: held,
             fencing_token,
         }))
@@ -553,6 +558,7 @@ impl Acquire for LocalSemaphore {
             })
             .await?;
         Ok(taken.map(|(held, ())| LocalHandle {
+            named: self.named.clone(),
             _held: held,
             fencing_token: None,
         }))
@@ -645,6 +651,7 @@ impl Acquire for LocalReader {
             .acquire(wait, |file, (): &mut ()| read_step(file))
             .await?;
         Ok(taken.map(|(held, ())| LocalHandle {
+            named: self.named.clone(),
             _held: held,
             fencing_token: None,
         }))
@@ -694,6 +701,7 @@ impl Acquire for LocalWriter {
         };
         let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
+            named: self.named.clone(),
             _held: held,
             fencing_token,
         }))
@@ -746,6 +754,10 @@ impl Handle for LocalUpgradeableHandle {
     async fn release(self) -> Result<()> {
         drop(self);
         Ok(())
+    }
+
+    fn name(&self) -> &str {
+        &self.named.name
     }
 
     /// Local holds are kernel-held and cannot be lost while the process lives.
