@@ -192,11 +192,10 @@ where
     // The upgrade waits for the reader.
     assert!(!upgradeable.try_upgrade().await.unwrap());
     let started = Instant::now();
-    assert!(upgradeable
-        .upgrade_timeout(SHORT)
-        .await
-        .unwrap_err()
-        .is_timeout());
+    match upgradeable.upgrade_timeout(SHORT).await {
+        Err(Error::Timeout { name: reported, .. }) => assert_eq!(reported, name),
+        other => panic!("expected an upgrade timeout, got {other:?}"),
+    }
     assert!(started.elapsed() < Duration::from_millis(500));
     assert!(!upgradeable.is_upgraded());
     // A failed upgrade leaves the read hold working for other readers.
