@@ -91,7 +91,7 @@ pub trait UpgradeableHandle: Handle {
             match self.upgrade_wait(Wait::AtMost(timeout)).await? {
                 true => Ok(()),
                 false => Err(Error::Timeout {
-                    name: String::from("upgrade"),
+                    name: self.name().to_owned(),
                     timeout,
                 }),
             }
