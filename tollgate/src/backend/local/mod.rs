@@ -230,7 +230,7 @@ impl Config {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 enum Kind {
     Lock,
     Semaphore,
@@ -309,6 +309,7 @@ impl LocalProvider {
     fn primitive(&self, kind: Kind, name: &str) -> Arc<Named> {
         Arc::new(Named {
             name: name.to_owned(),
+            kind,
             path: self.config.path(kind, name),
             config: self.config.clone(),
         })
@@ -318,6 +319,7 @@ impl LocalProvider {
 #[derive(Debug)]
 struct Named {
     name: String,
+    kind: Kind,
     path: PathBuf,
     config: Arc<Config>,
 }
@@ -327,13 +329,18 @@ struct Named {
 #[derive(Debug)]
 struct HeldFile {
     file: File,
+    kind: Kind,
 }
 
 impl Drop for HeldFile {
     fn drop(&mut self) {
-        // Both may fail with "nothing held"; the close releases everything regardless.
-        let _ = sys::flock_unlock(&self.file);
-        let _ = sys::try_range(&self.file, Range::Unlock, 0, 0);
+        // May fail with "nothing held"; the close releases everything regardless.
+        let _ = match self.kind {
+            Kind::Lock => sys::flock_unlock(&self.file),
+            Kind::Semaphore | Kind::ReadWrite => {
+                sys::try_range(&self.file, Range::Unlock, 0, 0).map(drop)
+            }
+        };
     }
 }
 
@@ -422,6 +429,7 @@ impl Named {
                 None => attempt.insert((
                     HeldFile {
                         file: self.config.open(&self.path)?,
+                        kind: self.kind,
                     },
                     S::default(),
                 )),
