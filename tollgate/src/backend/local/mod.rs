@@ -25,6 +25,9 @@
 //! Layout: locks at `DIR/<file name>`, semaphores at `DIR/semaphore/<file name>` and
 //! reader-writer locks at `DIR/rw/<file name>`.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!("tollgate's local backend needs Linux (open-file-description locks and inotify)");
+
 mod name;
 mod sys;
 mod watch;
@@ -464,7 +467,7 @@ impl Named {
 #[derive(Debug)]
 pub struct LocalHandle {
     named: Arc<Named>,
-    _held: HeldFile,
+    held: HeldFile,
     fencing_token: Option<u64>,
 }
 
@@ -523,7 +526,7 @@ impl Acquire for LocalLock {
         let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
             named: self.named.clone(),
-            _held: held,
+            held,
             fencing_token,
         }))
     }
@@ -567,7 +570,7 @@ impl Acquire for LocalSemaphore {
             .await?;
         Ok(taken.map(|(held, ())| LocalHandle {
             named: self.named.clone(),
-            _held: held,
+            held,
             fencing_token: None,
         }))
     }
@@ -660,7 +663,7 @@ impl Acquire for LocalReader {
             .await?;
         Ok(taken.map(|(held, ())| LocalHandle {
             named: self.named.clone(),
-            _held: held,
+            held,
             fencing_token: None,
         }))
     }
@@ -710,7 +713,7 @@ impl Acquire for LocalWriter {
         let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
             named: self.named.clone(),
-            _held: held,
+            held,
             fencing_token,
         }))
     }
@@ -743,9 +746,11 @@ impl Acquire for LocalUpgradeableReader {
             })
             .await?;
         Ok(taken.map(|(held, _)| LocalUpgradeableHandle {
-            named: self.named.clone(),
-            held,
-            fencing_token: None,
+            handle: LocalHandle {
+                named: self.named.clone(),
+                held,
+                fencing_token: None,
+            },
         }))
     }
 }
@@ -753,29 +758,26 @@ impl Acquire for LocalUpgradeableReader {
 /// An upgradeable read hold; [`UpgradeableHandle::upgrade`] turns it into the write hold.
 #[derive(Debug)]
 pub struct LocalUpgradeableHandle {
-    named: Arc<Named>,
-    held: HeldFile,
-    fencing_token: Option<u64>,
+    /// The hold; its fencing token is set by the upgrade.
+    handle: LocalHandle,
 }
 
 impl Handle for LocalUpgradeableHandle {
     async fn release(self) -> Result<()> {
-        drop(self);
-        Ok(())
+        self.handle.release().await
     }
 
     fn name(&self) -> &str {
-        &self.named.name
+        self.handle.name()
     }
 
-    /// Local holds are kernel-held and cannot be lost while the process lives.
     fn loss_signal(&self) -> LossSignal {
-        LossSignal::undetectable()
+        self.handle.loss_signal()
     }
 
     /// Set once upgraded: the write hold's token.
     fn fencing_token(&self) -> Option<u64> {
-        self.fencing_token
+        self.handle.fencing_token
     }
 }
 
@@ -802,14 +804,15 @@ impl UpgradeableHandle for LocalUpgradeableHandle {
     /// # Cancel safety
     /// Cancel-safe: a dropped future reopens the gate; the upgradeable read hold stays.
     async fn upgrade_wait(&mut self, wait: Wait) -> Result<bool> {
-        if self.fencing_token.is_some() {
+        let handle = &mut self.handle;
+        if handle.fencing_token.is_some() {
             return Err(Error::invalid(format!(
                 "{:?} is already upgraded",
-                self.named.name
+                handle.named.name
             )));
         }
-        let file = &self.held.file;
-        let path = &self.named.path;
+        let file = &handle.held.file;
+        let path = &handle.named.path;
         let lock_error = |error: io::Error| io_error("cannot lock", path, error);
         // No one else can hold the gate: writers take the upgrade range first, and we have it.
         if !sys::try_range(file, Range::Exclusive, GATE, 1).map_err(lock_error)? {
@@ -830,12 +833,12 @@ impl UpgradeableHandle for LocalUpgradeableHandle {
         }
         guard.armed = false;
         drop(guard);
-        self.fencing_token = Some(self.named.fencing_token(&self.held)?);
+        handle.fencing_token = Some(handle.named.fencing_token(&handle.held)?);
         Ok(true)
     }
 
     fn is_upgraded(&self) -> bool {
-        self.fencing_token.is_some()
+        self.handle.fencing_token.is_some()
     }
 }
 
