@@ -18,7 +18,8 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use tokio::sync::watch;
 
-const EVENTS: u32 = libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB;
+const EVENTS: u32 =
+    libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB | libc::IN_DONT_FOLLOW;
 const IDLE_EXIT_MS: libc::c_int = 5_000;
 
 struct Watcher {
