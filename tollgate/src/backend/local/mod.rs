@@ -35,7 +35,7 @@ mod watch;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::{
@@ -442,7 +442,7 @@ impl Named {
             if !complete {
                 return Ok(None);
             }
-            let current = sys::is_current(&held.file, &self.path)
+            let current = sys::is_linked(&held.file)
                 .map_err(|error| io_error("cannot inspect", &self.path, error))?;
             if current {
                 return Ok(attempt.take());
@@ -455,11 +455,6 @@ impl Named {
             io::Error::other("lock file replaced while locking"),
         ))
     }
-
-    fn fencing_token(&self, held: &HeldFile) -> Result<u64> {
-        sys::next_fencing_token(&held.file)
-            .map_err(|error| io_error("cannot write the fencing token to", &self.path, error))
-    }
 }
 
 /// A held local lock, semaphore ticket, or read or write hold. Dropping it releases at once
@@ -468,7 +463,8 @@ impl Named {
 pub struct LocalHandle {
     named: Arc<Named>,
     held: HeldFile,
-    fencing_token: Option<u64>,
+    /// For exclusive holds: the token, drawn on first request.
+    fencing: Option<OnceLock<Option<u64>>>,
 }
 
 impl Handle for LocalHandle {
@@ -486,8 +482,19 @@ impl Handle for LocalHandle {
         LossSignal::undetectable()
     }
 
+    /// Locks and write holds give tokens; semaphore tickets and read holds do not. The
+    /// token is drawn from a counter in the lock file on the first call (so holders that never
+    /// ask cost nothing), and is strictly greater than any token an earlier holder drew.
+    /// `None` also if the counter cannot be written, which is logged.
     fn fencing_token(&self) -> Option<u64> {
-        self.fencing_token
+        let cell = self.fencing.as_ref()?;
+        *cell.get_or_init(|| match sys::next_fencing_token(&self.held.file) {
+            Ok(token) => Some(token),
+            Err(error) => {
+                tracing::warn!(path = %self.named.path.display(), %error, "cannot draw a fencing token");
+                None
+            }
+        })
     }
 }
 
@@ -523,11 +530,10 @@ impl Acquire for LocalLock {
         else {
             return Ok(None);
         };
-        let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
             named: self.named.clone(),
             held,
-            fencing_token,
+            fencing: Some(OnceLock::new()),
         }))
     }
 }
@@ -571,7 +577,7 @@ impl Acquire for LocalSemaphore {
         Ok(taken.map(|(held, ())| LocalHandle {
             named: self.named.clone(),
             held,
-            fencing_token: None,
+            fencing: None,
         }))
     }
 }
@@ -664,7 +670,7 @@ impl Acquire for LocalReader {
         Ok(taken.map(|(held, ())| LocalHandle {
             named: self.named.clone(),
             held,
-            fencing_token: None,
+            fencing: None,
         }))
     }
 }
@@ -710,11 +716,10 @@ impl Acquire for LocalWriter {
         let Some((held, _)) = taken else {
             return Ok(None);
         };
-        let fencing_token = Some(self.named.fencing_token(&held)?);
         Ok(Some(LocalHandle {
             named: self.named.clone(),
             held,
-            fencing_token,
+            fencing: Some(OnceLock::new()),
         }))
     }
 }
@@ -749,8 +754,9 @@ impl Acquire for LocalUpgradeableReader {
             handle: LocalHandle {
                 named: self.named.clone(),
                 held,
-                fencing_token: None,
+                fencing: None,
             },
+            upgraded: false,
         }))
     }
 }
@@ -758,8 +764,9 @@ impl Acquire for LocalUpgradeableReader {
 /// An upgradeable read hold; [`UpgradeableHandle::upgrade`] turns it into the write hold.
 #[derive(Debug)]
 pub struct LocalUpgradeableHandle {
-    /// The hold; its fencing token is set by the upgrade.
+    /// The hold; it gets a fencing token by the upgrade.
     handle: LocalHandle,
+    upgraded: bool,
 }
 
 impl Handle for LocalUpgradeableHandle {
@@ -775,9 +782,9 @@ impl Handle for LocalUpgradeableHandle {
         self.handle.loss_signal()
     }
 
-    /// Set once upgraded: the write hold's token.
+    /// Once upgraded: the write hold's token.
     fn fencing_token(&self) -> Option<u64> {
-        self.handle.fencing_token
+        self.handle.fencing_token()
     }
 }
 
@@ -804,13 +811,13 @@ impl UpgradeableHandle for LocalUpgradeableHandle {
     /// # Cancel safety
     /// Cancel-safe: a dropped future reopens the gate; the upgradeable read hold stays.
     async fn upgrade_wait(&mut self, wait: Wait) -> Result<bool> {
-        let handle = &mut self.handle;
-        if handle.fencing_token.is_some() {
+        if self.upgraded {
             return Err(Error::invalid(format!(
                 "{:?} is already upgraded",
-                handle.named.name
+                self.handle.named.name
             )));
         }
+        let handle = &mut self.handle;
         let file = &handle.held.file;
         let path = &handle.named.path;
         let lock_error = |error: io::Error| io_error("cannot lock", path, error);
@@ -833,12 +840,13 @@ impl UpgradeableHandle for LocalUpgradeableHandle {
         }
         guard.armed = false;
         drop(guard);
-        handle.fencing_token = Some(handle.named.fencing_token(&handle.held)?);
+        handle.fencing = Some(OnceLock::new());
+        self.upgraded = true;
         Ok(true)
     }
 
     fn is_upgraded(&self) -> bool {
-        self.handle.fencing_token.is_some()
+        self.upgraded
     }
 }
 

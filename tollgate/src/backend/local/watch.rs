@@ -5,8 +5,12 @@
 //! the file), and the kernel closes the descriptors of a process that dies. Each of those
 //! produces an inotify event on the lock file, so waiters retry exactly when something may
 //! have changed instead of sleeping and polling. The thread is runtime-independent, so it
-//! serves every tokio runtime of the process and the blocking API alike; it exits after a
-//! few idle seconds without watches and is started again when needed.
+//! serves every tokio runtime of the process and the blocking API alike.
+//!
+//! A watch nobody uses any more is removed by the thread a few seconds later rather than at
+//! once, which keeps `inotify_rm_watch` (and the thread it wakes) off the hand-off path and
+//! lets a busy lock keep its watch. The thread exits once it has no watches and is started
+//! again when needed.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -15,12 +19,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 const EVENTS: u32 =
     libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB | libc::IN_DONT_FOLLOW;
-const IDLE_EXIT_MS: libc::c_int = 5_000;
+/// How often the thread looks for unused watches (and whether it can exit).
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an unused watch is kept in case it is needed again.
+const UNUSED_WATCH_KEPT: Duration = Duration::from_secs(3);
 
 struct Watcher {
     fd: OwnedFd,
@@ -36,6 +44,8 @@ struct Shared {
 struct Entry {
     registrations: usize,
     events: watch::Sender<u64>,
+    /// When the last registration went away.
+    unused_since: Option<Instant>,
 }
 
 /// A waiter's subscription to the events of one lock file. Dropping it unsubscribes.
@@ -62,10 +72,7 @@ impl Drop for Registration {
         if let Some(entry) = shared.watches.get_mut(&self.watch_descriptor) {
             entry.registrations -= 1;
             if entry.registrations == 0 {
-                shared.watches.remove(&self.watch_descriptor);
-                // SAFETY: removing a watch from our own inotify descriptor; failure (already
-                // removed because the file was deleted) is harmless.
-                unsafe { libc::inotify_rm_watch(watcher.fd.as_raw_fd(), self.watch_descriptor) };
+                entry.unused_since = Some(Instant::now());
             }
         }
     }
@@ -90,8 +97,10 @@ pub fn register(path: &Path) -> io::Result<Registration> {
         .or_insert_with(|| Entry {
             registrations: 0,
             events: watch::channel(0).0,
+            unused_since: None,
         });
     entry.registrations += 1;
+    entry.unused_since = None;
     let events = entry.events.subscribe();
     if !shared.thread_running {
         std::thread::Builder::new()
@@ -134,36 +143,59 @@ impl Watcher {
 
     fn run(&self) {
         let mut buffer = [0u8; 16 * 1024];
+        let mut last_sweep = Instant::now();
         loop {
             let mut poll = libc::pollfd {
                 fd: self.fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             };
+            let timeout = SWEEP_INTERVAL.as_millis() as libc::c_int;
             // SAFETY: one valid pollfd.
-            let ready = unsafe { libc::poll(&mut poll, 1, IDLE_EXIT_MS) };
-            if ready == 0 {
-                let mut shared = self.lock();
-                if shared.watches.is_empty() {
-                    shared.thread_running = false;
+            let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
+            if ready > 0 {
+                // SAFETY: reading into a buffer we own, of the length we pass.
+                let read = unsafe {
+                    libc::read(
+                        self.fd.as_raw_fd(),
+                        buffer.as_mut_ptr().cast(),
+                        buffer.len(),
+                    )
+                };
+                // Otherwise EINTR / EAGAIN: poll again. Nothing else fails on a valid inotify fd.
+                if read > 0 {
+                    self.dispatch(&buffer[..read as usize]);
+                }
+            }
+            if last_sweep.elapsed() >= SWEEP_INTERVAL {
+                last_sweep = Instant::now();
+                if self.sweep() {
                     return;
                 }
-                continue;
             }
-            // SAFETY: reading into a buffer we own, of the length we pass.
-            let read = unsafe {
-                libc::read(
-                    self.fd.as_raw_fd(),
-                    buffer.as_mut_ptr().cast(),
-                    buffer.len(),
-                )
-            };
-            if read <= 0 {
-                // EINTR / EAGAIN: poll again. Nothing else can fail on a valid inotify fd.
-                continue;
-            }
-            self.dispatch(&buffer[..read as usize]);
         }
+    }
+
+    /// Removes watches unused for a while; true (and the thread is marked stopped) when none
+    /// are left.
+    fn sweep(&self) -> bool {
+        let mut shared = self.lock();
+        shared.watches.retain(|watch_descriptor, entry| {
+            let keep = entry
+                .unused_since
+                .is_none_or(|since| since.elapsed() < UNUSED_WATCH_KEPT);
+            if !keep {
+                // SAFETY: removing a watch from our own inotify descriptor; failure (already
+                // removed because the file was deleted) is harmless.
+                unsafe { libc::inotify_rm_watch(self.fd.as_raw_fd(), *watch_descriptor) };
+            }
+            keep
+        });
+        if shared.watches.is_empty() {
+            shared.thread_running = false;
+            return true;
+        }
+        false
     }
 
     fn dispatch(&self, mut events: &[u8]) {
