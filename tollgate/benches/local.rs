@@ -34,7 +34,6 @@ use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -478,32 +477,33 @@ fn uncontended(criterion: &mut Criterion, dir: &Path) -> Vec<Row> {
 }
 
 /// The system calls one uncontended `LocalLock` acquire + release makes at the time of writing
-/// (`strace` of the `cycles` partner role), made directly: open, flock, the replaced-file
-/// check (statx of the descriptor and of the path), the fencing token (pread + pwrite), and
-/// the release (flock unlock, then close).
+/// (`strace` of the `cycles` partner role), made directly: open, flock, the unlinked-file
+/// check (a `statx` of the descriptor for its link count), and the release (flock unlock,
+/// then close). The fencing token is drawn only when asked for, so it is not here.
 fn replay_lock_syscalls(path: &Path) {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .expect("open");
     let fd = file.as_raw_fd();
     flock_uncontended(fd, path);
-    let held = file.metadata().expect("fstat");
-    let current = std::fs::symlink_metadata(path).expect("lstat");
-    assert_eq!((held.dev(), held.ino()), (current.dev(), current.ino()));
-    let mut token = [0u8; 8];
-    let read = file.read_at(&mut token, 0).expect("pread");
-    let next = if read == 8 {
-        u64::from_le_bytes(token)
-    } else {
-        0
-    } + 1;
-    file.write_all_at(&next.to_le_bytes(), 0).expect("pwrite");
+    // SAFETY: `statx` is plain data; an empty path with AT_EMPTY_PATH names the descriptor.
+    let mut status: libc::statx = unsafe { std::mem::zeroed() };
+    let result = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_NLINK,
+            &mut status,
+        )
+    };
+    assert!(result == 0 && status.stx_nlink > 0, "statx");
     flock(fd, libc::LOCK_UN);
     drop(file);
 }
