@@ -1,1 +1,412 @@
-fn main() {}
+//! The `tollgate` command: runs a command while holding a named lock, semaphore ticket or
+//! reader-writer lock side on any tollgate backend, like `flock(1)` across machines.
+//!
+//! Thin by design: it parses the command line and calls the library.
+
+mod signals;
+mod target;
+
+use std::ffi::{OsStr, OsString};
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitCode, ExitStatus};
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand};
+use tokio::io::AsyncBufReadExt;
+use tollgate::{AnyHandle, Handle};
+
+use signals::Signals;
+use target::{Acquired, Target};
+
+/// Tollgate's own exit statuses (sysexits.h where one fits; 126/127 as shells use them).
+mod status {
+    /// A usage error: bad option, duration, max count or backend URL.
+    pub const USAGE: u8 = 2;
+    /// `EX_UNAVAILABLE`: the backend could not be reached or failed.
+    pub const BACKEND: u8 = 69;
+    /// `EX_SOFTWARE`: tollgate itself failed (runtime, signal handlers, its own stdio).
+    pub const INTERNAL: u8 = 70;
+    /// `EX_TEMPFAIL`: not acquired within the timeout.
+    pub const TIMED_OUT: u8 = 75;
+    /// The command was found but could not be run.
+    pub const CANNOT_RUN: u8 = 126;
+    /// The command was not found.
+    pub const NOT_FOUND: u8 = 127;
+}
+
+const ABOUT: &str = "Run a command while holding a distributed lock";
+
+const LONG_ABOUT: &str = "\
+Run a command while holding a distributed lock.
+
+tollgate acquires a named lock (or a semaphore ticket, or one side of a reader-writer lock),
+runs the command, and releases the lock when the command exits, like flock(1), on any
+tollgate backend. Every process that names the same lock on the same backend takes turns.";
+
+const EXAMPLES: &str = "\
+Examples:
+  tollgate run nightly-report -- ./report.sh
+  tollgate run builds --max 4 --timeout 10m -- make -j8
+  tollgate run cache --read -- ./read-cache
+  TOLLGATE_BACKEND=file:///srv/locks tollgate run deploy --timeout 0 -- ./deploy.sh";
+
+const RUN_AFTER_HELP: &str = "\
+Exit status:
+  the command's own (128+N when signal N killed it)
+  75   not acquired within --timeout (one line on stderr names the lock)
+  69   the backend could not be reached or failed
+  2    usage error (bad option, duration, --max or backend URL)
+  126  the command could not be run; 127: command not found
+  70   tollgate itself failed
+
+While tollgate waits for the lock, SIGINT, SIGTERM and SIGHUP end it (nothing stays held);
+while the command runs, they are passed on to it (a Ctrl-C from the terminal reaches the
+command directly) and tollgate exits with the command's status. If such a signal killed the
+command, tollgate ends by that signal too (the shell's $? is still 128+N), so that a script
+running tollgate stops on Ctrl-C as it would for the command itself.";
+
+const HOLD_AFTER_HELP: &str = "\
+Once it holds the lock, tollgate prints `held NAME` on stdout and reads stdin:
+  release (or end of input)  release the lock and exit 0
+  exit                       exit 0 at once without releasing (as a crash would)
+
+Exit status: 0 after release; 75, 69, 2 and 70 as for `tollgate run`.";
+
+/// The command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = EXAMPLES,
+    // The last of a repeated option wins, so wrappers can set defaults that callers override.
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a command while holding a lock, then release it
+    #[command(after_help = RUN_AFTER_HELP)]
+    Run {
+        #[command(flatten)]
+        lock: LockArgs,
+        /// The command to run and its arguments, after `--`
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<OsString>,
+    },
+    /// Hold a lock until told on stdin to release it (for scripts and tests)
+    #[command(after_help = HOLD_AFTER_HELP)]
+    Hold {
+        #[command(flatten)]
+        lock: LockArgs,
+    },
+}
+
+/// Which lock, on which backend, and how long to wait for it.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("kind").args(["max", "read", "write"]).multiple(false)))]
+pub struct LockArgs {
+    /// The lock's name: processes that use the same name on the same backend exclude each
+    /// other
+    #[arg(value_name = "NAME")]
+    pub name: String,
+
+    /// Use a semaphore of N tickets: up to N holders at once
+    #[arg(long, value_name = "N", value_parser = parse_max)]
+    pub max: Option<u32>,
+
+    /// Take the shared side of a reader-writer lock: readers coexist, writers wait
+    #[arg(long)]
+    pub read: bool,
+
+    /// Take the exclusive side of a reader-writer lock (it turns away new readers while it
+    /// waits)
+    #[arg(long)]
+    pub write: bool,
+
+    /// How long to wait for the lock: 0 (one try), or a duration such as 250ms, 5s, 2m;
+    /// without it, wait as long as it takes
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    pub timeout: Option<Duration>,
+
+    /// Where the locks live: local: (this machine, per-user runtime directory) or
+    /// file:///DIR (lock files in DIR)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "TOLLGATE_BACKEND",
+        default_value = "local:"
+    )]
+    pub backend: String,
+}
+
+fn parse_max(text: &str) -> Result<u32, String> {
+    let max: u32 = text
+        .parse()
+        .map_err(|error| format!("expected a number of tickets (1 or more): {error}"))?;
+    if max == 0 {
+        return Err(String::from(
+            "a semaphore needs at least 1 ticket (with 0, no one could ever hold it)",
+        ));
+    }
+    Ok(max)
+}
+
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    if text == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (expected 0, or a duration such as 250ms, 5s, 2m)"))
+}
+
+/// Why tollgate exits with a status of its own: printed as one `tollgate: …` line.
+#[derive(Debug)]
+pub struct Failure {
+    status: u8,
+    message: String,
+}
+
+impl Failure {
+    /// A failure with its exit status and message.
+    pub fn new(status: u8, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// A library error: a caller mistake is a usage error, everything else means the backend
+    /// could not do it.
+    pub fn library(error: tollgate::Error) -> Self {
+        let status = match error {
+            tollgate::Error::InvalidArgument(_) => status::USAGE,
+            tollgate::Error::Timeout { .. } => status::TIMED_OUT,
+            _ => status::BACKEND,
+        };
+        Failure::new(status, error_chain(&error))
+    }
+}
+
+/// The error and its sources on one line, skipping sources its message already quotes.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+/// How tollgate ends when nothing went wrong.
+enum Outcome {
+    /// Exit with this status.
+    Exit(u8),
+    /// End as this signal would have.
+    Signal(libc::c_int),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            say(format_args!("cannot start the async runtime: {error}"));
+            return ExitCode::from(status::INTERNAL);
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Run { lock, command } => run(&lock, &command).await,
+            Command::Hold { lock } => hold(&lock).await,
+        }
+    });
+    // Everything is released by now; don't wait for a blocking read of stdin.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+        Ok(Outcome::Signal(signal)) => {
+            let _ = std::io::stdout().flush();
+            signals::die_by(signal)
+        }
+        Err(failure) => {
+            say(&failure.message);
+            ExitCode::from(failure.status)
+        }
+    }
+}
+
+/// Prints `tollgate: MESSAGE` on stderr in one write, so that it stays one whole line
+/// among other processes' output.
+pub fn say(message: impl std::fmt::Display) {
+    let line = format!("tollgate: {message}\n");
+    // Nowhere left to report a failure to write to stderr.
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+fn install_signals() -> Result<Signals, Failure> {
+    Signals::install().map_err(|error| {
+        Failure::new(
+            status::INTERNAL,
+            format!("cannot install signal handlers: {error}"),
+        )
+    })
+}
+
+/// Releases, reporting a failure on stderr without changing the exit status.
+async fn release(target: &Target, handle: AnyHandle) {
+    if let Err(error) = handle.release().await {
+        say(format_args!(
+            "warning: releasing {target} failed: {}",
+            error_chain(&error)
+        ));
+    }
+}
+
+/// `tollgate run`: acquire, run the command, release, exit with the command's status.
+async fn run(options: &LockArgs, command: &[OsString]) -> Result<Outcome, Failure> {
+    let Some((program, arguments)) = command.split_first() else {
+        return Err(Failure::new(status::USAGE, "no command to run"));
+    };
+    let target = Target::new(options)?;
+    let mut signals = install_signals()?;
+    let handle = match target.acquire(&mut signals).await? {
+        Acquired::Held(handle) => handle,
+        Acquired::Interrupted(signal) => return Ok(Outcome::Signal(signal)),
+    };
+    // A signal between the acquire and the spawn would reach neither the wait nor the command.
+    if let Some(signal) = signals.pending() {
+        release(&target, handle).await;
+        return Ok(Outcome::Signal(signal));
+    }
+    // Lock files are opened close-on-exec: the command does not inherit the hold.
+    let mut child = match tokio::process::Command::new(program)
+        .args(arguments)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(error) => {
+            release(&target, handle).await;
+            return Err(spawn_failure(program, &error));
+        }
+    };
+    signals.set_command(child.id());
+    let mut watch_loss = handle.can_detect_loss();
+    let lost = handle.lost();
+    tokio::pin!(lost);
+    let mut received = Vec::new();
+    let waited = loop {
+        tokio::select! {
+            waited = child.wait() => break waited,
+            signal = signals.recv() => {
+                received.push(signal.number);
+                if signal.forward {
+                    if let Some(pid) = child.id() {
+                        signals::send(pid, signal.number);
+                    }
+                }
+            }
+            () = &mut lost, if watch_loss => {
+                watch_loss = false;
+                say(format_args!("warning: lost {target} while the command runs"));
+            }
+        }
+    };
+    signals.set_command(None);
+    release(&target, handle).await;
+    match waited {
+        // Killed by a signal that was meant for tollgate too (say, Ctrl-C): end the same way,
+        // so that a shell running tollgate in a loop stops as it would for the command itself.
+        Ok(exit) => match exit.signal() {
+            Some(signal) if received.contains(&signal) => Ok(Outcome::Signal(signal)),
+            _ => Ok(Outcome::Exit(command_status(exit))),
+        },
+        Err(error) => Err(Failure::new(
+            status::INTERNAL,
+            format!("cannot wait for {}: {error}", program.to_string_lossy()),
+        )),
+    }
+}
+
+fn spawn_failure(program: &OsStr, error: &std::io::Error) -> Failure {
+    let shown = program.to_string_lossy();
+    match error.kind() {
+        std::io::ErrorKind::NotFound => {
+            Failure::new(status::NOT_FOUND, format!("{shown}: command not found"))
+        }
+        _ => Failure::new(status::CANNOT_RUN, format!("{shown}: {error}")),
+    }
+}
+
+/// The command's exit status, or 128+N if signal N ended it, as shells report it.
+fn command_status(exit: ExitStatus) -> u8 {
+    exit.code()
+        .or_else(|| exit.signal().map(|signal| 128 + signal))
+        .and_then(|code| u8::try_from(code).ok())
+        .unwrap_or(status::INTERNAL)
+}
+
+/// `tollgate hold`: acquire, say `held NAME`, then follow the instructions on stdin.
+async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
+    let target = Target::new(options)?;
+    let mut signals = install_signals()?;
+    let handle = match target.acquire(&mut signals).await? {
+        Acquired::Held(handle) => handle,
+        Acquired::Interrupted(signal) => return Ok(Outcome::Signal(signal)),
+    };
+    let announced = {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "held {}", target.name()).and_then(|()| stdout.flush())
+    };
+    if let Err(error) = announced {
+        release(&target, handle).await;
+        return Err(Failure::new(
+            status::INTERNAL,
+            format!("cannot write to stdout: {error}"),
+        ));
+    }
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(None) => break,
+                Ok(Some(line)) => match line.trim() {
+                    "release" => break,
+                    // As a crash would: the backend frees what the process held.
+                    "exit" => std::process::exit(0),
+                    "" => {}
+                    other => say(format_args!(
+                        "ignoring {other:?} on stdin (expected `release` or `exit`)"
+                    )),
+                },
+                Err(error) => {
+                    release(&target, handle).await;
+                    return Err(Failure::new(
+                        status::INTERNAL,
+                        format!("cannot read stdin: {error}"),
+                    ));
+                }
+            },
+            signal = signals.recv() => {
+                release(&target, handle).await;
+                return Ok(Outcome::Signal(signal.number));
+            }
+        }
+    }
+    release(&target, handle).await;
+    Ok(Outcome::Exit(0))
+}

@@ -33,7 +33,8 @@ pub enum Error {
     Backend {
         /// Which backend, e.g. `"local"`.
         backend: &'static str,
-        /// What tollgate was doing, and what went wrong.
+        /// What tollgate was doing. The cause is in `source`, not repeated here (print the
+        /// source chain, e.g. with `{:#}` in anyhow, to see it).
         message: String,
         /// The underlying error, when there is one.
         #[source]

@@ -39,7 +39,8 @@ pub mod primitive;
 pub use backend::local;
 
 pub use any::{
-    AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnySemaphore, AnyUpgradeableHandle,
+    AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
+    AnyUpgradeableHandle, AnyUpgradeableReader,
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{Handle, LossNotifier, LossSignal, UpgradeableHandle};

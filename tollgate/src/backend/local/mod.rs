@@ -65,11 +65,7 @@ const GATE: u64 = 1;
 const DATA: u64 = 2;
 
 fn io_error(what: impl std::fmt::Display, path: &Path, error: io::Error) -> Error {
-    Error::backend(
-        BACKEND,
-        format!("{what} {}: {error}", path.display()),
-        error,
-    )
+    Error::backend(BACKEND, format!("{what} {}", path.display()), error)
 }
 
 /// The same-machine provider: creates locks, semaphores and reader-writer locks whose files
