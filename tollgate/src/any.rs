@@ -385,6 +385,10 @@ impl AnyProvider {
             Some("local" | "file") => Ok(AnyProvider::new(crate::local::LocalProvider::from_url(
                 url,
             )?)),
+            #[cfg(feature = "postgres")]
+            Some("postgres" | "postgresql") => Ok(AnyProvider::new(
+                crate::backend::postgres::PostgresProvider::from_url(url)?,
+            )),
             #[cfg(not(feature = "local"))]
             Some(scheme @ ("local" | "file")) => Err(Error::invalid(format!(
                 "{scheme}: URLs need tollgate's `local` feature, which this build lacks"

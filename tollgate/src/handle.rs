@@ -162,6 +162,11 @@ impl LossSignal {
 }
 
 impl LossNotifier {
+    /// Whether the loss has been reported.
+    pub fn is_lost(&self) -> bool {
+        *self.sender.borrow()
+    }
+
     /// Reports the loss to every clone of the signal.
     pub fn notify_lost(&self) {
         self.sender.send_replace(true);

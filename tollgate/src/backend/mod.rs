@@ -2,3 +2,6 @@
 
 #[cfg(feature = "local")]
 pub mod local;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;

@@ -1,0 +1,485 @@
+//! Connections and multiplexing: many held locks share few connections.
+//!
+//! A connection is either *shared* (it holds any number of locks, each key at most once, and
+//! serves try-acquires and releases, none of which ever blocks in the server) or *dedicated*
+//! to one blocking wait (`pg_advisory_lock` under `lock_timeout`), because a query blocked in
+//! the server holds up every later query on its connection. Once its wait succeeds, a
+//! dedicated connection becomes a shared one holding that lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
+
+use super::key::AdvisoryKey;
+use super::BACKEND;
+use crate::{Error, LossNotifier, LossSignal, Result};
+
+/// How a key is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Mode {
+    Exclusive,
+    Shared,
+}
+
+impl Mode {
+    fn suffix(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "",
+            Mode::Shared => "_shared",
+        }
+    }
+
+    fn pg_locks_mode(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "ExclusiveLock",
+            Mode::Shared => "ShareLock",
+        }
+    }
+}
+
+/// The SQL arguments of a key, as literals (integers only: nothing to inject).
+pub(crate) fn key_args(key: AdvisoryKey) -> String {
+    match key {
+        AdvisoryKey::Single(key) => key.to_string(),
+        AdvisoryKey::Pair(high, low) => format!("{high}, {low}"),
+    }
+}
+
+/// The `pg_locks` condition that matches this session's granted hold of `key` in `mode`.
+pub(crate) fn granted_condition(key: AdvisoryKey, mode: Mode) -> String {
+    let (class_id, object_id, sub_id) = match key {
+        AdvisoryKey::Single(key) => ((key as u64 >> 32) as u32, key as u32, 1),
+        AdvisoryKey::Pair(high, low) => (high as u32, low as u32, 2),
+    };
+    format!(
+        "locktype = 'advisory' AND pid = pg_backend_pid() AND granted AND mode = '{}' \
+         AND classid = {class_id} AND objid = {object_id} AND objsubid = {sub_id}",
+        mode.pg_locks_mode()
+    )
+}
+
+fn postgres_error(message: impl Into<String>, error: tokio_postgres::Error) -> Error {
+    Error::backend(BACKEND, message, error)
+}
+
+/// The SQLSTATE of a server error, if it is one.
+pub(crate) fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
+    error.as_db_error().map(|db| db.code().code())
+}
+
+/// One server session.
+pub(crate) struct Connection {
+    client: Client,
+    cancel: CancelToken,
+    tls: super::Tls,
+    state: Mutex<ConnectionState>,
+    /// Fired (with every hold's notifier) when the session ends under us.
+    broken: LossNotifier,
+    runtime: tokio::runtime::Handle,
+}
+
+#[derive(Default)]
+struct ConnectionState {
+    /// What this session holds (or is about to try), each key at most once, with the loss
+    /// notifier of the hold.
+    holds: HashMap<AdvisoryKey, Option<Arc<LossNotifier>>>,
+    /// Taken by one blocking wait.
+    dedicated: bool,
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, ConnectionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the session has ended.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.is_lost() || self.client.is_closed()
+    }
+
+    /// Runs one statement (or several, `;`-separated) and returns the first column of the
+    /// first row of the last result, if any.
+    pub(crate) async fn query_value(
+        &self,
+        sql: &str,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let messages = self.client.simple_query(sql).await?;
+        let mut value = None;
+        for message in messages {
+            if let SimpleQueryMessage::Row(row) = message {
+                value = row.get(0).map(str::to_owned);
+            }
+        }
+        Ok(value)
+    }
+
+    /// `pg_advisory_unlock[_shared]`.
+    pub(crate) async fn unlock(
+        &self,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT pg_advisory_unlock{}({})",
+            mode.suffix(),
+            key_args(key)
+        );
+        Ok(self.query_value(&sql).await?.as_deref() == Some("t"))
+    }
+
+    /// Unlocks `key` in `mode` if this session holds it (cleanup after an interrupted try).
+    pub(crate) async fn unlock_if_held(
+        &self,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<(), tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT pg_advisory_unlock{}({}) FROM pg_locks WHERE {}",
+            mode.suffix(),
+            key_args(key),
+            granted_condition(key, mode)
+        );
+        self.query_value(&sql).await.map(drop)
+    }
+
+    /// Whether this session holds `key` in `mode` (after an ambiguous error such as a
+    /// `lock_timeout` that raced with the grant).
+    pub(crate) async fn holds(
+        &self,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let sql = format!(
+            "SELECT count(*) FROM pg_locks WHERE {}",
+            granted_condition(key, mode)
+        );
+        Ok(self
+            .query_value(&sql)
+            .await?
+            .is_some_and(|count| count != "0"))
+    }
+
+    /// Asks the server to cancel whatever this session is running.
+    pub(crate) async fn cancel_query(&self) {
+        let result = match &self.tls {
+            super::Tls::Plain => self.cancel.cancel_query(tokio_postgres::NoTls).await,
+            super::Tls::Native(connector) => self.cancel.cancel_query(connector.clone()).await,
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "cancel request failed");
+        }
+    }
+
+    /// Records that this session now holds `key`, with a fresh loss signal for the hold.
+    pub(crate) fn record_hold(&self, key: AdvisoryKey) -> LossSignal {
+        let (notifier, signal) = LossSignal::detectable();
+        let notifier = Arc::new(notifier);
+        if self.is_broken() {
+            notifier.notify_lost();
+        }
+        self.lock().holds.insert(key, Some(notifier));
+        signal
+    }
+
+    fn reserve(&self, keys: &[AdvisoryKey], usage: Use) {
+        let mut inner = self.lock();
+        for key in keys {
+            inner.holds.insert(*key, None);
+        }
+        inner.dedicated = usage == Use::Dedicated;
+    }
+
+    /// Forgets holds (after their unlock, or when a try did not get them), and ends a
+    /// dedication.
+    pub(crate) fn forget(&self, keys: &[AdvisoryKey]) {
+        let mut inner = self.lock();
+        for key in keys {
+            inner.holds.remove(key);
+        }
+        inner.dedicated = false;
+    }
+
+    /// Releases a dedicated connection for shared use.
+    pub(crate) fn undedicate(&self) {
+        self.lock().dedicated = false;
+    }
+
+    /// The runtime that drives this connection (for releases from `Drop`).
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
+    }
+
+    fn mark_broken(&self) {
+        self.broken.notify_lost();
+        for notifier in self.lock().holds.values().flatten() {
+            notifier.notify_lost();
+        }
+    }
+}
+
+/// Opens sessions and hands them out: shared ones for try-acquires, dedicated ones for waits.
+pub(crate) struct Pool {
+    config: tokio_postgres::Config,
+    tls: super::Tls,
+    max_connections: usize,
+    keepalive: Option<Duration>,
+    connections: Mutex<PoolState>,
+    changed: Notify,
+    /// Keys whose release after a drop is still on its way to the server, so that this
+    /// process's next acquire of the same key waits for it instead of finding it busy.
+    releasing: Mutex<HashMap<AdvisoryKey, usize>>,
+    released: Notify,
+}
+
+#[derive(Default)]
+struct PoolState {
+    connections: Vec<Arc<Connection>>,
+    /// Connections being opened, counted against the maximum.
+    opening: usize,
+}
+
+/// Whether a search wants a connection to share or to dedicate to a wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Use {
+    /// Holds any number of other keys, but not this one.
+    Shared,
+    /// Holds nothing and does nothing else until the wait ends.
+    Dedicated,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        config: tokio_postgres::Config,
+        tls: super::Tls,
+        max_connections: usize,
+        keepalive: Option<Duration>,
+    ) -> Self {
+        Pool {
+            config,
+            tls,
+            max_connections,
+            keepalive,
+            connections: Mutex::default(),
+            changed: Notify::new(),
+            releasing: Mutex::default(),
+            released: Notify::new(),
+        }
+    }
+
+    fn releasing(&self) -> MutexGuard<'_, HashMap<AdvisoryKey, usize>> {
+        self.releasing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes that releases of `keys` are under way (called from `Drop`).
+    pub(crate) fn begin_release(&self, keys: &[AdvisoryKey]) {
+        let mut releasing = self.releasing();
+        for key in keys {
+            *releasing.entry(*key).or_default() += 1;
+        }
+    }
+
+    /// Notes that releases of `keys` are done.
+    pub(crate) fn end_release(&self, keys: &[AdvisoryKey]) {
+        let mut releasing = self.releasing();
+        for key in keys {
+            if let Some(count) = releasing.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    releasing.remove(key);
+                }
+            }
+        }
+        drop(releasing);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until no release of `keys` is under way in this process.
+    pub(crate) async fn wait_for_releases(&self, keys: &[AdvisoryKey]) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !keys.iter().any(|key| self.releasing().contains_key(key)) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How many sessions are open (or opening).
+    pub(crate) fn connection_count(&self) -> usize {
+        let state = self.lock();
+        state.connections.len() + state.opening
+    }
+
+    /// A connection for `key`, with the key reserved on it (so no other task tries the same
+    /// key on the same session). The caller must `forget` the key if it does not get it.
+    pub(crate) async fn connection_for(
+        self: &Arc<Self>,
+        keys: &[AdvisoryKey],
+        usage: Use,
+    ) -> Result<Arc<Connection>> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let open_new = {
+                let mut state = self.lock();
+                state
+                    .connections
+                    .retain(|connection| !connection.is_broken());
+                let candidate = state
+                    .connections
+                    .iter()
+                    .filter(|connection| {
+                        let inner = connection.lock();
+                        !inner.dedicated
+                            && keys.iter().all(|key| !inner.holds.contains_key(key))
+                            && (usage == Use::Shared || inner.holds.is_empty())
+                    })
+                    // Pack holds onto the busiest sessions, so idle ones can be closed.
+                    .max_by_key(|connection| connection.lock().holds.len())
+                    .cloned();
+                if let Some(connection) = candidate {
+                    connection.reserve(keys, usage);
+                    return Ok(connection);
+                }
+                let open_new = state.connections.len() + state.opening < self.max_connections;
+                if open_new {
+                    state.opening += 1;
+                }
+                open_new
+            };
+            if open_new {
+                // Counted as opening until done, even if this future is dropped meanwhile.
+                struct Opening<'a> {
+                    pool: &'a Pool,
+                    done: bool,
+                }
+                impl Drop for Opening<'_> {
+                    fn drop(&mut self) {
+                        if !self.done {
+                            self.pool.lock().opening -= 1;
+                            self.pool.changed.notify_waiters();
+                        }
+                    }
+                }
+                let mut opening = Opening {
+                    pool: self,
+                    done: false,
+                };
+                let opened = self.open().await;
+                let mut state = self.lock();
+                state.opening -= 1;
+                opening.done = true;
+                let connection = match opened {
+                    Ok(connection) => connection,
+                    Err(error) => {
+                        drop(state);
+                        self.changed.notify_waiters();
+                        return Err(error);
+                    }
+                };
+                connection.reserve(keys, usage);
+                state.connections.push(connection.clone());
+                return Ok(connection);
+            }
+            // Every session is busy and no more may be opened: wait for a change.
+            changed.await;
+        }
+    }
+
+    /// Tells waiters for a connection that one may have become usable.
+    pub(crate) fn notify_change(&self) {
+        self.changed.notify_waiters();
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Arc<Connection>> {
+        let unreachable = |error| postgres_error("cannot connect", error);
+        let runtime = tokio::runtime::Handle::current();
+        let (client, broken) = match &self.tls {
+            super::Tls::Plain => {
+                let (client, connection) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(unreachable)?;
+                (client, tokio::spawn(connection))
+            }
+            super::Tls::Native(connector) => {
+                let (client, connection) = self
+                    .config
+                    .connect(connector.clone())
+                    .await
+                    .map_err(unreachable)?;
+                (client, tokio::spawn(connection))
+            }
+        };
+        let connection = Arc::new(Connection {
+            cancel: client.cancel_token(),
+            client,
+            tls: self.tls.clone(),
+            state: Mutex::default(),
+            broken: LossSignal::detectable().0,
+            runtime,
+        });
+        // A waiting backend notices a vanished client only when it checks; make it check.
+        // (PostgreSQL 14+; older servers reject the setting, which is harmless.)
+        let _ = connection
+            .client
+            .batch_execute("SET client_connection_check_interval = '1s'")
+            .await;
+        let watched: Weak<Connection> = Arc::downgrade(&connection);
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let ended = broken.await;
+            if let Ok(Err(error)) = &ended {
+                tracing::warn!(%error, "postgres connection ended");
+            }
+            if let Some(connection) = watched.upgrade() {
+                connection.mark_broken();
+            }
+            if let Some(pool) = pool.upgrade() {
+                pool.notify_change();
+            }
+        });
+        if let Some(interval) = self.keepalive {
+            let watched = Arc::downgrade(&connection);
+            tokio::spawn(async move {
+                let mut ticks = tokio::time::interval(interval);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    let Some(connection) = watched.upgrade() else {
+                        return;
+                    };
+                    if connection.is_broken() {
+                        return;
+                    }
+                    // A dedicated session is busy waiting; its wait is its keepalive.
+                    if connection.lock().dedicated {
+                        continue;
+                    }
+                    if connection.client.simple_query("SELECT 1").await.is_err() {
+                        connection.mark_broken();
+                        return;
+                    }
+                }
+            });
+        }
+        Ok(connection)
+    }
+}

@@ -1,0 +1,985 @@
+//! The PostgreSQL backend: session-level advisory locks.
+//!
+//! **Work in progress (issue 3).** Built so far: locks, reader-writer locks and upgradeable
+//! reader-writer locks on pooled, multiplexed connections, with server-side waiting. Not yet:
+//! semaphores (asking for one is an [`Error::Unsupported`]), locks inside a caller's own
+//! transaction or on a caller's own connection.
+//!
+//! - **Keys** are DistributedLock.Postgres's, bit for bit (see [`AdvisoryKey`]), so .NET and
+//!   Rust services on one database exclude each other.
+//! - **Waiting happens in the server**: `pg_advisory_lock` under `lock_timeout`, on a
+//!   connection dedicated to that wait. A `lock_timeout` error (55P03) that raced with the
+//!   grant is checked against `pg_locks`; a deadlock (40P01) is [`Error::Deadlock`].
+//! - **Cancel-safe**: a wait runs on its own task. If the acquire future is dropped, the task
+//!   cancels the query on the server, waits for its outcome, and unlocks whatever was granted
+//!   in the race, so nothing stays held and no connection goes back to the pool holding a
+//!   stray lock.
+//! - **Multiplexing**: held locks share connections (never the same key twice on one
+//!   session); at most `pool_size` sessions are opened (default 16).
+//! - **Handle loss**: when a session ends (`pg_terminate_backend`, a network failure seen by
+//!   the optional keepalive), every handle on it fires its loss signal; handles on other
+//!   sessions are unaffected. A killed holder process frees its locks as soon as the server
+//!   sees its socket close.
+//! - **Reader-writer locks** use shared/exclusive advisory locks on one key, as
+//!   DistributedLock does; PostgreSQL queues new shared requests behind a waiting exclusive
+//!   one, which gives writer preference. Writers and upgradeable readers also take an
+//!   exclusive lock on a second key derived from the first (the key XOR a constant),
+//!   so that only one upgradeable reader at a time can become a writer.
+
+mod connection;
+pub mod key;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use crate::{
+    Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock, ReadWriteLockProvider,
+    Result, UpgradeableHandle, UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider, Wait,
+};
+use connection::{key_args, sqlstate, Connection, Mode, Pool, Use};
+pub use key::AdvisoryKey;
+
+const BACKEND: &str = "postgres";
+const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How connections are encrypted.
+#[derive(Clone)]
+pub(crate) enum Tls {
+    Plain,
+    Native(postgres_native_tls::MakeTlsConnector),
+}
+
+/// Configures a [`PostgresProvider`].
+#[derive(Clone)]
+pub struct PostgresProviderBuilder {
+    config: tokio_postgres::Config,
+    tls: Tls,
+    pool_size: usize,
+    keepalive: Option<Duration>,
+    allow_hashing: bool,
+}
+
+impl std::fmt::Debug for PostgresProviderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProviderBuilder")
+            .field("hosts", &self.config.get_hosts())
+            .field("pool_size", &self.pool_size)
+            .field("keepalive", &self.keepalive)
+            .finish()
+    }
+}
+
+impl PostgresProviderBuilder {
+    /// At most this many sessions (default 16). Held locks share sessions; each wait that
+    /// cannot be satisfied at once needs a session of its own while it waits.
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Runs `SELECT 1` on every idle or holding session this often, so that a silently dead
+    /// connection is noticed (and its handles' loss signals fire). Off by default.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = Some(interval);
+        self
+    }
+
+    /// Whether names that are not a packed ASCII name or a hex key are hashed to a key
+    /// (default true). Without hashing, such names are an [`Error::InvalidArgument`].
+    pub fn allow_hashing(mut self, allow_hashing: bool) -> Self {
+        self.allow_hashing = allow_hashing;
+        self
+    }
+
+    /// The provider. Connections are opened when first needed.
+    pub fn build(self) -> Result<PostgresProvider> {
+        if self.pool_size == 0 {
+            return Err(Error::invalid("postgres pool size must be at least 1"));
+        }
+        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
+            return Err(Error::invalid(
+                "postgres keepalive interval must be above zero",
+            ));
+        }
+        let pool = Pool::new(self.config, self.tls, self.pool_size, self.keepalive);
+        Ok(PostgresProvider {
+            pool: Arc::new(pool),
+            allow_hashing: self.allow_hashing,
+        })
+    }
+}
+
+/// Creates PostgreSQL locks by name. Cheap to clone: clones share the connection pool.
+#[derive(Clone)]
+pub struct PostgresProvider {
+    pool: Arc<Pool>,
+    allow_hashing: bool,
+}
+
+impl std::fmt::Debug for PostgresProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProvider")
+            .field("connections", &self.pool.connection_count())
+            .finish()
+    }
+}
+
+impl PostgresProvider {
+    /// A builder from a connection URL (`postgres://user:password@host:port/db`, also
+    /// `postgresql://`) or a `key=value` connection string.
+    ///
+    /// Besides libpq's options that tokio-postgres understands, the URL may carry
+    /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
+    /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`
+    /// and `keepalive=SECONDS`.
+    pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
+        let mut pool_size = DEFAULT_POOL_SIZE;
+        let mut keepalive = None;
+        let mut sslmode = String::from("prefer");
+        let connection_string = if url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+        {
+            let mut parsed = url::Url::parse(url)
+                .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
+            let mut kept = Vec::new();
+            for (key, value) in parsed.query_pairs() {
+                match &*key {
+                    "pool_size" => {
+                        pool_size = value.parse().map_err(|_| {
+                            Error::invalid(format!("pool_size={value}: not a number"))
+                        })?
+                    }
+                    "keepalive" => {
+                        let seconds: u64 = value.parse().map_err(|_| {
+                            Error::invalid(format!("keepalive={value}: not a number of seconds"))
+                        })?;
+                        keepalive = Some(Duration::from_secs(seconds));
+                    }
+                    "sslmode" => sslmode = value.into_owned(),
+                    _ => kept.push((key.into_owned(), value.into_owned())),
+                }
+            }
+            if kept.is_empty() {
+                parsed.set_query(None);
+            } else {
+                parsed.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            parsed.to_string()
+        } else {
+            url.to_owned()
+        };
+        let mut config: tokio_postgres::Config = connection_string
+            .parse()
+            .map_err(|error| Error::invalid(format!("bad postgres connection string: {error}")))?;
+        let tls = match sslmode.as_str() {
+            "disable" => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                Tls::Plain
+            }
+            "prefer" | "require" | "verify-ca" | "verify-full" => {
+                let verify = sslmode.starts_with("verify");
+                let connector = native_tls::TlsConnector::builder()
+                    .danger_accept_invalid_certs(!verify)
+                    .danger_accept_invalid_hostnames(sslmode != "verify-full")
+                    .build()
+                    .map_err(|error| Error::backend(BACKEND, "cannot set up TLS", error))?;
+                config.ssl_mode(if sslmode == "prefer" {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                Tls::Native(postgres_native_tls::MakeTlsConnector::new(connector))
+            }
+            other => return Err(Error::invalid(format!("unknown sslmode {other:?}"))),
+        };
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate");
+        }
+        Ok(PostgresProviderBuilder {
+            config,
+            tls,
+            pool_size,
+            keepalive,
+            allow_hashing: true,
+        })
+    }
+
+    /// A provider from a connection URL or string, with default settings.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder(url)?.build()
+    }
+
+    /// How many sessions the provider has open.
+    pub fn connection_count(&self) -> usize {
+        self.pool.connection_count()
+    }
+
+    fn key(&self, name: &str) -> Result<AdvisoryKey> {
+        AdvisoryKey::from_name(name, self.allow_hashing)
+    }
+
+    fn named(&self, name: &str) -> Result<Arc<Named>> {
+        Ok(Arc::new(Named {
+            name: name.to_owned(),
+            key: self.key(name)?,
+            pool: self.pool.clone(),
+        }))
+    }
+}
+
+struct Named {
+    name: String,
+    key: AdvisoryKey,
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Named")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+/// One advisory lock a hold takes, in order.
+type Step = (AdvisoryKey, Mode);
+
+/// `SELECT` that tries every step in order and keeps all or none (one round trip).
+fn try_all_sql(steps: &[Step]) -> String {
+    fn nested(steps: &[Step]) -> String {
+        match steps {
+            [] => "true".into(),
+            [(key, mode), rest @ ..] => {
+                let suffix = if *mode == Mode::Shared { "_shared" } else { "" };
+                let args = key_args(*key);
+                if rest.is_empty() {
+                    format!("pg_try_advisory_lock{suffix}({args})")
+                } else {
+                    format!(
+                        "CASE WHEN pg_try_advisory_lock{suffix}({args}) THEN CASE WHEN {} THEN true \
+                         ELSE NOT pg_advisory_unlock{suffix}({args}) END ELSE false END",
+                        nested(rest)
+                    )
+                }
+            }
+        }
+    }
+    format!("SELECT {}", nested(steps))
+}
+
+/// Undoes a try whose future was dropped while the query was in flight: the server may have
+/// granted the lock, and nobody would know.
+struct TryGuard<'a> {
+    named: Arc<Named>,
+    connection: Arc<Connection>,
+    steps: &'a [Step],
+    armed: bool,
+}
+
+impl Drop for TryGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (named, connection, steps) = (
+            self.named.clone(),
+            self.connection.clone(),
+            self.steps.to_vec(),
+        );
+        let keys = Named::keys(&steps);
+        named.pool.begin_release(&keys);
+        let ended = EndRelease {
+            pool: named.pool.clone(),
+            keys,
+        };
+        connection.runtime().clone().spawn(async move {
+            let _ended = ended;
+            // Queries run in order on a session, so this runs after the interrupted try.
+            for &(key, mode) in steps.iter().rev() {
+                let _ = connection.unlock_if_held(key, mode).await;
+            }
+            connection.forget(&Named::keys(&steps));
+            named.pool.notify_change();
+        });
+    }
+}
+
+impl Named {
+    fn keys(steps: &[Step]) -> Vec<AdvisoryKey> {
+        steps.iter().map(|(key, _)| *key).collect()
+    }
+
+    /// Acquires every step, waiting as `wait` says. A hold on a dedicated session stays
+    /// dedicated when `keep_dedicated` (upgradeable reads, whose upgrade blocks the session).
+    async fn acquire(
+        self: &Arc<Self>,
+        steps: Vec<Step>,
+        wait: Wait,
+        keep_dedicated: bool,
+    ) -> Result<Option<Hold>> {
+        let deadline = wait.deadline();
+        let keys = Self::keys(&steps);
+        // A hold of ours that was just dropped is still being released: wait for that first.
+        self.pool.wait_for_releases(&keys).await;
+        if !keep_dedicated {
+            // The fast path: one try on a shared session.
+            let connection = self.pool.connection_for(&keys, Use::Shared).await?;
+            let mut interrupted = TryGuard {
+                named: self.clone(),
+                connection: connection.clone(),
+                steps: &steps,
+                armed: true,
+            };
+            let outcome = connection.query_value(&try_all_sql(&steps)).await;
+            interrupted.armed = false;
+            drop(interrupted);
+            match outcome {
+                Ok(value) if value.as_deref() == Some("t") => {
+                    return Ok(Some(self.hold(connection, steps)));
+                }
+                Ok(_) => {
+                    connection.forget(&keys);
+                    self.pool.notify_change();
+                }
+                Err(error) => {
+                    connection.forget(&keys);
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!("cannot try-lock {:?}", self.name),
+                        error,
+                    ));
+                }
+            }
+            if wait == Wait::NO_WAIT {
+                return Ok(None);
+            }
+        }
+        let connection = match deadline {
+            None => self.pool.connection_for(&keys, Use::Dedicated).await?,
+            Some(deadline) => {
+                match tokio::time::timeout_at(
+                    deadline,
+                    self.pool.connection_for(&keys, Use::Dedicated),
+                )
+                .await
+                {
+                    Ok(connection) => connection?,
+                    Err(_) => return Ok(None),
+                }
+            }
+        };
+        let (mut sender, receiver) = oneshot::channel();
+        let named = self.clone();
+        let waiting = connection.clone();
+        let phase = Arc::new(std::sync::Mutex::new(WaitPhase::Running));
+        let mut abandoned = Abandon {
+            phase: phase.clone(),
+            pool: self.pool.clone(),
+            keys,
+            armed: true,
+        };
+        tokio::spawn(async move {
+            let _finished = Finish {
+                phase,
+                pool: named.pool.clone(),
+                keys: Self::keys(&steps),
+            };
+            let outcome =
+                wait_in_server(&waiting, &named.name, &steps, deadline, &mut sender).await;
+            match outcome {
+                Ok(true) => {
+                    let hold = named.hold(waiting.clone(), steps.clone());
+                    if !keep_dedicated {
+                        waiting.undedicate();
+                        named.pool.notify_change();
+                    }
+                    if let Err(Ok(Some(hold))) = sender.send(Ok(Some(hold))) {
+                        // Nobody wants it any more: give it back.
+                        let _ = hold.release().await;
+                    }
+                }
+                other => {
+                    waiting.forget(&Self::keys(&steps));
+                    named.pool.notify_change();
+                    let _ = sender.send(other.map(|_| None));
+                }
+            }
+        });
+        let result = receiver.await;
+        abandoned.armed = false;
+        result.unwrap_or_else(|_| {
+            Err(Error::backend(
+                BACKEND,
+                "the wait task ended unexpectedly",
+                std::io::Error::other("task lost"),
+            ))
+        })
+    }
+
+    fn hold(self: &Arc<Self>, connection: Arc<Connection>, steps: Vec<Step>) -> Hold {
+        let loss = connection.record_hold(self.key);
+        Hold {
+            named: self.clone(),
+            connection,
+            steps,
+            loss,
+            operation: Arc::new(tokio::sync::Mutex::new(())),
+            released: false,
+        }
+    }
+}
+
+/// Waits in the server for every step in turn: `Ok(true)` when all are held, `Ok(false)`
+/// when the time ran out, an error otherwise; in both of those, nothing stays held. If
+/// `sender` closes (the acquire future was dropped), the query is cancelled on the server
+/// and whatever was granted meanwhile is released: `Ok(false)`.
+async fn wait_in_server<T>(
+    connection: &Connection,
+    name: &str,
+    steps: &[Step],
+    deadline: Option<tokio::time::Instant>,
+    sender: &mut oneshot::Sender<T>,
+) -> Result<bool> {
+    let mut taken: Vec<Step> = Vec::new();
+    let mut outcome = Ok(true);
+    for &(key, mode) in steps {
+        match wait_one(connection, name, key, mode, deadline, sender).await {
+            Ok(true) => taken.push((key, mode)),
+            other => {
+                outcome = other;
+                break;
+            }
+        }
+    }
+    if !matches!(outcome, Ok(true)) || sender.is_closed() {
+        for &(key, mode) in taken.iter().rev() {
+            let _ = connection.unlock(key, mode).await;
+        }
+        if matches!(outcome, Ok(true)) {
+            outcome = Ok(false);
+        }
+    }
+    outcome
+}
+
+/// One `pg_advisory_lock` under `lock_timeout`: `Ok(true)` when granted (even if the grant
+/// raced with the timeout or with our cancel), `Ok(false)` when not.
+async fn wait_one<T>(
+    connection: &Connection,
+    name: &str,
+    key: AdvisoryKey,
+    mode: Mode,
+    deadline: Option<tokio::time::Instant>,
+    sender: &mut oneshot::Sender<T>,
+) -> Result<bool> {
+    let timeout_ms = match deadline {
+        None => 0,
+        Some(deadline) => {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
+            remaining.as_millis().clamp(1, i32::MAX as u128)
+        }
+    };
+    let suffix = if mode == Mode::Shared { "_shared" } else { "" };
+    let sql = format!(
+        "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{suffix}({})",
+        key_args(key)
+    );
+    let query = connection.query_value(&sql);
+    tokio::pin!(query);
+    let result = tokio::select! {
+        result = &mut query => result,
+        () = sender.closed() => {
+            connection.cancel_query().await;
+            query.await
+        }
+    };
+    match result {
+        Ok(_) => Ok(true),
+        Err(error) => match sqlstate(&error) {
+            // lock_timeout (55P03) or our cancel (57014) may have raced with the grant.
+            Some("55P03" | "57014") => connection.holds(key, mode).await.map_err(|error| {
+                Error::backend(BACKEND, "cannot check pg_locks after a timeout", error)
+            }),
+            Some("40P01") => Err(Error::Deadlock {
+                name: name.to_owned(),
+            }),
+            _ => Err(Error::backend(
+                BACKEND,
+                format!("waiting for {name:?} failed"),
+                error,
+            )),
+        },
+    }
+}
+
+/// The second key of a reader-writer lock: writers and upgradeable readers hold it
+/// exclusively, so at most one of them is ever on its way to the write lock.
+fn upgrade_key(key: AdvisoryKey) -> AdvisoryKey {
+    const SALT: u64 = 0x746f_6c6c_6761_7465; // "tollgate"
+    match key {
+        AdvisoryKey::Single(key) => AdvisoryKey::Single((key as u64 ^ SALT) as i64),
+        AdvisoryKey::Pair(high, low) => {
+            AdvisoryKey::Pair(high ^ (SALT >> 32) as i32, low ^ SALT as i32)
+        }
+    }
+}
+
+/// Advisory locks one handle holds on one session.
+struct Hold {
+    named: Arc<Named>,
+    connection: Arc<Connection>,
+    steps: Vec<Step>,
+    loss: LossSignal,
+    /// Serialises this hold's own work on its session (an upgrade, its cleanup, the release).
+    operation: Arc<tokio::sync::Mutex<()>>,
+    released: bool,
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hold")
+            .field("name", &self.named.name)
+            .field("steps", &self.steps)
+            .finish()
+    }
+}
+
+async fn release_steps(named: &Named, connection: &Connection, steps: &[Step]) -> Result<()> {
+    let mut first_error = None;
+    if !connection.is_broken() {
+        for &(key, mode) in steps.iter().rev() {
+            match connection.unlock(key, mode).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(name = %named.name, "advisory lock was not held at release")
+                }
+                // A session that ended has released everything with it.
+                Err(_) if connection.is_broken() => break,
+                Err(error) => {
+                    first_error.get_or_insert(Error::backend(
+                        BACKEND,
+                        format!("cannot release {:?}", named.name),
+                        error,
+                    ));
+                }
+            }
+        }
+    }
+    connection.forget(&Named::keys(steps));
+    named.pool.notify_change();
+    first_error.map_or(Ok(()), Err)
+}
+
+impl Hold {
+    async fn release(mut self) -> Result<()> {
+        self.released = true;
+        let _serial = self.operation.clone().lock_owned().await;
+        release_steps(&self.named, &self.connection, &self.steps).await
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (named, connection, steps) = (
+            self.named.clone(),
+            self.connection.clone(),
+            std::mem::take(&mut self.steps),
+        );
+        let operation = self.operation.clone();
+        let keys = Named::keys(&steps);
+        named.pool.begin_release(&keys);
+        let pool = named.pool.clone();
+        let ended = EndRelease { pool, keys };
+        // If the runtime is gone, so is the session, and the server released everything
+        // (and dropping the task ends the release note too).
+        connection.runtime().clone().spawn(async move {
+            let _ended = ended;
+            let _serial = operation.lock_owned().await;
+            if let Err(error) = release_steps(&named, &connection, &steps).await {
+                tracing::warn!(%error, "release after drop failed");
+            }
+        });
+    }
+}
+
+/// Where a server-side wait stands, between the acquire future and the task that waits.
+enum WaitPhase {
+    Running,
+    /// The acquire future was dropped; the task's cleanup is a release under way.
+    Abandoned,
+    Finished,
+}
+
+/// In the acquire future: if it is dropped mid-wait, the task's cleanup (cancel, unlock what
+/// was granted) counts as a release under way, so this process's next acquire waits for it.
+struct Abandon {
+    phase: Arc<std::sync::Mutex<WaitPhase>>,
+    pool: Arc<Pool>,
+    keys: Vec<AdvisoryKey>,
+    armed: bool,
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let mut phase = self
+            .phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(*phase, WaitPhase::Running) {
+            *phase = WaitPhase::Abandoned;
+            self.pool.begin_release(&self.keys);
+        }
+    }
+}
+
+/// In the waiting task: ends the release note of an abandoned wait once cleanup is done.
+struct Finish {
+    phase: Arc<std::sync::Mutex<WaitPhase>>,
+    pool: Arc<Pool>,
+    keys: Vec<AdvisoryKey>,
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        let mut phase = self
+            .phase
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if matches!(*phase, WaitPhase::Abandoned) {
+            self.pool.end_release(&self.keys);
+        }
+        *phase = WaitPhase::Finished;
+    }
+}
+
+/// Ends a release note when the release task finishes or is dropped.
+struct EndRelease {
+    pool: Arc<Pool>,
+    keys: Vec<AdvisoryKey>,
+}
+
+impl Drop for EndRelease {
+    fn drop(&mut self) {
+        self.pool.end_release(&self.keys);
+    }
+}
+
+/// A held PostgreSQL lock or read or write hold. Dropping it releases on a background task;
+/// [`Handle::release`] waits for the server to confirm.
+#[derive(Debug)]
+pub struct PostgresHandle {
+    hold: Hold,
+}
+
+impl Handle for PostgresHandle {
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
+    }
+
+    fn name(&self) -> &str {
+        &self.hold.named.name
+    }
+
+    /// Fires when the session holding the lock ends (terminated, network failure).
+    fn loss_signal(&self) -> LossSignal {
+        self.hold.loss.clone()
+    }
+
+    /// Advisory locks carry no counter to draw a token from.
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+}
+
+macro_rules! postgres_side {
+    ($(#[$doc:meta])* $name:ident, $handle:ident, $steps:expr, $dedicated:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            named: Arc<Named>,
+        }
+
+        impl Acquire for $name {
+            type Handle = $handle;
+
+            fn name(&self) -> &str {
+                &self.named.name
+            }
+
+            /// Acquires, waiting in the server as `wait` says.
+            ///
+            /// # Cancel safety
+            /// Cancel-safe: a dropped future cancels the server-side wait and releases
+            /// anything granted in the race, on a background task.
+            async fn acquire_wait(&self, wait: Wait) -> Result<Option<$handle>> {
+                let steps: fn(AdvisoryKey) -> Vec<Step> = $steps;
+                let hold = self.named.acquire(steps(self.named.key), wait, $dedicated).await?;
+                Ok(hold.map($handle::new))
+            }
+        }
+    };
+}
+
+impl PostgresHandle {
+    fn new(hold: Hold) -> Self {
+        PostgresHandle { hold }
+    }
+}
+
+postgres_side!(
+    /// A PostgreSQL lock: an exclusive session-level advisory lock.
+    PostgresLock,
+    PostgresHandle,
+    |key| vec![(key, Mode::Exclusive)],
+    false
+);
+postgres_side!(
+    /// The read side of a [`PostgresReadWriteLock`]: a shared advisory lock.
+    PostgresReader,
+    PostgresHandle,
+    |key| vec![(key, Mode::Shared)],
+    false
+);
+postgres_side!(
+    /// The write side of a [`PostgresReadWriteLock`].
+    PostgresWriter,
+    PostgresHandle,
+    |key| vec![(upgrade_key(key), Mode::Exclusive), (key, Mode::Exclusive)],
+    false
+);
+postgres_side!(
+    /// The upgradeable-read side of a [`PostgresReadWriteLock`]. Each upgradeable hold keeps
+    /// a session to itself, so that its upgrade can wait in the server.
+    PostgresUpgradeableReader,
+    PostgresUpgradeableHandle,
+    |key| vec![(upgrade_key(key), Mode::Exclusive), (key, Mode::Shared)],
+    true
+);
+
+impl Lock for PostgresLock {}
+impl Lock for PostgresWriter {}
+
+/// A PostgreSQL reader-writer lock (shared/exclusive advisory locks, writer-preferring),
+/// with upgradeable reads.
+#[derive(Clone, Debug)]
+pub struct PostgresReadWriteLock {
+    named: Arc<Named>,
+}
+
+impl ReadWriteLock for PostgresReadWriteLock {
+    type Read = PostgresReader;
+    type Write = PostgresWriter;
+
+    fn name(&self) -> &str {
+        &self.named.name
+    }
+
+    fn reader(&self) -> PostgresReader {
+        PostgresReader {
+            named: self.named.clone(),
+        }
+    }
+
+    fn writer(&self) -> PostgresWriter {
+        PostgresWriter {
+            named: self.named.clone(),
+        }
+    }
+}
+
+impl UpgradeableReadWriteLock for PostgresReadWriteLock {
+    type Upgradeable = PostgresUpgradeableReader;
+
+    fn upgradeable_reader(&self) -> PostgresUpgradeableReader {
+        PostgresUpgradeableReader {
+            named: self.named.clone(),
+        }
+    }
+}
+
+/// An upgradeable read hold on PostgreSQL; [`UpgradeableHandle::upgrade`] takes the
+/// exclusive lock on the same session without letting go of the read hold.
+#[derive(Debug)]
+pub struct PostgresUpgradeableHandle {
+    hold: Hold,
+    upgraded: bool,
+}
+
+impl PostgresUpgradeableHandle {
+    fn new(hold: Hold) -> Self {
+        PostgresUpgradeableHandle {
+            hold,
+            upgraded: false,
+        }
+    }
+}
+
+impl Handle for PostgresUpgradeableHandle {
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
+    }
+
+    fn name(&self) -> &str {
+        &self.hold.named.name
+    }
+
+    fn loss_signal(&self) -> LossSignal {
+        self.hold.loss.clone()
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// An upgrade granted by the server but not yet taken by the handle: if nobody takes it
+/// (the upgrade future was dropped at the last moment), the exclusive lock is given back.
+struct Grant {
+    pool: Arc<Pool>,
+    connection: Arc<Connection>,
+    key: AdvisoryKey,
+    operation: Arc<tokio::sync::Mutex<()>>,
+    taken: bool,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        let (connection, key, operation) =
+            (self.connection.clone(), self.key, self.operation.clone());
+        self.pool.begin_release(&[key]);
+        let ended = EndRelease {
+            pool: self.pool.clone(),
+            keys: vec![key],
+        };
+        connection.runtime().clone().spawn(async move {
+            let _ended = ended;
+            let _serial = operation.lock_owned().await;
+            let _ = connection.unlock_if_held(key, Mode::Exclusive).await;
+        });
+    }
+}
+
+impl UpgradeableHandle for PostgresUpgradeableHandle {
+    /// Takes the exclusive lock in the server, waiting as `wait` says for the readers to
+    /// leave; new readers queue behind the upgrade.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a dropped future cancels the server-side wait, gives back an exclusive
+    /// lock granted in the race, and keeps the upgradeable read hold.
+    async fn upgrade_wait(&mut self, wait: Wait) -> Result<bool> {
+        if self.upgraded {
+            return Err(Error::invalid(format!(
+                "{:?} is already upgraded",
+                self.hold.named.name
+            )));
+        }
+        let deadline = wait.deadline();
+        let key = self.hold.named.key;
+        let serial = self.hold.operation.clone().lock_owned().await;
+        let (mut sender, receiver) = oneshot::channel::<Result<Option<Grant>>>();
+        let connection = self.hold.connection.clone();
+        let name = self.hold.named.name.clone();
+        let operation = self.hold.operation.clone();
+        let pool = self.hold.named.pool.clone();
+        tokio::spawn(async move {
+            let steps = [(key, Mode::Exclusive)];
+            let outcome = wait_in_server(&connection, &name, &steps, deadline, &mut sender).await;
+            // Release our turn on the session before a grant's cleanup may need it.
+            drop(serial);
+            let message = outcome.map(|granted| {
+                granted.then(|| Grant {
+                    pool,
+                    connection: connection.clone(),
+                    key,
+                    operation,
+                    taken: false,
+                })
+            });
+            let _ = sender.send(message);
+        });
+        let grant = receiver.await.unwrap_or_else(|_| {
+            Err(Error::backend(
+                BACKEND,
+                "the upgrade task ended unexpectedly",
+                std::io::Error::other("task lost"),
+            ))
+        })?;
+        let Some(mut grant) = grant else {
+            return Ok(false);
+        };
+        grant.taken = true;
+        self.hold.steps.push((key, Mode::Exclusive));
+        self.upgraded = true;
+        Ok(true)
+    }
+
+    fn is_upgraded(&self) -> bool {
+        self.upgraded
+    }
+}
+
+impl LockProvider for PostgresProvider {
+    type Lock = PostgresLock;
+
+    fn lock(&self, name: &str) -> Result<PostgresLock> {
+        Ok(PostgresLock {
+            named: self.named(name)?,
+        })
+    }
+}
+
+impl ReadWriteLockProvider for PostgresProvider {
+    type ReadWriteLock = PostgresReadWriteLock;
+
+    fn read_write_lock(&self, name: &str) -> Result<PostgresReadWriteLock> {
+        Ok(PostgresReadWriteLock {
+            named: self.named(name)?,
+        })
+    }
+}
+
+impl UpgradeableReadWriteLockProvider for PostgresProvider {
+    type UpgradeableReadWriteLock = PostgresReadWriteLock;
+
+    fn upgradeable_read_write_lock(&self, name: &str) -> Result<PostgresReadWriteLock> {
+        self.read_write_lock(name)
+    }
+}
+
+impl crate::any::DynProvider for PostgresProvider {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
+        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
+    }
+
+    /// Not built yet (issue 3).
+    fn semaphore(&self, _name: &str, _max_count: u32) -> Result<crate::AnySemaphore> {
+        Err(Error::Unsupported {
+            backend: BACKEND,
+            what: "semaphores (not built yet)",
+        })
+    }
+
+    fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {
+        Ok(crate::AnyReadWriteLock::upgradeable(
+            ReadWriteLockProvider::read_write_lock(self, name)?,
+            BACKEND,
+        ))
+    }
+}

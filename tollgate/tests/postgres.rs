@@ -1,0 +1,242 @@
+//! The PostgreSQL backend against the real server at 127.0.0.1:5432: the shared conformance
+//! suite, plus PostgreSQL's own cases.
+#![cfg(feature = "postgres")]
+
+mod conformance;
+
+use std::time::Duration;
+
+use tollgate::backend::postgres::PostgresProvider;
+use tollgate::{Acquire, Error, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider};
+
+use conformance::support::{unique, Locks, PROMPT};
+
+holder_entry!();
+
+/// The test server; `TOLLGATE_POSTGRES_URL` points elsewhere.
+fn url() -> String {
+    std::env::var("TOLLGATE_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test?sslmode=disable".into())
+}
+
+fn provider() -> PostgresProvider {
+    PostgresProvider::from_url(&url()).expect("postgres provider")
+}
+
+/// A plain session of our own, to look at and interfere with the server.
+async fn admin() -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("connect to the test server");
+    tokio::spawn(connection);
+    client
+}
+
+mod lock {
+    use super::*;
+    mutex_suite!(Locks {
+        provider: provider(),
+        url: url()
+    });
+}
+
+mod read_write {
+    use super::*;
+    read_write_suite!(provider(), url());
+    upgradeable_suite!(provider());
+}
+
+#[tokio::test]
+async fn terminated_session_fires_loss_and_frees_the_lock() {
+    let provider = provider();
+    let name = unique("terminate");
+    let lock = provider.lock(&name).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    assert!(handle.can_detect_loss());
+    let other_name = unique("unaffected");
+    // A lock on another session is not affected.
+    let other = provider.lock(&other_name).unwrap();
+    let waiter = tokio::spawn({
+        let lock = PostgresProvider::from_url(&url())
+            .unwrap()
+            .lock(&name)
+            .unwrap();
+        async move { lock.acquire().await.map(drop) }
+    });
+    let admin = admin().await;
+    let killed = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+             AND pid IN (SELECT pid FROM pg_stat_activity WHERE application_name = 'tollgate') \
+             AND (classid::bigint << 32 | objid::bigint) = $1",
+            &[&key_value(&name)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        killed.get::<_, i64>(0),
+        1,
+        "exactly the holding session was terminated"
+    );
+    tokio::time::timeout(Duration::from_secs(5), handle.lost())
+        .await
+        .expect("loss fires within 5 s");
+    tokio::time::timeout(PROMPT, waiter)
+        .await
+        .expect("a waiter gets the lock")
+        .unwrap()
+        .unwrap();
+    // Releasing a lost hold is not an error: nothing is left to give back.
+    handle.release().await.unwrap();
+    let held = other.acquire().await.unwrap();
+    assert!(!held.loss_signal().is_lost());
+}
+
+/// The 64-bit value of a hashed name's key, as `pg_locks` shows it.
+fn key_value(name: &str) -> i64 {
+    match tollgate::backend::postgres::AdvisoryKey::from_name(name, true).unwrap() {
+        tollgate::backend::postgres::AdvisoryKey::Single(key) => key,
+        tollgate::backend::postgres::AdvisoryKey::Pair(high, low) => {
+            (i64::from(high) << 32) | i64::from(low as u32)
+        }
+    }
+}
+
+#[tokio::test]
+async fn many_holds_share_few_connections() {
+    let provider = PostgresProvider::builder(&url())
+        .unwrap()
+        .pool_size(4)
+        .build()
+        .unwrap();
+    let base = unique("multiplex");
+    let mut handles = Vec::new();
+    for index in 0..300 {
+        let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+        handles.push(lock.try_acquire().await.unwrap().expect("free lock"));
+    }
+    assert!(
+        provider.connection_count() <= 2,
+        "{} connections",
+        provider.connection_count()
+    );
+    drop(handles);
+}
+
+#[tokio::test]
+async fn no_connection_leak_after_many_holds() {
+    let provider = PostgresProvider::builder(&url())
+        .unwrap()
+        .pool_size(4)
+        .build()
+        .unwrap();
+    let name = unique("leak");
+    let lock = provider.lock(&name).unwrap();
+    for _ in 0..30 {
+        let handle = lock.acquire().await.unwrap();
+        let contender = provider.lock(&name).unwrap();
+        assert!(contender
+            .try_acquire_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_none());
+        handle.release().await.unwrap();
+    }
+    assert!(provider.connection_count() <= 4);
+    let admin = admin().await;
+    let row = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+             AND (classid::bigint << 32 | objid::bigint) = $1",
+            &[&key_value(&name)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0, "nothing left held on the server");
+}
+
+#[tokio::test]
+async fn cancelled_wait_leaves_nothing_on_the_server() {
+    let provider = provider();
+    let name = unique("cancel-server");
+    let held = provider.lock(&name).unwrap().acquire().await.unwrap();
+    for _ in 0..10 {
+        let lock = provider.lock(&name).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), lock.acquire())
+                .await
+                .is_err()
+        );
+    }
+    // A waiter that is cancelled right as the lock frees must not keep it.
+    let racing = provider.lock(&name).unwrap();
+    let race = tokio::spawn(async move { racing.acquire().await.map(drop) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    held.release().await.unwrap();
+    race.abort();
+    let _ = race.await;
+    let fresh = PostgresProvider::from_url(&url())
+        .unwrap()
+        .lock(&name)
+        .unwrap();
+    let again = tokio::time::timeout(PROMPT, fresh.acquire())
+        .await
+        .expect("lock is free")
+        .unwrap();
+    drop(again);
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers() {
+    for bad in [
+        "postgres://[::1",
+        "postgres://u@h/db?sslmode=sometimes",
+        "postgres://u@h/db?pool_size=x",
+    ] {
+        match PostgresProvider::from_url(bad) {
+            Err(Error::InvalidArgument(_)) => {}
+            other => panic!("{bad}: expected invalid argument, got {other:?}"),
+        }
+    }
+    let unreachable =
+        PostgresProvider::from_url("postgres://postgres@127.0.0.1:1/test?sslmode=disable").unwrap();
+    let error = unreachable
+        .lock("x")
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+    // The provider and its pool stay usable for a server that comes back.
+    assert_eq!(unreachable.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn writer_waits_in_the_server_and_readers_queue_behind_it() {
+    let provider = provider();
+    let rw = provider.read_write_lock(&unique("server-queue")).unwrap();
+    let reader = rw.reader().acquire().await.unwrap();
+    let writer = tokio::spawn({
+        let rw = rw.clone();
+        async move { rw.writer().acquire().await.map(drop) }
+    });
+    // Bounded poll until the server turns new readers away.
+    tokio::time::timeout(PROMPT, async {
+        while let Some(handle) = rw.reader().try_acquire().await.unwrap() {
+            drop(handle);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap();
+    reader.release().await.unwrap();
+    tokio::time::timeout(PROMPT, writer)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
