@@ -43,6 +43,11 @@ mod lock {
     });
 }
 
+mod semaphore {
+    use super::*;
+    semaphore_suite!(provider(), url());
+}
+
 mod read_write {
     use super::*;
     read_write_suite!(provider(), url());

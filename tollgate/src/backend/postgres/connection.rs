@@ -186,6 +186,19 @@ impl Connection {
         signal
     }
 
+    /// The keys this session holds or has reserved.
+    pub(crate) fn held_keys(&self) -> Vec<AdvisoryKey> {
+        self.lock().holds.keys().copied().collect()
+    }
+
+    /// Reserves more keys on a session already in use.
+    pub(crate) fn reserve_more(&self, keys: &[AdvisoryKey]) {
+        let mut inner = self.lock();
+        for key in keys {
+            inner.holds.insert(*key, None);
+        }
+    }
+
     fn reserve(&self, keys: &[AdvisoryKey], usage: Use) {
         let mut inner = self.lock();
         for key in keys {

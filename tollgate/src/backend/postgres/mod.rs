@@ -1,9 +1,7 @@
 //! The PostgreSQL backend: session-level advisory locks.
 //!
-//! **Work in progress (issue 3).** Built so far: locks, reader-writer locks and upgradeable
-//! reader-writer locks on pooled, multiplexed connections, with server-side waiting. Not yet:
-//! semaphores (asking for one is an [`Error::Unsupported`]), locks inside a caller's own
-//! transaction or on a caller's own connection.
+//! Locks, reader-writer locks, upgradeable reader-writer locks and semaphores (see
+//! [`PostgresSemaphore`]) on pooled, multiplexed connections.
 //!
 //! - **Keys** are DistributedLock.Postgres's, bit for bit (see [`AdvisoryKey`]), so .NET and
 //!   Rust services on one database exclude each other.
@@ -28,6 +26,8 @@
 
 mod connection;
 pub mod key;
+mod listener;
+mod semaphore;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +40,7 @@ use crate::{
 };
 use connection::{key_args, sqlstate, Connection, Mode, Pool, Use};
 pub use key::AdvisoryKey;
+pub use semaphore::PostgresSemaphore;
 
 const BACKEND: &str = "postgres";
 const DEFAULT_POOL_SIZE: usize = 16;
@@ -103,9 +104,11 @@ impl PostgresProviderBuilder {
                 "postgres keepalive interval must be above zero",
             ));
         }
+        let listener = listener::Listener::new(self.config.clone(), self.tls.clone());
         let pool = Pool::new(self.config, self.tls, self.pool_size, self.keepalive);
         Ok(PostgresProvider {
             pool: Arc::new(pool),
+            listener: Arc::new(listener),
             allow_hashing: self.allow_hashing,
         })
     }
@@ -115,6 +118,7 @@ impl PostgresProviderBuilder {
 #[derive(Clone)]
 pub struct PostgresProvider {
     pool: Arc<Pool>,
+    listener: Arc<listener::Listener>,
     allow_hashing: bool,
 }
 
@@ -225,6 +229,7 @@ impl PostgresProvider {
             name: name.to_owned(),
             key: self.key(name)?,
             pool: self.pool.clone(),
+            semaphore: None,
         }))
     }
 }
@@ -233,6 +238,9 @@ struct Named {
     name: String,
     key: AdvisoryKey,
     pool: Arc<Pool>,
+    /// For semaphores: the in-process key that keeps two scans of one semaphore off one
+    /// session, and the channel that releases `NOTIFY` for waiters.
+    semaphore: Option<(AdvisoryKey, String)>,
 }
 
 impl std::fmt::Debug for Named {
@@ -419,8 +427,16 @@ impl Named {
         })
     }
 
+    /// The keys a release of `steps` is noted under in this process.
+    fn release_keys(&self, steps: &[Step]) -> Vec<AdvisoryKey> {
+        let mut keys = Self::keys(steps);
+        keys.extend(self.semaphore.as_ref().map(|(marker, _)| *marker));
+        keys
+    }
+
     fn hold(self: &Arc<Self>, connection: Arc<Connection>, steps: Vec<Step>) -> Hold {
-        let loss = connection.record_hold(self.key);
+        let primary = steps.last().map_or(self.key, |(key, _)| *key);
+        let loss = connection.record_hold(primary);
         Hold {
             named: self.clone(),
             connection,
@@ -569,6 +585,12 @@ async fn release_steps(named: &Named, connection: &Connection, steps: &[Step]) -
             }
         }
     }
+    if let (Some((_, channel)), false) = (&named.semaphore, connection.is_broken()) {
+        // Wakes this semaphore's waiters everywhere (LISTEN/NOTIFY).
+        if let Err(error) = connection.query_value(&format!("NOTIFY {channel}")).await {
+            tracing::debug!(%error, "NOTIFY after release failed");
+        }
+    }
     connection.forget(&Named::keys(steps));
     named.pool.notify_change();
     first_error.map_or(Ok(()), Err)
@@ -593,7 +615,7 @@ impl Drop for Hold {
             std::mem::take(&mut self.steps),
         );
         let operation = self.operation.clone();
-        let keys = Named::keys(&steps);
+        let keys = named.release_keys(&steps);
         named.pool.begin_release(&keys);
         let pool = named.pool.clone();
         let ended = EndRelease { pool, keys };
@@ -968,12 +990,10 @@ impl crate::any::DynProvider for PostgresProvider {
         Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
     }
 
-    /// Not built yet (issue 3).
-    fn semaphore(&self, _name: &str, _max_count: u32) -> Result<crate::AnySemaphore> {
-        Err(Error::Unsupported {
-            backend: BACKEND,
-            what: "semaphores (not built yet)",
-        })
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
+        Ok(crate::AnySemaphore::new(
+            crate::SemaphoreProvider::semaphore(self, name, max_count)?,
+        ))
     }
 
     fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {

@@ -1,0 +1,253 @@
+//! Semaphores on advisory locks, with no table to create: ticket `i` of a semaphore is the
+//! 64-bit advisory lock `base + i`, where `base` comes from a hash of the name.
+//!
+//! A try scans the tickets in the server in one round trip (a recursive query that stops at
+//! the first ticket it gets). A waiter re-scans when a release `NOTIFY`s the semaphore's
+//! channel; since a holder whose session dies sends no notification, waiters also re-scan
+//! on a jittered backoff (25 ms doubling to 1 s).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha1::{Digest, Sha1};
+
+use super::connection::{Connection, Mode, Use};
+use super::{Named, PostgresHandle, PostgresProvider, BACKEND};
+use crate::{check_max_count, Acquire, Error, Result, Semaphore, SemaphoreProvider, Wait};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(25);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A PostgreSQL counting semaphore. Processes that name it with different max counts share
+/// the tickets they have in common, and each keeps to its own ceiling.
+#[derive(Clone, Debug)]
+pub struct PostgresSemaphore {
+    named: Arc<Named>,
+    listener: Arc<super::listener::Listener>,
+    base: i64,
+    max_count: u32,
+}
+
+/// The first ticket's key: 62 bits of SHA-1 of the name, so `base + i` never overflows.
+fn base_key(name: &str) -> i64 {
+    let digest = Sha1::new()
+        .chain_update(b"tollgate semaphore\0")
+        .chain_update(name.as_bytes())
+        .finalize();
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    (u64::from_le_bytes(bytes) >> 2) as i64
+}
+
+impl SemaphoreProvider for PostgresProvider {
+    type Semaphore = PostgresSemaphore;
+
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<PostgresSemaphore> {
+        check_max_count(name, max_count)?;
+        let base = base_key(name);
+        let named = Named {
+            name: name.to_owned(),
+            key: super::AdvisoryKey::Single(base),
+            pool: self.pool.clone(),
+            // Never locked on the server: `base - 1` is below every ticket.
+            semaphore: Some((
+                super::AdvisoryKey::Single(base - 1),
+                format!("tollgate_semaphore_{base:016x}"),
+            )),
+        };
+        Ok(PostgresSemaphore {
+            named: Arc::new(named),
+            listener: self.listener.clone(),
+            base,
+            max_count,
+        })
+    }
+}
+
+impl PostgresSemaphore {
+    fn marker(&self) -> super::AdvisoryKey {
+        self.named
+            .semaphore
+            .as_ref()
+            .map_or(self.named.key, |(marker, _)| *marker)
+    }
+
+    /// The tickets of this semaphore this session already holds (a session's advisory locks
+    /// are re-entrant, so the scan must skip them).
+    fn held_tickets(&self, connection: &Connection) -> Vec<i64> {
+        let end = self.base + i64::from(self.max_count);
+        connection
+            .held_keys()
+            .into_iter()
+            .filter_map(|key| match key {
+                super::AdvisoryKey::Single(key) if (self.base..end).contains(&key) => {
+                    Some(key - self.base)
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// One scan: the first free ticket, taken, or `None`.
+    async fn try_once(&self) -> Result<Option<PostgresHandle>> {
+        let marker = self.marker();
+        let connection = self
+            .named
+            .pool
+            .connection_for(&[marker], Use::Shared)
+            .await?;
+        let skip = self.held_tickets(&connection);
+        let skip = skip
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let sql = format!(
+            "WITH RECURSIVE scan(ticket, taken) AS ( \
+               SELECT -1::bigint, false \
+               UNION ALL \
+               SELECT ticket + 1, CASE WHEN ticket + 1 = ANY('{{{skip}}}'::bigint[]) THEN false \
+                 ELSE pg_try_advisory_lock({base} + ticket + 1) END \
+               FROM scan WHERE NOT taken AND ticket + 1 < {max} \
+             ) SELECT ticket FROM scan WHERE taken",
+            base = self.base,
+            max = self.max_count,
+        );
+        let mut interrupted = ScanGuard {
+            semaphore: self,
+            connection: connection.clone(),
+            skip: skip.clone(),
+            armed: true,
+        };
+        let outcome = connection.query_value(&sql).await;
+        interrupted.armed = false;
+        drop(interrupted);
+        let ticket = match outcome {
+            Ok(Some(ticket)) => ticket.parse::<i64>().map_err(|error| {
+                Error::backend(BACKEND, format!("unexpected ticket {ticket:?}"), error)
+            })?,
+            Ok(None) => {
+                connection.forget(&[marker]);
+                self.named.pool.notify_change();
+                return Ok(None);
+            }
+            Err(error) => {
+                connection.forget(&[marker]);
+                self.named.pool.notify_change();
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("cannot scan semaphore {:?}", self.named.name),
+                    error,
+                ));
+            }
+        };
+        let key = super::AdvisoryKey::Single(self.base + ticket);
+        connection.reserve_more(&[key]);
+        connection.forget(&[marker]);
+        self.named.pool.notify_change();
+        Ok(Some(PostgresHandle::new(
+            self.named.hold(connection, vec![(key, Mode::Exclusive)]),
+        )))
+    }
+}
+
+/// Undoes a scan whose future was dropped while the query was in flight: whatever ticket
+/// the server gave this session (beyond those it already held) is given back.
+struct ScanGuard<'a> {
+    semaphore: &'a PostgresSemaphore,
+    connection: Arc<Connection>,
+    skip: String,
+    armed: bool,
+}
+
+impl Drop for ScanGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (connection, named) = (self.connection.clone(), self.semaphore.named.clone());
+        let (base, max, skip, marker) = (
+            self.semaphore.base,
+            self.semaphore.max_count,
+            self.skip.clone(),
+            self.semaphore.marker(),
+        );
+        named.pool.begin_release(&[marker]);
+        connection.runtime().clone().spawn(async move {
+            let sql = format!(
+                "SELECT pg_advisory_unlock(key) FROM ( \
+                   SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks \
+                   WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
+                   AND objsubid = 1 AND mode = 'ExclusiveLock') held \
+                 WHERE key >= {base} AND key < {base} + {max} \
+                   AND key - {base} <> ALL('{{{skip}}}'::bigint[])"
+            );
+            // Runs after the interrupted scan: queries on one session run in order.
+            let _ = connection.query_value(&sql).await;
+            connection.forget(&[marker]);
+            named.pool.end_release(&[marker]);
+            named.pool.notify_change();
+        });
+    }
+}
+
+impl Acquire for PostgresSemaphore {
+    type Handle = PostgresHandle;
+
+    fn name(&self) -> &str {
+        &self.named.name
+    }
+
+    /// Takes a ticket, waiting as `wait` says: re-scans on every release anywhere (LISTEN /
+    /// NOTIFY) and on a capped backoff for holders that died without releasing.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a scan interrupted by a dropped future gives back whatever ticket the
+    /// server granted, on a background task.
+    async fn acquire_wait(&self, wait: Wait) -> Result<Option<PostgresHandle>> {
+        let deadline = wait.deadline();
+        self.named.pool.wait_for_releases(&[self.marker()]).await;
+        let mut subscription = None;
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            if let Some(handle) = self.try_once().await? {
+                return Ok(Some(handle));
+            }
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return Ok(None);
+            }
+            if subscription.is_none() {
+                let channel = self
+                    .named
+                    .semaphore
+                    .as_ref()
+                    .map(|(_, channel)| channel.as_str())
+                    .unwrap_or_default();
+                match self.listener.subscribe(channel).await {
+                    Ok(new) => subscription = Some(new),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot LISTEN; waiting by re-scanning only")
+                    }
+                }
+                // Subscribed now: scan once more so that no release is missed.
+                continue;
+            }
+            let jitter = Duration::from_micros(
+                u64::from(std::process::id() ^ now.elapsed().subsec_nanos()) % 5_000,
+            );
+            let until = now + backoff + jitter;
+            let until = deadline.map_or(until, |deadline| deadline.min(until));
+            tokio::select! {
+                () = async { subscription.as_mut().expect("subscribed above").notified().await } => {}
+                () = tokio::time::sleep_until(until) => backoff = (backoff * 2).min(MAX_BACKOFF),
+            }
+        }
+    }
+}
+
+impl Semaphore for PostgresSemaphore {
+    fn max_count(&self) -> u32 {
+        self.max_count
+    }
+}
