@@ -338,13 +338,15 @@ impl Pool {
         state.connections.len() + state.opening
     }
 
-    /// A connection for `key`, with the key reserved on it (so no other task tries the same
-    /// key on the same session). The caller must `forget` the key if it does not get it.
+    /// A connection for `keys`, with the keys reserved on it (so no other task tries the same
+    /// key on the same session). The caller must `forget` the keys if it does not get them.
+    /// `None` (only for shared use) when no session can be had because this process itself
+    /// holds one of the keys on every session the pool may have.
     pub(crate) async fn connection_for(
         self: &Arc<Self>,
         keys: &[AdvisoryKey],
         usage: Use,
-    ) -> Result<Arc<Connection>> {
+    ) -> Result<Option<Arc<Connection>>> {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -368,11 +370,20 @@ impl Pool {
                     .cloned();
                 if let Some(connection) = candidate {
                     connection.reserve(keys, usage);
-                    return Ok(connection);
+                    return Ok(Some(connection));
                 }
                 let open_new = state.connections.len() + state.opening < self.max_connections;
                 if open_new {
                     state.opening += 1;
+                } else if usage == Use::Shared
+                    && state.connections.iter().any(|connection| {
+                        let inner = connection.lock();
+                        keys.iter().any(|key| inner.holds.contains_key(key))
+                    })
+                {
+                    // Every session is in use and the key is held (or being tried) by this
+                    // process: the lock is busy, and waiting for a session would not help.
+                    return Ok(None);
                 }
                 open_new
             };
@@ -408,7 +419,7 @@ impl Pool {
                 };
                 connection.reserve(keys, usage);
                 state.connections.push(connection.clone());
-                return Ok(connection);
+                return Ok(Some(connection));
             }
             // Every session is busy and no more may be opened: wait for a change.
             changed.await;

@@ -220,6 +220,29 @@ impl PostgresProvider {
         self.pool.connection_count()
     }
 
+    /// The lock on an explicit key rather than a name (its name is the key in hex).
+    pub fn lock_with_key(&self, key: AdvisoryKey) -> PostgresLock {
+        PostgresLock {
+            named: self.named_key(key),
+        }
+    }
+
+    /// The reader-writer lock on an explicit key.
+    pub fn read_write_lock_with_key(&self, key: AdvisoryKey) -> PostgresReadWriteLock {
+        PostgresReadWriteLock {
+            named: self.named_key(key),
+        }
+    }
+
+    fn named_key(&self, key: AdvisoryKey) -> Arc<Named> {
+        Arc::new(Named {
+            name: format!("{key:#}"),
+            key,
+            pool: self.pool.clone(),
+            semaphore: None,
+        })
+    }
+
     fn key(&self, name: &str) -> Result<AdvisoryKey> {
         AdvisoryKey::from_name(name, self.allow_hashing)
     }
@@ -334,7 +357,11 @@ impl Named {
         self.pool.wait_for_releases(&keys).await;
         if !keep_dedicated {
             // The fast path: one try on a shared session.
-            let connection = self.pool.connection_for(&keys, Use::Shared).await?;
+            let Some(connection) = self.pool.connection_for(&keys, Use::Shared).await? else {
+                return self
+                    .acquire_dedicated(steps, wait, deadline, keep_dedicated)
+                    .await;
+            };
             let mut interrupted = TryGuard {
                 named: self.clone(),
                 connection: connection.clone(),
@@ -365,19 +392,36 @@ impl Named {
                 return Ok(None);
             }
         }
+        self.acquire_dedicated(steps, wait, deadline, keep_dedicated)
+            .await
+    }
+
+    /// The slow path: waits in the server on a session of its own.
+    async fn acquire_dedicated(
+        self: &Arc<Self>,
+        steps: Vec<Step>,
+        wait: Wait,
+        deadline: Option<tokio::time::Instant>,
+        keep_dedicated: bool,
+    ) -> Result<Option<Hold>> {
+        if wait == Wait::NO_WAIT && !keep_dedicated {
+            return Ok(None);
+        }
+        let keys = Self::keys(&steps);
+        let dedicated = self.pool.connection_for(&keys, Use::Dedicated);
         let connection = match deadline {
-            None => self.pool.connection_for(&keys, Use::Dedicated).await?,
-            Some(deadline) => {
-                match tokio::time::timeout_at(
-                    deadline,
-                    self.pool.connection_for(&keys, Use::Dedicated),
-                )
-                .await
-                {
-                    Ok(connection) => connection?,
-                    Err(_) => return Ok(None),
-                }
-            }
+            None => dedicated.await?,
+            Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
+                Ok(connection) => connection?,
+                Err(_) => return Ok(None),
+            },
+        };
+        let Some(connection) = connection else {
+            return Err(Error::backend(
+                BACKEND,
+                "no session for a wait",
+                std::io::Error::other("pool returned no dedicated session"),
+            ));
         };
         let (mut sender, receiver) = oneshot::channel();
         let named = self.clone();

@@ -91,11 +91,15 @@ impl PostgresSemaphore {
     /// One scan: the first free ticket, taken, or `None`.
     async fn try_once(&self) -> Result<Option<PostgresHandle>> {
         let marker = self.marker();
-        let connection = self
+        let Some(connection) = self
             .named
             .pool
             .connection_for(&[marker], Use::Shared)
-            .await?;
+            .await?
+        else {
+            // Every session is busy scanning this semaphore: as good as no ticket now.
+            return Ok(None);
+        };
         let skip = self.held_tickets(&connection);
         let skip = skip
             .iter()
