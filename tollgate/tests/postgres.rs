@@ -365,3 +365,28 @@ async fn lock_timeout_race_never_leaks_a_lock() {
             .unwrap();
     }
 }
+
+#[tokio::test]
+async fn tls_sessions_encrypt_and_verify_when_asked() {
+    let encrypted = PostgresProvider::from_url(
+        "postgres://postgres@127.0.0.1:5432/test?sslmode=require&application_name=tollgate-tls-test",
+    )
+    .unwrap();
+    let held = encrypted.lock(&unique("tls")).unwrap().acquire().await.unwrap();
+    let admin = admin().await;
+    let ssl_sessions: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid) \
+             WHERE ssl AND application_name = 'tollgate-tls-test'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl_sessions >= 1, "the session is encrypted");
+    drop(held);
+    // The test server's certificate is self-signed: verifying it must fail, clearly.
+    let verifying = PostgresProvider::from_url("postgres://postgres@127.0.0.1:5432/test?sslmode=verify-full").unwrap();
+    let error = verifying.lock("x").unwrap().try_acquire().await.unwrap_err();
+    assert!(error.is_backend(), "{error}");
+}
