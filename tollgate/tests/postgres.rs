@@ -372,7 +372,12 @@ async fn tls_sessions_encrypt_and_verify_when_asked() {
         "postgres://postgres@127.0.0.1:5432/test?sslmode=require&application_name=tollgate-tls-test",
     )
     .unwrap();
-    let held = encrypted.lock(&unique("tls")).unwrap().acquire().await.unwrap();
+    let held = encrypted
+        .lock(&unique("tls"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
     let admin = admin().await;
     let ssl_sessions: i64 = admin
         .query_one(
@@ -386,7 +391,14 @@ async fn tls_sessions_encrypt_and_verify_when_asked() {
     assert!(ssl_sessions >= 1, "the session is encrypted");
     drop(held);
     // The test server's certificate is self-signed: verifying it must fail, clearly.
-    let verifying = PostgresProvider::from_url("postgres://postgres@127.0.0.1:5432/test?sslmode=verify-full").unwrap();
-    let error = verifying.lock("x").unwrap().try_acquire().await.unwrap_err();
+    let verifying =
+        PostgresProvider::from_url("postgres://postgres@127.0.0.1:5432/test?sslmode=verify-full")
+            .unwrap();
+    let error = verifying
+        .lock("x")
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
     assert!(error.is_backend(), "{error}");
 }

@@ -18,6 +18,10 @@
 //!   the optional keepalive), every handle on it fires its loss signal; handles on other
 //!   sessions are unaffected. A killed holder process frees its locks as soon as the server
 //!   sees its socket close.
+//! - **Deadlocks**: every wait runs on a session that holds nothing else, so the server never
+//!   sees a cycle between handles (it reports 40P01 only for locks taken on a caller's own
+//!   session). Two tasks that each hold one lock and wait for the other's wait until their
+//!   timeouts, as with any lock service.
 //! - **Reader-writer locks** use shared/exclusive advisory locks on one key, as
 //!   DistributedLock does; PostgreSQL queues new shared requests behind a waiting exclusive
 //!   one, which gives writer preference. Writers and upgradeable readers also take an
