@@ -389,6 +389,10 @@ impl AnyProvider {
             Some("postgres" | "postgresql") => Ok(AnyProvider::new(
                 crate::backend::postgres::PostgresProvider::from_url(url)?,
             )),
+            #[cfg(feature = "mysql")]
+            Some("mysql" | "mariadb") => Ok(AnyProvider::new(
+                crate::backend::mysql::MySqlProvider::from_url(url)?,
+            )),
             #[cfg(not(feature = "local"))]
             Some(scheme @ ("local" | "file")) => Err(Error::invalid(format!(
                 "{scheme}: URLs need tollgate's `local` feature, which this build lacks"

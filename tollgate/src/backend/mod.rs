@@ -5,3 +5,6 @@ pub mod local;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
+
+#[cfg(feature = "mysql")]
+pub mod mysql;

@@ -1,0 +1,984 @@
+//! The MySQL / MariaDB backend: `GET_LOCK` user locks.
+//!
+//! - **Names** are DistributedLock.MySql's (see [`lock_name`]); with
+//!   [`MySqlProviderBuilder::exact_names`] they are used as they are, and names `GET_LOCK`
+//!   cannot take are an [`Error::InvalidArgument`].
+//! - **Waiting happens in the server** (`GET_LOCK(name, seconds)`) on a connection dedicated
+//!   to that wait. If the acquire future is dropped, that connection is killed on the server
+//!   (`KILL`), which ends the wait and frees anything granted in the race; the server frees a
+//!   connection's user locks when it goes.
+//! - **Multiplexing**: held locks share connections (never the same name twice on one
+//!   connection: `GET_LOCK` is re-entrant per connection, our contract is not); at most
+//!   `pool_size` connections (default 16). Every operation on a connection runs to completion
+//!   on its own task, so a dropped future never leaves a connection mid-query.
+//! - **Handle loss**: every connection that holds locks is pinged (default every second);
+//!   when it fails (`KILL CONNECTION`, network failure), its handles' loss signals fire.
+//! - **Semaphores**: ticket `i` is a user lock of its own; a try takes the first free ticket.
+//!   There is no release notification in MySQL, so waiters re-try on a jittered backoff
+//!   (10 ms doubling to 500 ms).
+//! - **Reader-writer locks are not offered**: `GET_LOCK` has no shared mode, and building one
+//!   from exclusive locks needs a check-then-write step that a crash can leave half done.
+
+mod name;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::{oneshot, Notify};
+
+use crate::{
+    check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
+    Semaphore, SemaphoreProvider, Wait,
+};
+pub use name::lock_name;
+
+const BACKEND: &str = "mysql";
+const DEFAULT_POOL_SIZE: usize = 16;
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
+/// `GET_LOCK` has no "forever"; a wait without timeout waits a year at a time.
+const LONG_WAIT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+fn mysql_error(message: impl Into<String>, error: mysql_async::Error) -> Error {
+    Error::backend(BACKEND, message, error)
+}
+
+/// Configures a [`MySqlProvider`].
+#[derive(Clone, Debug)]
+pub struct MySqlProviderBuilder {
+    opts: mysql_async::Opts,
+    pool_size: usize,
+    keepalive: Duration,
+    exact_names: bool,
+}
+
+impl MySqlProviderBuilder {
+    /// At most this many connections (default 16).
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// How often connections that hold locks are pinged, which is how soon a lost
+    /// connection is noticed (default 1 s).
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = interval;
+        self
+    }
+
+    /// Use names as `GET_LOCK` names without mapping (then case-insensitive, as MySQL is);
+    /// empty names and names over 64 characters are rejected.
+    pub fn exact_names(mut self, exact_names: bool) -> Self {
+        self.exact_names = exact_names;
+        self
+    }
+
+    /// The provider. Connections are opened when first needed.
+    pub fn build(self) -> Result<MySqlProvider> {
+        if self.pool_size == 0 {
+            return Err(Error::invalid("mysql pool size must be at least 1"));
+        }
+        if self.keepalive.is_zero() {
+            return Err(Error::invalid(
+                "mysql keepalive interval must be above zero",
+            ));
+        }
+        let pool = Pool {
+            opts: self.opts,
+            max_connections: self.pool_size,
+            keepalive: self.keepalive,
+            state: Mutex::default(),
+            changed: Notify::new(),
+            releasing: Mutex::default(),
+            released: Notify::new(),
+        };
+        Ok(MySqlProvider {
+            pool: Arc::new(pool),
+            exact_names: self.exact_names,
+        })
+    }
+}
+
+/// Creates MySQL / MariaDB locks and semaphores by name. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct MySqlProvider {
+    pool: Arc<Pool>,
+    exact_names: bool,
+}
+
+impl MySqlProvider {
+    /// A builder from a URL: `mysql://user:password@host:3306/db` (or `mariadb://`), with
+    /// mysql_async's options plus `pool_size=N` and `keepalive=SECONDS`.
+    pub fn builder(url: &str) -> Result<MySqlProviderBuilder> {
+        let rest = url
+            .strip_prefix("mysql://")
+            .or_else(|| url.strip_prefix("mariadb://"))
+            .ok_or_else(|| {
+                Error::invalid(format!("{url:?} is not a mysql:// or mariadb:// URL"))
+            })?;
+        let mut parsed = url::Url::parse(&format!("mysql://{rest}"))
+            .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
+        let mut pool_size = DEFAULT_POOL_SIZE;
+        let mut keepalive = DEFAULT_KEEPALIVE;
+        let mut kept = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            match &*key {
+                "pool_size" => {
+                    pool_size = value
+                        .parse()
+                        .map_err(|_| Error::invalid(format!("pool_size={value}: not a number")))?
+                }
+                "keepalive" => {
+                    let seconds: f64 = value
+                        .parse()
+                        .ok()
+                        .filter(|seconds: &f64| seconds.is_finite() && *seconds > 0.0)
+                        .ok_or_else(|| {
+                            Error::invalid(format!("keepalive={value}: not a number of seconds"))
+                        })?;
+                    keepalive = Duration::from_secs_f64(seconds);
+                }
+                _ => kept.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
+        let opts = mysql_async::Opts::from_url(parsed.as_str())
+            .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
+        Ok(MySqlProviderBuilder {
+            opts,
+            pool_size,
+            keepalive,
+            exact_names: false,
+        })
+    }
+
+    /// A provider from a URL with default settings.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder(url)?.build()
+    }
+
+    /// How many connections the provider has open.
+    pub fn connection_count(&self) -> usize {
+        let state = self.pool.lock();
+        state.connections.len() + state.opening
+    }
+
+    fn mapped(&self, name: &str) -> Result<String> {
+        if self.exact_names {
+            name::exact_name(name)
+        } else {
+            Ok(lock_name(name))
+        }
+    }
+}
+
+/// One server connection, used by one operation at a time.
+struct Connection {
+    id: u32,
+    conn: tokio::sync::Mutex<mysql_async::Conn>,
+    state: Mutex<ConnectionState>,
+    broken: AtomicBool,
+}
+
+#[derive(Default)]
+struct ConnectionState {
+    /// Lock names held (or being tried) here, with the loss notifier of each hold.
+    holds: HashMap<String, Option<Arc<LossNotifier>>>,
+    dedicated: bool,
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, ConnectionState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::SeqCst)
+    }
+
+    fn mark_broken(&self) {
+        self.broken.store(true, Ordering::SeqCst);
+        for notifier in self.lock().holds.values().flatten() {
+            notifier.notify_lost();
+        }
+    }
+
+    fn forget(&self, names: &[String]) {
+        let mut state = self.lock();
+        for name in names {
+            state.holds.remove(name);
+        }
+        state.dedicated = false;
+    }
+
+    fn record_hold(&self, name: &str) -> LossSignal {
+        let (notifier, signal) = LossSignal::detectable();
+        if self.is_broken() {
+            notifier.notify_lost();
+        }
+        self.lock()
+            .holds
+            .insert(name.to_owned(), Some(Arc::new(notifier)));
+        signal
+    }
+
+    /// `GET_LOCK(name, seconds)`: `Some(true)` taken, `Some(false)` timed out.
+    async fn get_lock(&self, name: &str, seconds: f64) -> Result<bool> {
+        let mut conn = self.conn.lock().await;
+        let result: std::result::Result<Option<Option<i64>>, _> = conn
+            .exec_first("SELECT GET_LOCK(?, ?)", (name, seconds))
+            .await;
+        match result {
+            Ok(Some(Some(1))) => Ok(true),
+            Ok(Some(Some(_))) => Ok(false),
+            Ok(_) => Err(Error::backend(
+                BACKEND,
+                format!("GET_LOCK({name:?}) failed"),
+                std::io::Error::other("NULL"),
+            )),
+            Err(mysql_async::Error::Server(error)) if error.code == 3058 || error.code == 1213 => {
+                Err(Error::Deadlock {
+                    name: name.to_owned(),
+                })
+            }
+            Err(error) => {
+                if matches!(
+                    error,
+                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+                ) {
+                    self.mark_broken();
+                }
+                Err(mysql_error(format!("GET_LOCK({name:?}) failed"), error))
+            }
+        }
+    }
+
+    /// `RELEASE_LOCK(name)`; a connection that is gone has released everything already.
+    async fn release_lock(&self, name: &str) -> Result<()> {
+        if self.is_broken() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().await;
+        let result: std::result::Result<Option<Option<i64>>, _> =
+            conn.exec_first("SELECT RELEASE_LOCK(?)", (name,)).await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(_) if self.is_broken() => Ok(()),
+            Err(error) => {
+                if matches!(
+                    error,
+                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+                ) {
+                    self.mark_broken();
+                    return Ok(());
+                }
+                Err(mysql_error(format!("RELEASE_LOCK({name:?}) failed"), error))
+            }
+        }
+    }
+}
+
+/// Connections and their multiplexing (see the module docs).
+struct Pool {
+    opts: mysql_async::Opts,
+    max_connections: usize,
+    keepalive: Duration,
+    state: Mutex<PoolState>,
+    changed: Notify,
+    /// Names whose release after a drop is still on its way to the server, so that this
+    /// process's next acquire of the same name waits for it instead of finding it busy.
+    releasing: Mutex<HashMap<String, usize>>,
+    released: Notify,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
+}
+
+#[derive(Default)]
+struct PoolState {
+    connections: Vec<Arc<Connection>>,
+    opening: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Use {
+    Shared,
+    Dedicated,
+}
+
+impl Pool {
+    fn lock(&self) -> MutexGuard<'_, PoolState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn releasing(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.releasing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn begin_release(&self, names: &[String]) {
+        let mut releasing = self.releasing();
+        for name in names {
+            *releasing.entry(name.clone()).or_default() += 1;
+        }
+    }
+
+    fn end_release(&self, names: &[String]) {
+        let mut releasing = self.releasing();
+        for name in names {
+            if let Some(count) = releasing.get_mut(name) {
+                *count -= 1;
+                if *count == 0 {
+                    releasing.remove(name);
+                }
+            }
+        }
+        drop(releasing);
+        self.released.notify_waiters();
+    }
+
+    /// Waits until no release of `names` after a drop is under way in this process.
+    async fn wait_for_releases(&self, names: &[String]) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if !names.iter().any(|name| self.releasing().contains_key(name)) {
+                return;
+            }
+            released.await;
+        }
+    }
+
+    /// A connection with `names` reserved on it; `None` (shared use only) when every
+    /// connection the pool may have already holds one of the names in this process.
+    async fn connection_for(
+        self: &Arc<Self>,
+        names: &[String],
+        usage: Use,
+    ) -> Result<Option<Arc<Connection>>> {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let open_new = {
+                let mut state = self.lock();
+                state
+                    .connections
+                    .retain(|connection| !connection.is_broken());
+                let candidate = state
+                    .connections
+                    .iter()
+                    .filter(|connection| {
+                        let inner = connection.lock();
+                        !inner.dedicated
+                            && names.iter().all(|name| !inner.holds.contains_key(name))
+                            && (usage == Use::Shared || inner.holds.is_empty())
+                    })
+                    .max_by_key(|connection| connection.lock().holds.len())
+                    .cloned();
+                if let Some(connection) = candidate {
+                    reserve(&connection, names, usage);
+                    return Ok(Some(connection));
+                }
+                if state.connections.len() + state.opening < self.max_connections {
+                    state.opening += 1;
+                    true
+                } else if usage == Use::Shared
+                    && state.connections.iter().any(|connection| {
+                        let inner = connection.lock();
+                        names.iter().any(|name| inner.holds.contains_key(name))
+                    })
+                {
+                    return Ok(None);
+                } else {
+                    false
+                }
+            };
+            if !open_new {
+                changed.await;
+                continue;
+            }
+            // Counted as opening until done, even if this future is dropped meanwhile.
+            struct Opening<'a> {
+                pool: &'a Pool,
+                done: bool,
+            }
+            impl Drop for Opening<'_> {
+                fn drop(&mut self) {
+                    if !self.done {
+                        self.pool.lock().opening -= 1;
+                        self.pool.changed.notify_waiters();
+                    }
+                }
+            }
+            let mut opening = Opening {
+                pool: self,
+                done: false,
+            };
+            let opened = self.open().await;
+            let mut state = self.lock();
+            state.opening -= 1;
+            opening.done = true;
+            let connection = match opened {
+                Ok(connection) => connection,
+                Err(error) => {
+                    drop(state);
+                    self.changed.notify_waiters();
+                    return Err(error);
+                }
+            };
+            reserve(&connection, names, usage);
+            state.connections.push(connection.clone());
+            return Ok(Some(connection));
+        }
+    }
+
+    async fn open(self: &Arc<Self>) -> Result<Arc<Connection>> {
+        let conn = mysql_async::Conn::new(self.opts.clone())
+            .await
+            .map_err(|error| mysql_error("cannot connect", error))?;
+        let connection = Arc::new(Connection {
+            id: conn.id(),
+            conn: tokio::sync::Mutex::new(conn),
+            state: Mutex::default(),
+            broken: AtomicBool::new(false),
+        });
+        let watched = Arc::downgrade(&connection);
+        let pool = Arc::downgrade(self);
+        let interval = self.keepalive;
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(interval);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(connection) = watched.upgrade() else {
+                    return;
+                };
+                if connection.is_broken() {
+                    return;
+                }
+                let idle = {
+                    let state = connection.lock();
+                    state.dedicated || state.holds.is_empty()
+                };
+                if idle {
+                    continue;
+                }
+                let alive = connection.conn.lock().await.ping().await.is_ok();
+                if !alive {
+                    connection.mark_broken();
+                    if let Some(pool) = pool.upgrade() {
+                        pool.changed.notify_waiters();
+                    }
+                    return;
+                }
+            }
+        });
+        Ok(connection)
+    }
+
+    /// Ends a dedicated connection's wait the hard way: `KILL` it from another connection.
+    async fn kill(&self, connection: &Connection) {
+        connection.mark_broken();
+        match mysql_async::Conn::new(self.opts.clone()).await {
+            Ok(mut killer) => {
+                if let Err(error) = killer.query_drop(format!("KILL {}", connection.id)).await {
+                    tracing::debug!(%error, "KILL of a waiting connection failed");
+                }
+                let _ = killer.disconnect().await;
+            }
+            Err(error) => tracing::warn!(%error, "cannot connect to KILL a waiting connection"),
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+fn reserve(connection: &Connection, names: &[String], usage: Use) {
+    let mut inner = connection.lock();
+    for name in names {
+        inner.holds.insert(name.clone(), None);
+    }
+    inner.dedicated = usage == Use::Dedicated;
+}
+
+/// A held MySQL lock or semaphore ticket. Dropping it releases on a background task;
+/// [`Handle::release`] waits for the server to confirm.
+pub struct MySqlHandle {
+    name: Arc<str>,
+    lock_name: String,
+    /// What a release after drop is noted under: the lock name, or the semaphore's prefix.
+    release_note: String,
+    connection: Arc<Connection>,
+    pool: Arc<Pool>,
+    loss: LossSignal,
+    released: bool,
+}
+
+impl std::fmt::Debug for MySqlHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MySqlHandle")
+            .field("name", &self.name)
+            .field("lock_name", &self.lock_name)
+            .finish()
+    }
+}
+
+impl MySqlHandle {
+    fn new(
+        name: Arc<str>,
+        lock_name: String,
+        release_note: String,
+        connection: Arc<Connection>,
+        pool: Arc<Pool>,
+    ) -> Self {
+        let loss = connection.record_hold(&lock_name);
+        MySqlHandle {
+            name,
+            lock_name,
+            release_note,
+            connection,
+            pool,
+            loss,
+            released: false,
+        }
+    }
+}
+
+async fn release(connection: &Connection, pool: &Pool, lock_name: &str) -> Result<()> {
+    let result = connection.release_lock(lock_name).await;
+    connection.forget(&[lock_name.to_owned()]);
+    pool.changed.notify_waiters();
+    result
+}
+
+impl Handle for MySqlHandle {
+    async fn release(mut self) -> Result<()> {
+        self.released = true;
+        release(&self.connection, &self.pool, &self.lock_name).await
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Fires when the connection holding the lock fails its keepalive ping.
+    fn loss_signal(&self) -> LossSignal {
+        self.loss.clone()
+    }
+
+    /// `GET_LOCK` has no counter to draw a token from.
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Drop for MySqlHandle {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (connection, pool, lock_name) = (
+            self.connection.clone(),
+            self.pool.clone(),
+            self.lock_name.clone(),
+        );
+        // Without a runtime the connection is gone too, and the server released the lock.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let note = vec![self.release_note.clone()];
+            pool.begin_release(&note);
+            runtime.spawn(async move {
+                if let Err(error) = release(&connection, &pool, &lock_name).await {
+                    tracing::warn!(%error, "release after drop failed");
+                }
+                pool.end_release(&note);
+            });
+        } else {
+            connection.mark_broken();
+        }
+    }
+}
+
+/// Runs `operation` on its own task so that it always completes; if the caller is gone by
+/// then, `undo` gives back what it got.
+async fn run_to_completion<T: Send + 'static>(
+    operation: impl std::future::Future<Output = Result<Option<T>>> + Send + 'static,
+    undo: impl FnOnce(T) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+        + Send
+        + 'static,
+) -> Result<Option<T>> {
+    let (sender, receiver) = oneshot::channel();
+    tokio::spawn(async move {
+        let outcome = operation.await;
+        if let Err(Ok(Some(value))) = sender.send(outcome) {
+            undo(value).await;
+        }
+    });
+    receiver.await.unwrap_or_else(|_| {
+        Err(Error::backend(
+            BACKEND,
+            "a lock task ended unexpectedly",
+            std::io::Error::other("task lost"),
+        ))
+    })
+}
+
+/// A MySQL / MariaDB lock (`GET_LOCK`).
+#[derive(Clone, Debug)]
+pub struct MySqlLock {
+    name: Arc<str>,
+    lock_name: String,
+    pool: Arc<Pool>,
+}
+
+impl MySqlLock {
+    /// The `GET_LOCK` name this lock uses.
+    pub fn lock_name(&self) -> &str {
+        &self.lock_name
+    }
+
+    /// One `GET_LOCK(name, 0)` on a shared connection.
+    async fn try_once(&self) -> Result<Option<MySqlHandle>> {
+        let names = [self.lock_name.clone()];
+        let Some(connection) = self.pool.connection_for(&names, Use::Shared).await? else {
+            return Ok(None);
+        };
+        let (pool, lock_name, name) =
+            (self.pool.clone(), self.lock_name.clone(), self.name.clone());
+        run_to_completion(
+            async move {
+                match connection.get_lock(&lock_name, 0.0).await {
+                    Ok(true) => Ok(Some(MySqlHandle::new(
+                        name,
+                        lock_name.clone(),
+                        lock_name,
+                        connection,
+                        pool,
+                    ))),
+                    other => {
+                        connection.forget(&[lock_name]);
+                        pool.changed.notify_waiters();
+                        other.map(|_| None)
+                    }
+                }
+            },
+            |handle| Box::pin(async move { drop(handle.release().await) }),
+        )
+        .await
+    }
+
+    /// `GET_LOCK(name, seconds)` on a connection of its own; a dropped future kills it.
+    async fn wait_dedicated(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<MySqlHandle>> {
+        wait_dedicated(
+            &self.pool,
+            &self.name,
+            &self.lock_name,
+            &self.lock_name,
+            deadline,
+        )
+        .await
+    }
+}
+
+/// `GET_LOCK(lock_name, seconds)` on a connection of its own; a dropped future kills it.
+async fn wait_dedicated(
+    pool: &Arc<Pool>,
+    name: &Arc<str>,
+    lock_name: &str,
+    release_note: &str,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<Option<MySqlHandle>> {
+    let names = [lock_name.to_owned()];
+    let dedicated = pool.connection_for(&names, Use::Dedicated);
+    let connection = match deadline {
+        None => dedicated.await?,
+        Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
+            Ok(connection) => connection?,
+            Err(_) => return Ok(None),
+        },
+    };
+    let Some(connection) = connection else {
+        return Ok(None);
+    };
+    let (sender, receiver) = oneshot::channel::<Result<Option<MySqlHandle>>>();
+    let (pool, lock_name, name) = (pool.clone(), lock_name.to_owned(), name.clone());
+    let release_note = release_note.to_owned();
+    tokio::spawn(async move {
+        let mut sender = sender;
+        let outcome = loop {
+            let seconds = match deadline {
+                None => LONG_WAIT_SECONDS,
+                Some(deadline) => deadline
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_secs_f64(),
+            };
+            let waited = tokio::select! {
+                result = connection.get_lock(&lock_name, seconds) => result,
+                () = sender.closed() => {
+                    // Nobody waits any more: end the wait, and whatever it got, for good.
+                    pool.kill(&connection).await;
+                    return;
+                }
+            };
+            match waited {
+                Ok(false) if deadline.is_none() => continue,
+                other => break other,
+            }
+        };
+        let message = match outcome {
+            Ok(true) => {
+                connection.lock().dedicated = false;
+                Ok(Some(MySqlHandle::new(
+                    name,
+                    lock_name,
+                    release_note,
+                    connection,
+                    pool.clone(),
+                )))
+            }
+            other => {
+                connection.forget(&[lock_name]);
+                other.map(|_| None)
+            }
+        };
+        pool.changed.notify_waiters();
+        if let Err(Ok(Some(handle))) = sender.send(message) {
+            let _ = handle.release().await;
+        }
+    });
+    receiver.await.unwrap_or_else(|_| {
+        Err(Error::backend(
+            BACKEND,
+            "the wait task ended unexpectedly",
+            std::io::Error::other("task lost"),
+        ))
+    })
+}
+
+impl Acquire for MySqlLock {
+    type Handle = MySqlHandle;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Acquires, waiting in the server as `wait` says.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: a try always completes on its own task and gives back what it got if
+    /// nobody wants it; a dropped wait kills its dedicated connection on the server.
+    async fn acquire_wait(&self, wait: Wait) -> Result<Option<MySqlHandle>> {
+        let deadline = wait.deadline();
+        // A hold of ours that was just dropped is still being released: wait for that first.
+        self.pool
+            .wait_for_releases(std::slice::from_ref(&self.lock_name))
+            .await;
+        if let Some(handle) = self.try_once().await? {
+            return Ok(Some(handle));
+        }
+        if wait == Wait::NO_WAIT {
+            return Ok(None);
+        }
+        self.wait_dedicated(deadline).await
+    }
+}
+
+impl Lock for MySqlLock {}
+
+/// A MySQL / MariaDB semaphore: ticket `i` is the user lock `tollgate_s_<hash>_<i>`.
+/// Processes that name it with different max counts share the tickets they have in common.
+#[derive(Clone, Debug)]
+pub struct MySqlSemaphore {
+    name: Arc<str>,
+    prefix: String,
+    max_count: u32,
+    pool: Arc<Pool>,
+}
+
+impl MySqlSemaphore {
+    fn ticket(&self, index: u32) -> String {
+        format!("{}{index}", self.prefix)
+    }
+
+    /// Scans for a free ticket on one shared connection (skipping the tickets that
+    /// connection already holds, since `GET_LOCK` is re-entrant).
+    async fn try_once(&self) -> Result<Option<MySqlHandle>> {
+        let marker = format!("{}scan", self.prefix);
+        let Some(connection) = self
+            .pool
+            .connection_for(std::slice::from_ref(&marker), Use::Shared)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let semaphore = self.clone();
+        run_to_completion(
+            async move {
+                let held: Vec<String> = connection.lock().holds.keys().cloned().collect();
+                let mut taken = None;
+                let mut failure = None;
+                for index in 0..semaphore.max_count {
+                    let ticket = semaphore.ticket(index);
+                    if held.contains(&ticket) {
+                        continue;
+                    }
+                    match connection.get_lock(&ticket, 0.0).await {
+                        Ok(true) => {
+                            taken = Some(ticket);
+                            break;
+                        }
+                        Ok(false) => {}
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                connection.forget(&[marker]);
+                semaphore.pool.changed.notify_waiters();
+                if let Some(error) = failure {
+                    return Err(error);
+                }
+                Ok(taken.map(|ticket| {
+                    reserve(&connection, std::slice::from_ref(&ticket), Use::Shared);
+                    MySqlHandle::new(
+                        semaphore.name.clone(),
+                        ticket,
+                        semaphore.prefix.clone(),
+                        connection,
+                        semaphore.pool.clone(),
+                    )
+                }))
+            },
+            |handle| Box::pin(async move { drop(handle.release().await) }),
+        )
+        .await
+    }
+}
+
+impl Acquire for MySqlSemaphore {
+    type Handle = MySqlHandle;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes a ticket, waiting as `wait` says: between scans of all tickets, it waits in the
+    /// server on one ticket (taking that ticket if it frees), for a backoff interval that
+    /// grows from 10 ms to 500 ms.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: each scan completes on its own task and gives back a ticket nobody wants;
+    /// a dropped server-side wait kills its dedicated connection.
+    async fn acquire_wait(&self, wait: Wait) -> Result<Option<MySqlHandle>> {
+        let deadline = wait.deadline();
+        self.pool
+            .wait_for_releases(std::slice::from_ref(&self.prefix))
+            .await;
+        let mut backoff = FIRST_BACKOFF;
+        let mut round: u32 = 0;
+        loop {
+            if let Some(handle) = self.try_once().await? {
+                return Ok(Some(handle));
+            }
+            let now = tokio::time::Instant::now();
+            if deadline.is_some_and(|deadline| now >= deadline) {
+                return Ok(None);
+            }
+            // Spread waiters over the tickets, and move on each round.
+            let ticket = (std::process::id().wrapping_add(round)) % self.max_count;
+            round = round.wrapping_add(1);
+            let until = now + backoff;
+            let until = deadline.map_or(until, |deadline| deadline.min(until));
+            let waited = wait_dedicated(
+                &self.pool,
+                &self.name,
+                &self.ticket(ticket),
+                &self.prefix,
+                Some(until),
+            )
+            .await?;
+            if let Some(handle) = waited {
+                return Ok(Some(handle));
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+impl Semaphore for MySqlSemaphore {
+    fn max_count(&self) -> u32 {
+        self.max_count
+    }
+}
+
+impl LockProvider for MySqlProvider {
+    type Lock = MySqlLock;
+
+    fn lock(&self, name: &str) -> Result<MySqlLock> {
+        Ok(MySqlLock {
+            name: name.into(),
+            lock_name: self.mapped(name)?,
+            pool: self.pool.clone(),
+        })
+    }
+}
+
+impl SemaphoreProvider for MySqlProvider {
+    type Semaphore = MySqlSemaphore;
+
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<MySqlSemaphore> {
+        check_max_count(name, max_count)?;
+        let prefix = format!("tollgate_s_{}_", name::hash(name.as_bytes()));
+        Ok(MySqlSemaphore {
+            name: name.into(),
+            prefix,
+            max_count,
+            pool: self.pool.clone(),
+        })
+    }
+}
+
+impl crate::any::DynProvider for MySqlProvider {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
+        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
+    }
+
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
+        Ok(crate::AnySemaphore::new(SemaphoreProvider::semaphore(
+            self, name, max_count,
+        )?))
+    }
+
+    fn read_write_lock(&self, _name: &str) -> Result<crate::AnyReadWriteLock> {
+        Err(Error::Unsupported {
+            backend: BACKEND,
+            what: "reader-writer locks",
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! Lock names to `GET_LOCK` names, as DistributedLock.MySql maps them.
+//!
+//! `GET_LOCK` names are at most 64 characters and case-insensitive. A name that is already
+//! lower case, non-empty and at most 64 characters is used as it is; any other name becomes
+//! its lower-cased prefix (`__empty__` for the empty name) followed by 32 lower-case base32
+//! characters of the SHA-512 of the exact name, 64 characters at most. Since the hash covers
+//! the exact name, `"ABC"` and `"abc"` stay different locks.
+
+use sha2::{Digest, Sha512};
+
+use crate::{Error, Result};
+
+/// The longest name `GET_LOCK` accepts, in characters.
+pub const MAX_LENGTH: usize = 64;
+const HASH_CHARS: usize = 32;
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// The `GET_LOCK` name for `name`.
+pub fn lock_name(name: &str) -> String {
+    let length = name.chars().count();
+    if !name.is_empty() && length <= MAX_LENGTH && name.to_lowercase() == name {
+        return name.to_owned();
+    }
+    let lowered = if name.is_empty() {
+        String::from("__empty__")
+    } else {
+        name.to_lowercase()
+    };
+    let mut mapped: String = lowered.chars().take(MAX_LENGTH - HASH_CHARS).collect();
+    mapped.push_str(&hash(name.as_bytes()));
+    mapped
+}
+
+/// Checks a name for exact-name mode: `GET_LOCK` must be able to take it as it is.
+pub fn exact_name(name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::invalid("exact MySQL lock names cannot be empty"));
+    }
+    if name.chars().count() > MAX_LENGTH {
+        return Err(Error::invalid(format!(
+            "exact MySQL lock names are at most {MAX_LENGTH} characters: {name:?}"
+        )));
+    }
+    Ok(name.to_owned())
+}
+
+/// 32 lower-case base32 characters (bits taken low-first) of the SHA-512 of `bytes`.
+pub(crate) fn hash(bytes: &[u8]) -> String {
+    let digest = Sha512::digest(bytes);
+    let mut out = String::with_capacity(HASH_CHARS);
+    let (mut buffer, mut bits) = (0u32, 0u32);
+    let mut bytes = digest.iter();
+    while out.len() < HASH_CHARS {
+        if bits < 5 {
+            buffer |= u32::from(*bytes.next().unwrap_or(&0)) << bits;
+            bits += 8;
+        }
+        out.push(char::from(BASE32[(buffer & 31) as usize]));
+        buffer >>= 5;
+        bits -= 5;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exact_name, lock_name};
+
+    #[test]
+    fn matches_distributed_lock_vectors() {
+        assert_eq!(lock_name(""), "__empty__p6ad62yppho33ytkibum5wbqhqvbcsxa");
+        assert_eq!(lock_name("ABC"), "abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3");
+        assert_eq!(lock_name("abc"), "abc");
+        let long = "a".repeat(65);
+        let mapped = lock_name(&long);
+        assert_eq!(mapped.chars().count(), 64);
+        assert!(mapped.starts_with(&"a".repeat(32)));
+        assert_eq!(lock_name(&"a".repeat(64)), "a".repeat(64));
+    }
+
+    #[test]
+    fn case_sensitive_for_users() {
+        assert_ne!(
+            lock_name("ABC").to_lowercase(),
+            lock_name("abc").to_lowercase()
+        );
+        assert_ne!(lock_name("Straße"), lock_name("STRASSE"));
+        for name in ["😀🔒", "a\0b", &"漢".repeat(100)] {
+            assert!(lock_name(name).chars().count() <= 64);
+        }
+    }
+
+    #[test]
+    fn exact_mode() {
+        assert!(exact_name("").is_err());
+        assert!(exact_name(&"x".repeat(65)).is_err());
+        assert_eq!(exact_name("Mixed").unwrap(), "Mixed");
+    }
+}

@@ -1,0 +1,224 @@
+//! The MySQL / MariaDB backend against the real server at 127.0.0.1:3306: the shared
+//! conformance suite, plus MySQL's own cases.
+#![cfg(feature = "mysql")]
+
+mod conformance;
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use tollgate::backend::mysql::MySqlProvider;
+use tollgate::{Acquire, AnyProvider, Error, Handle, LockProvider};
+
+use conformance::support::{unique, Locks, PROMPT};
+
+holder_entry!();
+
+/// The test server; `TOLLGATE_MYSQL_URL` points elsewhere.
+fn url() -> String {
+    std::env::var("TOLLGATE_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+fn provider() -> MySqlProvider {
+    MySqlProvider::from_url(&url()).expect("mysql provider")
+}
+
+async fn admin() -> mysql_async::Conn {
+    mysql_async::Conn::new(mysql_async::Opts::from_url("mysql://root@127.0.0.1:3306/test").unwrap())
+        .await
+        .expect("connect to the test server")
+}
+
+mod lock {
+    use super::*;
+    mutex_suite!(Locks {
+        provider: provider(),
+        url: url()
+    });
+}
+
+mod semaphore {
+    use super::*;
+    semaphore_suite!(provider(), url());
+}
+
+#[tokio::test]
+async fn killed_connection_fires_loss_and_a_waiter_proceeds() {
+    let provider = provider();
+    let name = unique("kill");
+    let lock = provider.lock(&name).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    assert!(handle.can_detect_loss());
+    let waiter = tokio::spawn({
+        let lock = MySqlProvider::from_url(&url())
+            .unwrap()
+            .lock(&name)
+            .unwrap();
+        async move { lock.acquire().await.map(drop) }
+    });
+    let mut admin = admin().await;
+    let holder: Option<u64> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock.lock_name(),))
+        .await
+        .unwrap();
+    let holder = holder.expect("the lock is held on the server");
+    admin
+        .query_drop(format!("KILL CONNECTION {holder}"))
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), handle.lost())
+        .await
+        .expect("loss fires within 5 s");
+    tokio::time::timeout(PROMPT, waiter)
+        .await
+        .expect("a waiter gets the lock")
+        .unwrap()
+        .unwrap();
+    handle.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn names_map_like_distributed_lock_and_stay_case_sensitive() {
+    let provider = provider();
+    assert_eq!(
+        provider.lock("ABC").unwrap().lock_name(),
+        "abczj4qr6tvn4a3kmgq4bukhowqyfrlxsb3"
+    );
+    assert_eq!(
+        provider.lock("").unwrap().lock_name(),
+        "__empty__p6ad62yppho33ytkibum5wbqhqvbcsxa"
+    );
+    let base = unique("case");
+    let upper = provider
+        .lock(&format!("{base}-X"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    let lower = provider
+        .lock(&format!("{base}-x"))
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap();
+    assert!(
+        lower.is_some(),
+        "case-sensitive for our users even though MySQL is not"
+    );
+    drop((upper, lower));
+    let exact = MySqlProvider::builder(&url())
+        .unwrap()
+        .exact_names(true)
+        .build()
+        .unwrap();
+    assert!(matches!(exact.lock(""), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        exact.lock(&"x".repeat(65)),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert_eq!(exact.lock("Exact_Name").unwrap().lock_name(), "Exact_Name");
+}
+
+#[tokio::test]
+async fn many_holds_share_few_connections_and_nothing_leaks() {
+    let provider = MySqlProvider::builder(&url())
+        .unwrap()
+        .pool_size(4)
+        .build()
+        .unwrap();
+    let base = unique("multiplex");
+    let mut handles = Vec::new();
+    for index in 0..200 {
+        handles.push(
+            provider
+                .lock(&format!("{base}-{index}"))
+                .unwrap()
+                .try_acquire()
+                .await
+                .unwrap()
+                .expect("free"),
+        );
+    }
+    assert!(
+        provider.connection_count() <= 2,
+        "{}",
+        provider.connection_count()
+    );
+    for handle in handles {
+        handle.release().await.unwrap();
+    }
+    let name = unique("no-leak");
+    let lock = provider.lock(&name).unwrap();
+    for _ in 0..30 {
+        let held = lock.acquire().await.unwrap();
+        assert!(provider
+            .lock(&name)
+            .unwrap()
+            .try_acquire_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+            .is_none());
+        held.release().await.unwrap();
+    }
+    assert!(provider.connection_count() <= 4);
+    let mut admin = admin().await;
+    let used: Option<Option<u64>> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock.lock_name(),))
+        .await
+        .unwrap();
+    assert_eq!(used, Some(None), "nothing left held on the server");
+}
+
+#[tokio::test]
+async fn cancelled_wait_leaves_nothing_on_the_server() {
+    let provider = provider();
+    let name = unique("cancel-server");
+    let held = provider.lock(&name).unwrap().acquire().await.unwrap();
+    for _ in 0..5 {
+        let lock = provider.lock(&name).unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(30), lock.acquire())
+                .await
+                .is_err()
+        );
+    }
+    held.release().await.unwrap();
+    let fresh = MySqlProvider::from_url(&url())
+        .unwrap()
+        .lock(&name)
+        .unwrap();
+    let again = tokio::time::timeout(PROMPT, fresh.acquire())
+        .await
+        .expect("lock is free")
+        .unwrap();
+    drop(again);
+}
+
+#[tokio::test]
+async fn bad_urls_unreachable_servers_and_no_rw_locks() {
+    for bad in [
+        "mysql://[::1",
+        "mysql://root@h/db?pool_size=x",
+        "mysql://root@h/db?keepalive=0",
+        "postgres-ish://x",
+    ] {
+        match MySqlProvider::from_url(bad) {
+            Err(Error::InvalidArgument(_)) => {}
+            other => panic!("{bad}: expected invalid argument, got {other:?}"),
+        }
+    }
+    let unreachable = MySqlProvider::from_url("mysql://root@127.0.0.1:1/test").unwrap();
+    let error = unreachable
+        .lock("x")
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+    let any = AnyProvider::from_url(&url()).unwrap();
+    assert!(matches!(
+        tollgate::ReadWriteLockProvider::read_write_lock(&any, "x"),
+        Err(Error::Unsupported { .. })
+    ));
+}
