@@ -222,3 +222,68 @@ async fn bad_urls_unreachable_servers_and_no_rw_locks() {
         Err(Error::Unsupported { .. })
     ));
 }
+
+#[tokio::test]
+async fn locks_on_the_callers_connection() {
+    use tollgate::backend::mysql::{lock_name, lock_on_connection};
+    use tollgate::Wait;
+    let connection = std::sync::Arc::new(tokio::sync::Mutex::new(admin().await));
+    let name = unique("own-connection");
+    let handle = lock_on_connection(connection.clone(), &name, Wait::Forever)
+        .await
+        .unwrap()
+        .expect("free");
+    // Other connections see it held.
+    assert!(provider()
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    // Re-acquiring on the same connection is not silently re-entrant.
+    assert!(lock_on_connection(connection.clone(), &name, Wait::NO_WAIT)
+        .await
+        .unwrap()
+        .is_none());
+    match lock_on_connection(connection.clone(), &name, Wait::Forever).await {
+        Err(Error::Deadlock { .. }) => {}
+        other => panic!(
+            "an unbounded re-acquire on the holding connection must be a deadlock: {other:?}"
+        ),
+    }
+    let started = std::time::Instant::now();
+    let bounded = lock_on_connection(
+        connection.clone(),
+        &name,
+        Wait::AtMost(Duration::from_millis(200)),
+    )
+    .await;
+    assert!(bounded.unwrap().is_none());
+    assert!(
+        started.elapsed() >= Duration::from_millis(200)
+            && started.elapsed() < Duration::from_millis(500)
+    );
+    handle.release().await.unwrap();
+    assert!(provider()
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_some());
+
+    // A wait cancelled mid-way leaves nothing held, and the connection works afterwards.
+    let other = provider().lock(&name).unwrap().acquire().await.unwrap();
+    let waiting = lock_on_connection(connection.clone(), &name, Wait::Forever);
+    assert!(tokio::time::timeout(Duration::from_millis(100), waiting)
+        .await
+        .is_err());
+    other.release().await.unwrap();
+    let mut conn = connection.lock().await;
+    let used: Option<Option<u64>> = conn
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock_name(&name),))
+        .await
+        .unwrap();
+    assert_eq!(used, Some(None), "the cancelled wait left nothing held");
+}

@@ -13,12 +13,16 @@
 //!   on its own task, so a dropped future never leaves a connection mid-query.
 //! - **Handle loss**: every connection that holds locks is pinged (default every second);
 //!   when it fails (`KILL CONNECTION`, network failure), its handles' loss signals fire.
+//! - **Locks on a caller's own connection**: [`lock_on_connection`], with the same
+//!   contract (not re-entrant, cancel-safe).
 //! - **Semaphores**: ticket `i` is a user lock of its own; a try takes the first free ticket.
-//!   There is no release notification in MySQL, so waiters re-try on a jittered backoff
-//!   (10 ms doubling to 500 ms).
+//!   There is no release notification in MySQL: between scans a waiter waits in the server
+//!   on one ticket (so a release of that ticket hands it over at once) for a backoff interval
+//!   growing from 10 ms to 500 ms, and waiters spread over the tickets.
 //! - **Reader-writer locks are not offered**: `GET_LOCK` has no shared mode, and building one
 //!   from exclusive locks needs a check-then-write step that a crash can leave half done.
 
+mod connection_lock;
 mod name;
 
 use std::collections::HashMap;
@@ -33,6 +37,7 @@ use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
     Semaphore, SemaphoreProvider, Wait,
 };
+pub use connection_lock::{lock_on_connection, ConnectionLockHandle, SharedConnection};
 pub use name::lock_name;
 
 const BACKEND: &str = "mysql";

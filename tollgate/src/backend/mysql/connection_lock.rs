@@ -1,0 +1,216 @@
+//! Locks on a connection of the caller's own (for example one taken from the application's
+//! pool), so that the lock lives exactly as long as that session.
+
+use std::sync::Arc;
+
+use mysql_async::prelude::Queryable;
+use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
+
+use super::{lock_name, BACKEND, LONG_WAIT_SECONDS};
+use crate::{Error, Handle, LossSignal, Result, Wait};
+
+/// A connection shared between the application and the locks taken on it.
+pub type SharedConnection = Arc<Mutex<mysql_async::Conn>>;
+
+/// Takes the lock `name` (mapped as [`lock_name`] does) on the caller's connection, waiting
+/// in the server as `wait` says: `Ok(None)` when the wait ran out.
+///
+/// `GET_LOCK` is re-entrant per connection, but tollgate's contract is not: if this
+/// connection already holds the lock, a zero wait answers `None`, an unbounded wait is an
+/// [`Error::Deadlock`] (it would wait for itself), and a bounded wait waits out its timeout
+/// and answers `None`.
+///
+/// The connection is locked for the duration of the call.
+///
+/// # Cancel safety
+/// Cancel-safe: the call runs to completion on its own task. If the future is dropped, the
+/// wait is ended with `KILL QUERY` from a second connection and a lock granted in the race is
+/// released before the connection is handed back.
+pub async fn lock_on_connection(
+    connection: SharedConnection,
+    name: &str,
+    wait: Wait,
+) -> Result<Option<ConnectionLockHandle>> {
+    let deadline = wait.deadline();
+    let mapped = lock_name(name);
+    let guard = connection.clone().lock_owned().await;
+    let (mut sender, receiver) = oneshot::channel::<Result<bool>>();
+    let task_name = mapped.clone();
+    tokio::spawn(async move {
+        let mut guard = guard;
+        let (id, opts) = (guard.id(), guard.opts().clone());
+        let mut taking = Box::pin(take(&mut guard, &task_name, wait, deadline));
+        let finished = tokio::select! {
+            outcome = &mut taking => Some(outcome),
+            () = sender.closed() => None,
+        };
+        let outcome = match finished {
+            Some(outcome) => {
+                drop(taking);
+                outcome
+            }
+            None => {
+                // Nobody waits any more: interrupt the statement and let it finish (a dropped
+                // statement would leave the connection unusable)...
+                kill_query(id, opts).await;
+                let _ = taking.await;
+                // ...then give back a lock granted in the race.
+                if held_here(&mut guard, &task_name).await.unwrap_or(false) {
+                    let _ = release(&mut guard, &task_name).await;
+                }
+                return;
+            }
+        };
+        if let Err(Ok(true)) = sender.send(outcome) {
+            // Taken, but nobody wants it any more.
+            let _ = release(&mut guard, &task_name).await;
+        }
+    });
+    let taken = receiver.await.unwrap_or_else(|_| {
+        Err(Error::backend(
+            BACKEND,
+            "the lock task ended unexpectedly",
+            std::io::Error::other("task lost"),
+        ))
+    })?;
+    Ok(taken.then(|| ConnectionLockHandle {
+        name: name.to_owned(),
+        lock_name: mapped,
+        connection,
+        released: false,
+    }))
+}
+
+async fn held_here(conn: &mut mysql_async::Conn, lock_name: &str) -> Result<bool> {
+    let held: Option<Option<i64>> = conn
+        .exec_first("SELECT IS_USED_LOCK(?) = CONNECTION_ID()", (lock_name,))
+        .await
+        .map_err(|error| Error::backend(BACKEND, "IS_USED_LOCK failed", error))?;
+    Ok(held.flatten() == Some(1))
+}
+
+async fn take(
+    guard: &mut OwnedMutexGuard<mysql_async::Conn>,
+    lock_name: &str,
+    wait: Wait,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<bool> {
+    if held_here(guard, lock_name).await? {
+        return match deadline {
+            None => Err(Error::Deadlock {
+                name: lock_name.to_owned(),
+            }),
+            Some(deadline) => {
+                tokio::time::sleep_until(deadline).await;
+                Ok(false)
+            }
+        };
+    }
+    loop {
+        let seconds = match deadline {
+            None => LONG_WAIT_SECONDS,
+            Some(deadline) => deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64(),
+        };
+        let seconds = if wait == Wait::NO_WAIT { 0.0 } else { seconds };
+        let taken: Option<Option<i64>> = guard
+            .exec_first("SELECT GET_LOCK(?, ?)", (lock_name, seconds))
+            .await
+            .map_err(|error| {
+                Error::backend(BACKEND, format!("GET_LOCK({lock_name:?}) failed"), error)
+            })?;
+        match taken.flatten() {
+            Some(1) => return Ok(true),
+            Some(_) if deadline.is_none() => continue,
+            Some(_) => return Ok(false),
+            None => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("GET_LOCK({lock_name:?}) failed"),
+                    std::io::Error::other("NULL"),
+                ))
+            }
+        }
+    }
+}
+
+/// Interrupts the statement connection `id` is running (`KILL QUERY` from a second
+/// connection).
+async fn kill_query(id: u32, opts: mysql_async::Opts) {
+    match mysql_async::Conn::new(opts).await {
+        Ok(mut killer) => {
+            let _ = killer.query_drop(format!("KILL QUERY {id}")).await;
+            let _ = killer.disconnect().await;
+        }
+        Err(error) => tracing::warn!(%error, "cannot connect to interrupt a wait"),
+    }
+}
+
+async fn release(conn: &mut mysql_async::Conn, lock_name: &str) -> Result<()> {
+    conn.exec_drop("DO RELEASE_LOCK(?)", (lock_name,))
+        .await
+        .map_err(|error| {
+            Error::backend(
+                BACKEND,
+                format!("RELEASE_LOCK({lock_name:?}) failed"),
+                error,
+            )
+        })
+}
+
+/// A lock held on the caller's connection. Dropping it releases on a background task
+/// (after whatever the connection is doing); the server also releases it when the
+/// connection closes.
+pub struct ConnectionLockHandle {
+    name: String,
+    lock_name: String,
+    connection: SharedConnection,
+    released: bool,
+}
+
+impl std::fmt::Debug for ConnectionLockHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionLockHandle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl Handle for ConnectionLockHandle {
+    async fn release(mut self) -> Result<()> {
+        self.released = true;
+        let mut conn = self.connection.lock().await;
+        release(&mut conn, &self.lock_name).await
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The caller owns the connection, so tollgate does not watch it.
+    fn loss_signal(&self) -> LossSignal {
+        LossSignal::undetectable()
+    }
+
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl Drop for ConnectionLockHandle {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let (connection, lock_name) = (self.connection.clone(), self.lock_name.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut conn = connection.lock().await;
+                if let Err(error) = release(&mut conn, &lock_name).await {
+                    tracing::warn!(%error, "release after drop failed");
+                }
+            });
+        }
+    }
+}
