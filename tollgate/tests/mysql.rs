@@ -287,3 +287,57 @@ async fn locks_on_the_callers_connection() {
         .unwrap();
     assert_eq!(used, Some(None), "the cancelled wait left nothing held");
 }
+
+#[tokio::test]
+async fn server_detected_deadlock_is_the_deadlock_error() {
+    use tollgate::backend::mysql::lock_on_connection;
+    use tollgate::Wait;
+    let (first, second) = (unique("deadlock-x"), unique("deadlock-y"));
+    let a = std::sync::Arc::new(tokio::sync::Mutex::new(admin().await));
+    let b = std::sync::Arc::new(tokio::sync::Mutex::new(admin().await));
+    let held_a = lock_on_connection(a.clone(), &first, Wait::NO_WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    let held_b = lock_on_connection(b.clone(), &second, Wait::NO_WAIT)
+        .await
+        .unwrap()
+        .unwrap();
+    let long = Wait::AtMost(Duration::from_secs(20));
+    let cross_a = tokio::spawn({
+        let (a, second) = (a.clone(), second.clone());
+        async move {
+            lock_on_connection(a, &second, long)
+                .await
+                .map(|held| held.is_some())
+        }
+    });
+    let cross_b = tokio::spawn({
+        let (b, first) = (b.clone(), first.clone());
+        async move {
+            lock_on_connection(b, &first, long)
+                .await
+                .map(|held| held.is_some())
+        }
+    });
+    // The server breaks the cycle at once by failing one wait; release the loser's lock so
+    // the winner proceeds.
+    let (result_a, result_b) = tokio::time::timeout(PROMPT, async {
+        tokio::select! {
+            result = cross_a => {
+                let result_a = result.unwrap();
+                drop(held_a);
+                (result_a, None)
+            }
+            result = cross_b => {
+                let result_b = result.unwrap();
+                drop(held_b);
+                (Err(Error::invalid("unused")), Some(result_b))
+            }
+        }
+    })
+    .await
+    .expect("the server breaks the deadlock");
+    let loser = result_b.unwrap_or(result_a);
+    assert!(matches!(loser, Err(Error::Deadlock { .. })), "{loser:?}");
+}

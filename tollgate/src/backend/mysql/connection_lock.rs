@@ -114,12 +114,25 @@ async fn take(
                 .as_secs_f64(),
         };
         let seconds = if wait == Wait::NO_WAIT { 0.0 } else { seconds };
-        let taken: Option<Option<i64>> = guard
+        let taken: Option<Option<i64>> = match guard
             .exec_first("SELECT GET_LOCK(?, ?)", (lock_name, seconds))
             .await
-            .map_err(|error| {
-                Error::backend(BACKEND, format!("GET_LOCK({lock_name:?}) failed"), error)
-            })?;
+        {
+            Ok(taken) => taken,
+            // The server found this connection waiting in a cycle (ER_LOCK_DEADLOCK).
+            Err(mysql_async::Error::Server(error)) if error.code == 1213 || error.code == 3058 => {
+                return Err(Error::Deadlock {
+                    name: lock_name.to_owned(),
+                })
+            }
+            Err(error) => {
+                return Err(Error::backend(
+                    BACKEND,
+                    format!("GET_LOCK({lock_name:?}) failed"),
+                    error,
+                ))
+            }
+        };
         match taken.flatten() {
             Some(1) => return Ok(true),
             Some(_) if deadline.is_none() => continue,
