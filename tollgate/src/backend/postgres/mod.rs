@@ -18,6 +18,9 @@
 //!   the optional keepalive), every handle on it fires its loss signal; handles on other
 //!   sessions are unaffected. A killed holder process frees its locks as soon as the server
 //!   sees its socket close.
+//! - **Caller-controlled scopes** ([`transaction`]): a lock inside the caller's own
+//!   transaction (`pg_advisory_xact_lock`, works through PgBouncer's transaction pooling), an
+//!   owned-transaction provider, and locks on the caller's own connection.
 //! - **Deadlocks**: every wait runs on a session that holds nothing else, so the server never
 //!   sees a cycle between handles (it reports 40P01 only for locks taken on a caller's own
 //!   session). Two tasks that each hold one lock and wait for the other's wait until their
@@ -32,6 +35,7 @@ mod connection;
 pub mod key;
 mod listener;
 mod semaphore;
+pub mod transaction;
 
 use std::sync::Arc;
 use std::time::Duration;
