@@ -102,6 +102,12 @@ impl Connection {
         self.broken.is_lost() || self.client.is_closed()
     }
 
+    /// Takes a session that was sent a cancel request out of use for good: a cancel that
+    /// arrives late would otherwise hit the next statement of whoever used it next.
+    pub(crate) fn retire(&self) {
+        self.broken.notify_lost();
+    }
+
     /// Runs one statement (or several, `;`-separated) and returns the first column of the
     /// first row of the last result, if any.
     pub(crate) async fn query_value(

@@ -449,6 +449,10 @@ impl Named {
             };
             let outcome =
                 wait_in_server(&waiting, &named.name, &steps, deadline, &mut sender).await;
+            if sender.is_closed() {
+                // The wait was cancelled on the server; see `Connection::retire`.
+                waiting.retire();
+            }
             match outcome {
                 Ok(true) => {
                     let hold = named.hold(waiting.clone(), steps.clone());
