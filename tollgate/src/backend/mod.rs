@@ -8,3 +8,6 @@ pub mod postgres;
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod release_notes;

@@ -33,6 +33,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use tokio::sync::{oneshot, Notify};
 
+use crate::backend::release_notes::ReleaseNotes;
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
     Semaphore, SemaphoreProvider, Wait,
@@ -98,8 +99,7 @@ impl MySqlProviderBuilder {
             keepalive: self.keepalive,
             state: Mutex::default(),
             changed: Notify::new(),
-            releasing: Mutex::default(),
-            released: Notify::new(),
+            release_notes: ReleaseNotes::default(),
         };
         Ok(MySqlProvider {
             pool: Arc::new(pool),
@@ -302,8 +302,7 @@ struct Pool {
     changed: Notify,
     /// Names whose release after a drop is still on its way to the server, so that this
     /// process's next acquire of the same name waits for it instead of finding it busy.
-    releasing: Mutex<HashMap<String, usize>>,
-    released: Notify,
+    release_notes: ReleaseNotes<String>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -333,44 +332,17 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn releasing(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        self.releasing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn begin_release(&self, names: &[String]) {
-        let mut releasing = self.releasing();
-        for name in names {
-            *releasing.entry(name.clone()).or_default() += 1;
-        }
+        self.release_notes.begin(names);
     }
 
     fn end_release(&self, names: &[String]) {
-        let mut releasing = self.releasing();
-        for name in names {
-            if let Some(count) = releasing.get_mut(name) {
-                *count -= 1;
-                if *count == 0 {
-                    releasing.remove(name);
-                }
-            }
-        }
-        drop(releasing);
-        self.released.notify_waiters();
+        self.release_notes.end(names);
     }
 
     /// Waits until no release of `names` after a drop is under way in this process.
     async fn wait_for_releases(&self, names: &[String]) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !names.iter().any(|name| self.releasing().contains_key(name)) {
-                return;
-            }
-            released.await;
-        }
+        self.release_notes.wait(names).await;
     }
 
     /// A connection with `names` reserved on it; `None` (shared use only) when every

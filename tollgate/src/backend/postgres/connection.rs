@@ -15,6 +15,7 @@ use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
 
 use super::key::AdvisoryKey;
 use super::BACKEND;
+use crate::backend::release_notes::ReleaseNotes;
 use crate::{Error, LossNotifier, LossSignal, Result};
 
 /// How a key is held.
@@ -251,8 +252,7 @@ pub(crate) struct Pool {
     changed: Notify,
     /// Keys whose release after a drop is still on its way to the server, so that this
     /// process's next acquire of the same key waits for it instead of finding it busy.
-    releasing: Mutex<HashMap<AdvisoryKey, usize>>,
-    released: Notify,
+    release_notes: ReleaseNotes<AdvisoryKey>,
 }
 
 #[derive(Default)]
@@ -285,50 +285,7 @@ impl Pool {
             keepalive,
             connections: Mutex::default(),
             changed: Notify::new(),
-            releasing: Mutex::default(),
-            released: Notify::new(),
-        }
-    }
-
-    fn releasing(&self) -> MutexGuard<'_, HashMap<AdvisoryKey, usize>> {
-        self.releasing
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Notes that releases of `keys` are under way (called from `Drop`).
-    pub(crate) fn begin_release(&self, keys: &[AdvisoryKey]) {
-        let mut releasing = self.releasing();
-        for key in keys {
-            *releasing.entry(*key).or_default() += 1;
-        }
-    }
-
-    /// Notes that releases of `keys` are done.
-    pub(crate) fn end_release(&self, keys: &[AdvisoryKey]) {
-        let mut releasing = self.releasing();
-        for key in keys {
-            if let Some(count) = releasing.get_mut(key) {
-                *count -= 1;
-                if *count == 0 {
-                    releasing.remove(key);
-                }
-            }
-        }
-        drop(releasing);
-        self.released.notify_waiters();
-    }
-
-    /// Waits until no release of `keys` is under way in this process.
-    pub(crate) async fn wait_for_releases(&self, keys: &[AdvisoryKey]) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !keys.iter().any(|key| self.releasing().contains_key(key)) {
-                return;
-            }
-            released.await;
+            release_notes: ReleaseNotes::default(),
         }
     }
 
@@ -336,6 +293,21 @@ impl Pool {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes that releases of `keys` are under way (called from `Drop`).
+    pub(crate) fn begin_release(&self, keys: &[AdvisoryKey]) {
+        self.release_notes.begin(keys);
+    }
+
+    /// Notes that releases of `keys` are done.
+    pub(crate) fn end_release(&self, keys: &[AdvisoryKey]) {
+        self.release_notes.end(keys);
+    }
+
+    /// Waits until no release of `keys` is under way in this process.
+    pub(crate) async fn wait_for_releases(&self, keys: &[AdvisoryKey]) {
+        self.release_notes.wait(keys).await;
     }
 
     /// How many sessions are open (or opening).
