@@ -177,22 +177,29 @@ async fn cancelled_wait_leaves_nothing_on_the_server() {
                 .is_err()
         );
     }
-    // A waiter that is cancelled right as the lock frees must not keep it.
-    let racing = provider.lock(&name).unwrap();
-    let race = tokio::spawn(async move { racing.acquire().await.map(drop) });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    held.release().await.unwrap();
-    race.abort();
-    let _ = race.await;
-    let fresh = PostgresProvider::from_url(&url())
-        .unwrap()
-        .lock(&name)
-        .unwrap();
-    let again = tokio::time::timeout(PROMPT, fresh.acquire())
-        .await
-        .expect("lock is free")
-        .unwrap();
-    drop(again);
+    drop(held);
+    // A waiter that is cancelled right as the lock frees must not keep it: the cancel then
+    // reaches the server after the grant, and must not cost the cleanup that follows.
+    let fresh = PostgresProvider::from_url(&url()).unwrap();
+    for round in 0..10 {
+        let held = provider.lock(&name).unwrap().acquire().await.unwrap();
+        let racing = provider.lock(&name).unwrap();
+        let race = tokio::spawn(async move { racing.acquire().await.map(drop) });
+        // Not a synchronisation: the round checks the same thing whether or not the waiter
+        // reached the server first, and most rounds it does.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        held.release().await.unwrap();
+        if round % 2 == 1 {
+            tokio::task::yield_now().await;
+        }
+        race.abort();
+        let _ = race.await;
+        let again = tokio::time::timeout(PROMPT, fresh.lock(&name).unwrap().acquire())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the lock is not free"))
+            .unwrap();
+        again.release().await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -79,6 +79,9 @@ pub(crate) struct Connection {
     state: Mutex<ConnectionState>,
     /// Fired (with every hold's notifier) when the session ends under us.
     broken: LossNotifier,
+    /// Set once the session was sent a cancel request: it is closed when its last user is
+    /// done with it.
+    retired: std::sync::atomic::AtomicBool,
     runtime: tokio::runtime::Handle,
 }
 
@@ -103,10 +106,27 @@ impl Connection {
         self.broken.is_lost() || self.client.is_closed()
     }
 
-    /// Takes a session that was sent a cancel request out of use for good: a cancel that
-    /// arrives late would otherwise hit the next statement of whoever used it next.
-    pub(crate) fn retire(&self) {
-        self.broken.notify_lost();
+    /// Whether the session was taken out of use (see [`Pool::retire`]).
+    fn is_retired(&self) -> bool {
+        self.retired.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Runs a statement that must not be lost to a cancel request meant for an earlier one.
+    /// A cancel that reaches the server after its statement finished hits whatever runs
+    /// next; one request signals the backend at most twice (the process and its group), so
+    /// a statement cancelled that way runs again, up to twice.
+    async fn query_value_past_cancel(
+        &self,
+        sql: &str,
+    ) -> Result<Option<String>, tokio_postgres::Error> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.query_value(sql).await {
+                Err(error) if sqlstate(&error) == Some("57014") && attempts < 3 => {}
+                other => return other,
+            }
+        }
     }
 
     /// Runs one statement (or several, `;`-separated) and returns the first column of the
@@ -136,7 +156,7 @@ impl Connection {
             mode.suffix(),
             key_args(key)
         );
-        Ok(self.query_value(&sql).await?.as_deref() == Some("t"))
+        Ok(self.query_value_past_cancel(&sql).await?.as_deref() == Some("t"))
     }
 
     /// Unlocks `key` in `mode` if this session holds it (cleanup after an interrupted try).
@@ -151,7 +171,7 @@ impl Connection {
             key_args(key),
             granted_condition(key, mode)
         );
-        self.query_value(&sql).await.map(drop)
+        self.query_value_past_cancel(&sql).await.map(drop)
     }
 
     /// Whether this session holds `key` in `mode` (after an ambiguous error such as a
@@ -166,7 +186,7 @@ impl Connection {
             granted_condition(key, mode)
         );
         Ok(self
-            .query_value(&sql)
+            .query_value_past_cancel(&sql)
             .await?
             .is_some_and(|count| count != "0"))
     }
@@ -333,7 +353,7 @@ impl Pool {
                 let mut state = self.lock();
                 state
                     .connections
-                    .retain(|connection| !connection.is_broken());
+                    .retain(|connection| !connection.is_broken() && !connection.is_retired());
                 let candidate = state
                     .connections
                     .iter()
@@ -404,6 +424,20 @@ impl Pool {
         }
     }
 
+    /// Takes a session that was sent a cancel request out of use for good: a cancel that
+    /// reached the server late would otherwise hit a statement of whoever used the session
+    /// next. Its current users (a wait's cleanup, a hold) finish normally; the session
+    /// closes, releasing anything left on it, when the last of them drops it.
+    pub(crate) fn retire(&self, connection: &Arc<Connection>) {
+        connection
+            .retired
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.lock()
+            .connections
+            .retain(|open| !Arc::ptr_eq(open, connection));
+        self.changed.notify_waiters();
+    }
+
     /// Tells waiters for a connection that one may have become usable.
     pub(crate) fn notify_change(&self) {
         self.changed.notify_waiters();
@@ -436,6 +470,7 @@ impl Pool {
             tls: self.tls.clone(),
             state: Mutex::default(),
             broken: LossSignal::detectable().0,
+            retired: std::sync::atomic::AtomicBool::new(false),
             runtime,
         });
         // A waiting backend notices a vanished client only when it checks; make it check.

@@ -447,11 +447,18 @@ impl Named {
                 pool: named.pool.clone(),
                 keys: Self::keys(&steps),
             };
-            let outcome =
-                wait_in_server(&waiting, &named.name, &steps, deadline, &mut sender).await;
-            if sender.is_closed() {
-                // The wait was cancelled on the server; see `Connection::retire`.
-                waiting.retire();
+            let mut cancelled = false;
+            let outcome = wait_in_server(
+                &waiting,
+                &named.name,
+                &steps,
+                deadline,
+                &mut sender,
+                &mut cancelled,
+            )
+            .await;
+            if cancelled {
+                named.pool.retire(&waiting);
             }
             match outcome {
                 Ok(true) => {
@@ -507,18 +514,20 @@ impl Named {
 /// Waits in the server for every step in turn: `Ok(true)` when all are held, `Ok(false)`
 /// when the time ran out, an error otherwise; in both of those, nothing stays held. If
 /// `sender` closes (the acquire future was dropped), the query is cancelled on the server
-/// and whatever was granted meanwhile is released: `Ok(false)`.
+/// and whatever was granted meanwhile is released: `Ok(false)`; `cancelled` then says that a
+/// cancel request went to the server (see [`Pool::retire`]).
 async fn wait_in_server<T>(
     connection: &Connection,
     name: &str,
     steps: &[Step],
     deadline: Option<tokio::time::Instant>,
     sender: &mut oneshot::Sender<T>,
+    cancelled: &mut bool,
 ) -> Result<bool> {
     let mut taken: Vec<Step> = Vec::new();
     let mut outcome = Ok(true);
     for &(key, mode) in steps {
-        match wait_one(connection, name, key, mode, deadline, sender).await {
+        match wait_one(connection, name, key, mode, deadline, sender, cancelled).await {
             Ok(true) => taken.push((key, mode)),
             other => {
                 outcome = other;
@@ -546,6 +555,7 @@ async fn wait_one<T>(
     mode: Mode,
     deadline: Option<tokio::time::Instant>,
     sender: &mut oneshot::Sender<T>,
+    cancelled: &mut bool,
 ) -> Result<bool> {
     let timeout_ms = match deadline {
         None => 0,
@@ -565,6 +575,7 @@ async fn wait_one<T>(
     let result = tokio::select! {
         result = &mut query => result,
         () = sender.closed() => {
+            *cancelled = true;
             connection.cancel_query().await;
             query.await
         }
@@ -974,7 +985,19 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
         let pool = self.hold.named.pool.clone();
         tokio::spawn(async move {
             let steps = [(key, Mode::Exclusive)];
-            let outcome = wait_in_server(&connection, &name, &steps, deadline, &mut sender).await;
+            let mut cancelled = false;
+            let outcome = wait_in_server(
+                &connection,
+                &name,
+                &steps,
+                deadline,
+                &mut sender,
+                &mut cancelled,
+            )
+            .await;
+            if cancelled {
+                pool.retire(&connection);
+            }
             // Release our turn on the session before a grant's cleanup may need it.
             drop(serial);
             let message = outcome.map(|granted| {
