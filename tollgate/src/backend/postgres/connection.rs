@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tokio_postgres::{CancelToken, Client, SimpleQueryMessage};
+use tokio_postgres::{CancelToken, Client, SimpleQueryMessage, Statement};
 
 use super::key::AdvisoryKey;
 use super::BACKEND;
@@ -92,6 +92,15 @@ struct ConnectionState {
     holds: HashMap<AdvisoryKey, Option<Arc<LossNotifier>>>,
     /// Taken by one blocking wait.
     dedicated: bool,
+    /// Statements prepared on this session, by function, mode and kind of key (pair or not).
+    statements: HashMap<(Function, Mode, bool), Statement>,
+}
+
+/// The advisory-lock functions the hot path runs as prepared statements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Function {
+    TryLock,
+    Unlock,
 }
 
 impl Connection {
@@ -145,18 +154,77 @@ impl Connection {
         Ok(value)
     }
 
-    /// `pg_advisory_unlock[_shared]`.
+    /// The statement `SELECT function(key)` for this kind of key, prepared on this session
+    /// the first time it is needed (the hot path's statements then cost one round trip
+    /// each, with no parsing or planning in the server).
+    async fn prepared(
+        &self,
+        function: Function,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        let pair = matches!(key, AdvisoryKey::Pair(..));
+        if let Some(statement) = self.lock().statements.get(&(function, mode, pair)) {
+            return Ok(statement.clone());
+        }
+        let name = match function {
+            Function::TryLock => "pg_try_advisory_lock",
+            Function::Unlock => "pg_advisory_unlock",
+        };
+        let args = if pair {
+            "$1::int4, $2::int4"
+        } else {
+            "$1::int8"
+        };
+        let sql = format!("SELECT {name}{}({args})", mode.suffix());
+        let statement = self.client.prepare(&sql).await?;
+        self.lock()
+            .statements
+            .insert((function, mode, pair), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs a prepared advisory-lock function on `key` and returns its boolean.
+    async fn call(
+        &self,
+        function: Function,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let statement = self.prepared(function, key, mode).await?;
+        let row = match key {
+            AdvisoryKey::Single(key) => self.client.query_one(&statement, &[&key]).await?,
+            AdvisoryKey::Pair(high, low) => {
+                self.client.query_one(&statement, &[&high, &low]).await?
+            }
+        };
+        row.try_get(0)
+    }
+
+    /// `pg_try_advisory_lock[_shared]`: whether the lock was granted.
+    pub(crate) async fn try_lock(
+        &self,
+        key: AdvisoryKey,
+        mode: Mode,
+    ) -> Result<bool, tokio_postgres::Error> {
+        self.call(Function::TryLock, key, mode).await
+    }
+
+    /// `pg_advisory_unlock[_shared]`: whether the lock was held. Runs again when a cancel
+    /// request meant for an earlier statement interrupts it (see `query_value_past_cancel`).
     pub(crate) async fn unlock(
         &self,
         key: AdvisoryKey,
         mode: Mode,
     ) -> Result<bool, tokio_postgres::Error> {
-        let sql = format!(
-            "SELECT pg_advisory_unlock{}({})",
-            mode.suffix(),
-            key_args(key)
-        );
-        Ok(self.query_value_past_cancel(&sql).await?.as_deref() == Some("t"))
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.call(Function::Unlock, key, mode).await {
+                Err(error) if sqlstate(&error) == Some("57014") && attempts < 3 => {}
+                other => return other,
+            }
+        }
     }
 
     /// Unlocks `key` in `mode` if this session holds it (cleanup after an interrupted try).

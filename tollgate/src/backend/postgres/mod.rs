@@ -376,14 +376,20 @@ impl Named {
                 steps: &steps,
                 armed: true,
             };
-            let outcome = connection.query_value(&try_all_sql(&steps)).await;
+            let outcome = match steps.as_slice() {
+                &[(key, mode)] => connection.try_lock(key, mode).await,
+                _ => connection
+                    .query_value(&try_all_sql(&steps))
+                    .await
+                    .map(|value| value.as_deref() == Some("t")),
+            };
             interrupted.armed = false;
             drop(interrupted);
             match outcome {
-                Ok(value) if value.as_deref() == Some("t") => {
+                Ok(true) => {
                     return Ok(Some(self.hold(connection, steps)));
                 }
-                Ok(_) => {
+                Ok(false) => {
                     connection.forget(&keys);
                     self.pool.notify_change();
                 }
