@@ -198,6 +198,20 @@ erased_acquire!(
     AnyUpgradeableHandle
 );
 
+erased_acquire!(
+    /// Anything that can be acquired (a lock, a semaphore, either side of a reader-writer
+    /// lock), of any backend: for a [`Composite`](crate::composite::Composite) of mixed parts.
+    AnyAcquire,
+    AnyHandle
+);
+
+impl AnyAcquire {
+    /// Erases a primitive's type.
+    pub fn new(primitive: impl Acquire + 'static) -> Self {
+        AnyAcquire(Arc::new(primitive))
+    }
+}
+
 impl Lock for AnyLock {}
 
 impl AnyLock {

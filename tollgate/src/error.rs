@@ -94,4 +94,9 @@ impl Error {
     pub fn is_backend(&self) -> bool {
         matches!(self, Error::Backend { .. })
     }
+
+    /// True for [`Error::InvalidArgument`]: a bad name, max count, option or URL.
+    pub fn is_invalid_argument(&self) -> bool {
+        matches!(self, Error::InvalidArgument(_))
+    }
 }

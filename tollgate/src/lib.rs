@@ -31,6 +31,7 @@
 pub mod any;
 pub mod backend;
 pub mod blocking;
+pub mod composite;
 mod error;
 pub mod handle;
 pub mod primitive;
@@ -39,7 +40,7 @@ pub mod primitive;
 pub use backend::local;
 
 pub use any::{
-    AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
+    AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
     AnyUpgradeableHandle, AnyUpgradeableReader,
 };
 pub use error::{BoxError, Error, Result};

@@ -48,6 +48,11 @@ mod semaphore {
     semaphore_suite!(provider(), url());
 }
 
+mod composite {
+    use super::*;
+    composite_suite!(provider());
+}
+
 mod read_write {
     use super::*;
     read_write_suite!(provider(), url());

@@ -11,6 +11,7 @@
 //! must therefore call `conformance::holder_entry!()` once.
 #![allow(dead_code)]
 
+pub mod composite;
 pub mod mutex;
 pub mod rw;
 pub mod semaphore;
