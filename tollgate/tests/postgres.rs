@@ -170,6 +170,90 @@ async fn no_connection_leak_after_many_holds() {
 }
 
 #[tokio::test]
+async fn idle_sessions_are_closed_and_holding_ones_kept() {
+    let application = unique("idle");
+    let provider = PostgresProvider::builder(&format!("{}&application_name={application}", url()))
+        .unwrap()
+        .idle_timeout(Some(Duration::from_millis(300)))
+        .build()
+        .unwrap();
+    let admin = admin().await;
+    let sessions = || async {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    // One session holds `kept`; a waiter on `busy` takes a second one.
+    let kept = provider
+        .lock(&unique("idle-kept"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    let busy_name = unique("idle-busy");
+    let busy = provider.lock(&busy_name).unwrap().acquire().await.unwrap();
+    let waiter = provider.lock(&busy_name).unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire().await.map(drop) });
+    tokio::time::timeout(PROMPT, async {
+        while provider.connection_count() < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the waiter has a session of its own");
+    busy.release().await.unwrap();
+    waiting.await.unwrap().unwrap();
+    // The waiter's session now holds nothing, and is closed; the holding one stays.
+    tokio::time::timeout(PROMPT, async {
+        while provider.connection_count() > 1 || sessions().await > 1 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the idle session is closed");
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(provider.connection_count(), 1, "the holding session stays");
+    assert!(!kept.loss_signal().is_lost());
+    let other = PostgresProvider::from_url(&url()).unwrap();
+    assert!(
+        other
+            .lock(kept.name())
+            .unwrap()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "still held"
+    );
+    kept.release().await.unwrap();
+    tokio::time::timeout(PROMPT, async {
+        while provider.connection_count() > 0 || sessions().await > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the last session is closed once idle");
+    // The pool opens a new session when needed again.
+    let again = provider
+        .lock(&busy_name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap();
+    assert!(again.is_some());
+    for bad in ["idle_timeout=x", "idle_timeout=0"] {
+        let error = PostgresProvider::from_url(&format!("{}&{bad}", url())).unwrap_err();
+        assert!(error.is_invalid_argument(), "{bad}: {error}");
+    }
+    assert!(PostgresProvider::from_url(&format!("{}&idle_timeout=never", url())).is_ok());
+}
+
+#[tokio::test]
 async fn cancelled_wait_leaves_nothing_on_the_server() {
     let provider = provider();
     let name = unique("cancel-server");

@@ -92,6 +92,8 @@ struct ConnectionState {
     holds: HashMap<AdvisoryKey, Option<Arc<LossNotifier>>>,
     /// Taken by one blocking wait.
     dedicated: bool,
+    /// Since when the session has held and reserved nothing (for closing idle sessions).
+    idle_since: Option<tokio::time::Instant>,
     /// Statements prepared on this session, by function, mode and kind of key (pair or not).
     statements: HashMap<(Function, Mode, bool), Statement>,
 }
@@ -300,6 +302,7 @@ impl Connection {
             inner.holds.insert(*key, None);
         }
         inner.dedicated = usage == Use::Dedicated;
+        inner.idle_since = None;
     }
 
     /// Forgets holds (after their unlock, or when a try did not get them), and ends a
@@ -310,11 +313,26 @@ impl Connection {
             inner.holds.remove(key);
         }
         inner.dedicated = false;
+        if inner.holds.is_empty() {
+            inner.idle_since = Some(tokio::time::Instant::now());
+        }
     }
 
     /// Releases a dedicated connection for shared use.
     pub(crate) fn undedicate(&self) {
-        self.lock().dedicated = false;
+        let mut inner = self.lock();
+        inner.dedicated = false;
+        if inner.holds.is_empty() {
+            inner.idle_since = Some(tokio::time::Instant::now());
+        }
+    }
+
+    /// Whether the session has held and reserved nothing since before `limit`.
+    fn idle_before(&self, limit: tokio::time::Instant) -> bool {
+        let inner = self.lock();
+        !inner.dedicated
+            && inner.holds.is_empty()
+            && inner.idle_since.is_some_and(|since| since <= limit)
     }
 
     /// The runtime that drives this connection (for releases from `Drop`).
@@ -336,6 +354,7 @@ pub(crate) struct Pool {
     tls: super::Tls,
     max_connections: usize,
     keepalive: Option<Duration>,
+    idle_timeout: Option<Duration>,
     connections: Mutex<PoolState>,
     changed: Notify,
     /// Keys whose release after a drop is still on its way to the server, so that this
@@ -348,6 +367,8 @@ struct PoolState {
     connections: Vec<Arc<Connection>>,
     /// Connections being opened, counted against the maximum.
     opening: usize,
+    /// Whether the task that closes idle sessions runs.
+    reaping: bool,
 }
 
 /// Whether a search wants a connection to share or to dedicate to a wait.
@@ -365,12 +386,14 @@ impl Pool {
         tls: super::Tls,
         max_connections: usize,
         keepalive: Option<Duration>,
+        idle_timeout: Option<Duration>,
     ) -> Self {
         Pool {
             config,
             tls,
             max_connections,
             keepalive,
+            idle_timeout,
             connections: Mutex::default(),
             changed: Notify::new(),
             release_notes: ReleaseNotes::default(),
@@ -485,6 +508,10 @@ impl Pool {
                 };
                 connection.reserve(keys, usage);
                 state.connections.push(connection.clone());
+                if let (Some(idle_timeout), false) = (self.idle_timeout, state.reaping) {
+                    state.reaping = true;
+                    self.start_reaping(idle_timeout);
+                }
                 return Ok(Some(connection));
             }
             // Every session is busy and no more may be opened: wait for a change.
@@ -504,6 +531,39 @@ impl Pool {
             .connections
             .retain(|open| !Arc::ptr_eq(open, connection));
         self.changed.notify_waiters();
+    }
+
+    /// Closes sessions that have held nothing for `idle_timeout`, from a task that ends with
+    /// the pool. A session is chosen for a new hold under the pool's lock, as here, so one
+    /// is never closed under a hold that was just given it.
+    fn start_reaping(self: &Arc<Self>, idle_timeout: Duration) {
+        let pool = Arc::downgrade(self);
+        let period = (idle_timeout / 2).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(pool) = pool.upgrade() else {
+                    return;
+                };
+                let Some(limit) = tokio::time::Instant::now().checked_sub(idle_timeout) else {
+                    continue;
+                };
+                let closed: Vec<Arc<Connection>> = {
+                    let mut state = pool.lock();
+                    let (idle, kept) = std::mem::take(&mut state.connections)
+                        .into_iter()
+                        .partition(|connection| connection.idle_before(limit));
+                    state.connections = kept;
+                    idle
+                };
+                if !closed.is_empty() {
+                    tracing::debug!(count = closed.len(), "closing idle postgres sessions");
+                    pool.notify_change();
+                }
+                // Dropping the last reference closes each session.
+                drop(closed);
+            }
+        });
     }
 
     /// Tells waiters for a connection that one may have become usable.

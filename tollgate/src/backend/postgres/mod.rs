@@ -52,6 +52,8 @@ pub use semaphore::PostgresSemaphore;
 
 const BACKEND: &str = "postgres";
 const DEFAULT_POOL_SIZE: usize = 16;
+/// How long a session that holds nothing stays open by default.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How connections are encrypted.
 #[derive(Clone)]
@@ -67,6 +69,7 @@ pub struct PostgresProviderBuilder {
     tls: Tls,
     pool_size: usize,
     keepalive: Option<Duration>,
+    idle_timeout: Option<Duration>,
     allow_hashing: bool,
 }
 
@@ -76,6 +79,7 @@ impl std::fmt::Debug for PostgresProviderBuilder {
             .field("hosts", &self.config.get_hosts())
             .field("pool_size", &self.pool_size)
             .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -92,6 +96,13 @@ impl PostgresProviderBuilder {
     /// connection is noticed (and its handles' loss signals fire). Off by default.
     pub fn keepalive(mut self, interval: Duration) -> Self {
         self.keepalive = Some(interval);
+        self
+    }
+
+    /// Closes a session once it has held nothing for this long (default 60 s); `None` keeps
+    /// every session open until the provider is dropped.
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
         self
     }
 
@@ -113,7 +124,16 @@ impl PostgresProviderBuilder {
             ));
         }
         let listener = listener::Listener::new(self.config.clone(), self.tls.clone());
-        let pool = Pool::new(self.config, self.tls, self.pool_size, self.keepalive);
+        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(Error::invalid("postgres idle timeout must be above zero"));
+        }
+        let pool = Pool::new(
+            self.config,
+            self.tls,
+            self.pool_size,
+            self.keepalive,
+            self.idle_timeout,
+        );
         Ok(PostgresProvider {
             pool: Arc::new(pool),
             listener: Arc::new(listener),
@@ -144,11 +164,13 @@ impl PostgresProvider {
     ///
     /// Besides libpq's options that tokio-postgres understands, the URL may carry
     /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
-    /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`
-    /// and `keepalive=SECONDS`.
+    /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`,
+    /// `keepalive=SECONDS` and `idle_timeout=SECONDS` (or `never`; see
+    /// [`PostgresProviderBuilder::idle_timeout`]).
     pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
         let mut pool_size = DEFAULT_POOL_SIZE;
         let mut keepalive = None;
+        let mut idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
         let mut sslmode = String::from("prefer");
         let connection_string = if url.starts_with("postgres://")
             || url.starts_with("postgresql://")
@@ -168,6 +190,15 @@ impl PostgresProvider {
                             Error::invalid(format!("keepalive={value}: not a number of seconds"))
                         })?;
                         keepalive = Some(Duration::from_secs(seconds));
+                    }
+                    "idle_timeout" if value == "never" => idle_timeout = None,
+                    "idle_timeout" => {
+                        let seconds: u64 = value.parse().map_err(|_| {
+                            Error::invalid(format!(
+                                "idle_timeout={value}: not a number of seconds or `never`"
+                            ))
+                        })?;
+                        idle_timeout = Some(Duration::from_secs(seconds));
                     }
                     "sslmode" => sslmode = value.into_owned(),
                     _ => kept.push((key.into_owned(), value.into_owned())),
@@ -214,6 +245,7 @@ impl PostgresProvider {
             tls,
             pool_size,
             keepalive,
+            idle_timeout,
             allow_hashing: true,
         })
     }
