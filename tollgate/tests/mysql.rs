@@ -43,6 +43,11 @@ mod semaphore {
     semaphore_suite!(provider(), url());
 }
 
+mod composite {
+    use super::*;
+    composite_suite!(provider());
+}
+
 #[tokio::test]
 async fn killed_connection_fires_loss_and_a_waiter_proceeds() {
     let provider = provider();
@@ -340,4 +345,94 @@ async fn server_detected_deadlock_is_the_deadlock_error() {
     .expect("the server breaks the deadlock");
     let loser = result_b.unwrap_or(result_a);
     assert!(matches!(loser, Err(Error::Deadlock { .. })), "{loser:?}");
+}
+
+/// Many tasks on two providers with small pools (so connections are shared and reused) take
+/// and give back tickets every way there is: waits, tries, bounded waits, cancelled waits,
+/// release and drop. There are never more holders than tickets (`GET_LOCK` is re-entrant, so
+/// a connection that took a ticket twice would hand out two holds of it), no hold is lost,
+/// and every ticket comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semaphore_never_over_max_under_churn() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tollgate::SemaphoreProvider;
+    const ROUNDS: usize = 30;
+    let providers: Vec<MySqlProvider> = [4, 6]
+        .into_iter()
+        .map(|pool_size| {
+            MySqlProvider::builder(&url())
+                .unwrap()
+                .pool_size(pool_size)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    for max_count in [2u32, 3, 10] {
+        let name = unique("churn");
+        let inside = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for task in 0..(max_count as usize * 3).max(12) {
+            let semaphore = providers[task % 2].semaphore(&name, max_count).unwrap();
+            let (inside, peak) = (inside.clone(), peak.clone());
+            tasks.push(tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    let handle = match (task + round) % 5 {
+                        0 | 1 => Some(semaphore.acquire().await.unwrap()),
+                        2 => semaphore.try_acquire().await.unwrap(),
+                        3 => semaphore
+                            .try_acquire_timeout(Duration::from_millis(20))
+                            .await
+                            .unwrap(),
+                        // Cancelled mid-way (if it has to wait at all).
+                        _ => tokio::time::timeout(Duration::from_millis(5), semaphore.acquire())
+                            .await
+                            .ok()
+                            .map(Result::unwrap),
+                    };
+                    let Some(handle) = handle else { continue };
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    // Held a moment, so that a second holder of the same ticket would overlap.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    // Only a killed connection could take a hold away here, and only waits are
+                    // ever killed, never a connection that holds tickets.
+                    assert!(!handle.loss_signal().is_lost(), "a hold was lost");
+                    if round % 2 == 0 {
+                        handle.release().await.unwrap();
+                    } else {
+                        drop(handle);
+                    }
+                }
+            }));
+        }
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("the churn finishes")
+                .unwrap();
+        }
+        let peak = peak.load(Ordering::SeqCst);
+        assert!(
+            peak <= max_count as usize,
+            "{peak} holders of a semaphore of {max_count}"
+        );
+        // Every ticket comes back (a cancelled wait's is freed when its connection dies).
+        let semaphore = providers[0].semaphore(&name, max_count).unwrap();
+        let mut all = Vec::new();
+        for _ in 0..max_count {
+            all.push(
+                semaphore
+                    .acquire_timeout(PROMPT)
+                    .await
+                    .expect("every ticket comes back"),
+            );
+        }
+        assert!(semaphore.try_acquire().await.unwrap().is_none());
+        for handle in all {
+            handle.release().await.unwrap();
+        }
+    }
 }

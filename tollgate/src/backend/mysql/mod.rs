@@ -7,10 +7,14 @@
 //!   to that wait. If the acquire future is dropped, that connection is killed on the server
 //!   (`KILL`), which ends the wait and frees anything granted in the race; the server frees a
 //!   connection's user locks when it goes.
-//! - **Multiplexing**: held locks share connections (never the same name twice on one
-//!   connection: `GET_LOCK` is re-entrant per connection, our contract is not); at most
-//!   `pool_size` connections (default 16). Every operation on a connection runs to completion
-//!   on its own task, so a dropped future never leaves a connection mid-query.
+//! - **Multiplexing**: held locks share connections; at most `pool_size` connections
+//!   (default 16). `GET_LOCK` is re-entrant per connection and our contract is not, so a
+//!   name is *claimed* on a connection (checked and recorded in one step) before its
+//!   `GET_LOCK` is sent, and stays claimed until `GET_LOCK` said no or `RELEASE_LOCK` has
+//!   run: one connection never takes a name for two handles. The statement itself refuses a
+//!   name its connection already holds, as a second line of defence. Every operation on a
+//!   connection runs to completion on its own task, so a dropped future never leaves a
+//!   connection mid-query.
 //! - **Handle loss**: every connection that holds locks is pinged (default every second);
 //!   when it fails (`KILL CONNECTION`, network failure), its handles' loss signals fire.
 //! - **Locks on a caller's own connection**: [`lock_on_connection`], with the same
@@ -195,9 +199,20 @@ struct Connection {
 
 #[derive(Default)]
 struct ConnectionState {
-    /// Lock names held (or being tried) here, with the loss notifier of each hold.
+    /// Lock names claimed here: held, being tried, or being released (until `RELEASE_LOCK`
+    /// has run), with the loss notifier of each hold. Also semaphore scan markers.
     holds: HashMap<String, Option<Arc<LossNotifier>>>,
+    /// Taken by one server-side wait, which alone may claim or forget names here.
     dedicated: bool,
+}
+
+/// What `GET_LOCK` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Got {
+    Taken,
+    TimedOut,
+    /// This connection holds the name already: refused, not nested.
+    HeldHere,
 }
 
 impl Connection {
@@ -218,9 +233,35 @@ impl Connection {
         }
     }
 
+    /// Claims `names` for one operation, atomically: only if none of them is claimed here
+    /// already and nobody has the connection to themselves (and, for a dedicated use, if
+    /// nothing at all is claimed here).
+    fn claim(&self, names: &[String], usage: Use) -> bool {
+        let mut state = self.lock();
+        let free = !state.dedicated
+            && (usage == Use::Shared || state.holds.is_empty())
+            && names.iter().all(|name| !state.holds.contains_key(name));
+        if free {
+            for name in names {
+                state.holds.insert(name.clone(), None);
+            }
+            state.dedicated = usage == Use::Dedicated;
+        }
+        free
+    }
+
+    /// Gives up claims: only once the server does not hold the names here (any more).
     fn forget(&self, names: &[String]) {
         let mut state = self.lock();
         for name in names {
+            state.holds.remove(name);
+        }
+    }
+
+    /// Ends a dedicated use; the name waited for stays claimed if it was taken.
+    fn end_dedicated(&self, forget: Option<&str>) {
+        let mut state = self.lock();
+        if let Some(name) = forget {
             state.holds.remove(name);
         }
         state.dedicated = false;
@@ -237,15 +278,30 @@ impl Connection {
         signal
     }
 
-    /// `GET_LOCK(name, seconds)`: `Some(true)` taken, `Some(false)` timed out.
-    async fn get_lock(&self, name: &str, seconds: f64) -> Result<bool> {
+    /// `GET_LOCK(name, seconds)`, unless this connection holds `name` already (which the
+    /// same statement checks, so that re-entrancy can never hand out a second hold).
+    /// The caller has claimed `name` here.
+    async fn get_lock(&self, name: &str, seconds: f64) -> Result<Got> {
         let mut conn = self.conn.lock().await;
         let result: std::result::Result<Option<Option<i64>>, _> = conn
-            .exec_first("SELECT GET_LOCK(?, ?)", (name, seconds))
+            .exec_first(
+                "SELECT IF(IS_USED_LOCK(?) <=> CONNECTION_ID(), -1, GET_LOCK(?, ?))",
+                (name, name, seconds),
+            )
             .await;
         match result {
-            Ok(Some(Some(1))) => Ok(true),
-            Ok(Some(Some(_))) => Ok(false),
+            Ok(Some(Some(1))) => Ok(Got::Taken),
+            Ok(Some(Some(-1))) => {
+                // With exact names, another spelling of a name claimed here (MySQL compares
+                // names case-insensitively); otherwise a claim went missing.
+                tracing::debug!(
+                    lock_name = name,
+                    connection = self.id,
+                    "GET_LOCK refused: this connection holds the lock already"
+                );
+                Ok(Got::HeldHere)
+            }
+            Ok(Some(Some(_))) => Ok(Got::TimedOut),
             Ok(_) => Err(Error::backend(
                 BACKEND,
                 format!("GET_LOCK({name:?}) failed"),
@@ -361,20 +417,26 @@ impl Pool {
                 state
                     .connections
                     .retain(|connection| !connection.is_broken());
-                let candidate = state
+                // The busiest connection that can take the names; the claim re-checks, as a
+                // semaphore scan claims its tickets outside the pool lock.
+                let mut candidates: Vec<(usize, &Arc<Connection>)> = state
                     .connections
                     .iter()
-                    .filter(|connection| {
+                    .filter_map(|connection| {
                         let inner = connection.lock();
-                        !inner.dedicated
+                        let fit = !inner.dedicated
                             && names.iter().all(|name| !inner.holds.contains_key(name))
-                            && (usage == Use::Shared || inner.holds.is_empty())
+                            && (usage == Use::Shared || inner.holds.is_empty());
+                        fit.then_some((inner.holds.len(), connection))
                     })
-                    .max_by_key(|connection| connection.lock().holds.len())
-                    .cloned();
-                if let Some(connection) = candidate {
-                    reserve(&connection, names, usage);
-                    return Ok(Some(connection));
+                    .collect();
+                candidates.sort_by_key(|(holds, _)| std::cmp::Reverse(*holds));
+                if let Some(connection) = candidates
+                    .into_iter()
+                    .map(|(_, connection)| connection)
+                    .find(|connection| connection.claim(names, usage))
+                {
+                    return Ok(Some(connection.clone()));
                 }
                 if state.connections.len() + state.opening < self.max_connections {
                     state.opening += 1;
@@ -423,7 +485,9 @@ impl Pool {
                     return Err(error);
                 }
             };
-            reserve(&connection, names, usage);
+            // Nobody else knows the new connection yet: the claim cannot fail.
+            let claimed = connection.claim(names, usage);
+            debug_assert!(claimed);
             state.connections.push(connection.clone());
             return Ok(Some(connection));
         }
@@ -489,14 +553,6 @@ impl Pool {
     }
 }
 
-fn reserve(connection: &Connection, names: &[String], usage: Use) {
-    let mut inner = connection.lock();
-    for name in names {
-        inner.holds.insert(name.clone(), None);
-    }
-    inner.dedicated = usage == Use::Dedicated;
-}
-
 /// A held MySQL lock or semaphore ticket. Dropping it releases on a background task;
 /// [`Handle::release`] waits for the server to confirm.
 pub struct MySqlHandle {
@@ -540,17 +596,34 @@ impl MySqlHandle {
     }
 }
 
+/// `RELEASE_LOCK`, then the claim goes: never before the server has released, so that the
+/// connection cannot take the name again for someone else by re-entrancy meanwhile. If the
+/// server refused the release, the name stays claimed for good.
 async fn release(connection: &Connection, pool: &Pool, lock_name: &str) -> Result<()> {
-    let result = connection.release_lock(lock_name).await;
+    connection.release_lock(lock_name).await?;
     connection.forget(&[lock_name.to_owned()]);
     pool.changed.notify_waiters();
-    result
+    Ok(())
 }
 
 impl Handle for MySqlHandle {
     async fn release(mut self) -> Result<()> {
         self.released = true;
-        release(&self.connection, &self.pool, &self.lock_name).await
+        let (connection, pool, lock_name) = (
+            self.connection.clone(),
+            self.pool.clone(),
+            self.lock_name.clone(),
+        );
+        // On its own task, so that a dropped future cannot stop it mid-query.
+        tokio::spawn(async move { release(&connection, &pool, &lock_name).await })
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::backend(
+                    BACKEND,
+                    "a release task ended unexpectedly",
+                    std::io::Error::other("task lost"),
+                ))
+            })
     }
 
     fn name(&self) -> &str {
@@ -643,7 +716,7 @@ impl MySqlLock {
         run_to_completion(
             async move {
                 match connection.get_lock(&lock_name, 0.0).await {
-                    Ok(true) => Ok(Some(MySqlHandle::new(
+                    Ok(Got::Taken) => Ok(Some(MySqlHandle::new(
                         name,
                         lock_name.clone(),
                         lock_name,
@@ -719,13 +792,14 @@ async fn wait_dedicated(
                 }
             };
             match waited {
-                Ok(false) if deadline.is_none() => continue,
+                Ok(Got::TimedOut) if deadline.is_none() => continue,
                 other => break other,
             }
         };
         let message = match outcome {
-            Ok(true) => {
-                connection.lock().dedicated = false;
+            Ok(Got::Taken) => {
+                // Now shared, with the name claimed for the handle.
+                connection.end_dedicated(None);
                 Ok(Some(MySqlHandle::new(
                     name,
                     lock_name,
@@ -734,8 +808,18 @@ async fn wait_dedicated(
                     pool.clone(),
                 )))
             }
+            Ok(Got::HeldHere) => {
+                // The connection had nothing claimed, yet holds the name: keep it claimed so
+                // that nobody takes it here again, and say so.
+                connection.end_dedicated(None);
+                Err(Error::backend(
+                    BACKEND,
+                    format!("GET_LOCK({lock_name:?}) on a connection that holds it already"),
+                    std::io::Error::other("unexpected re-entrant hold"),
+                ))
+            }
             other => {
-                connection.forget(&[lock_name]);
+                connection.end_dedicated(Some(&lock_name));
                 other.map(|_| None)
             }
         };
@@ -798,8 +882,10 @@ impl MySqlSemaphore {
         format!("{}{index}", self.prefix)
     }
 
-    /// Scans for a free ticket on one shared connection (skipping the tickets that
-    /// connection already holds, since `GET_LOCK` is re-entrant).
+    /// Scans for a free ticket on one shared connection. Each ticket is claimed on the
+    /// connection before its `GET_LOCK`, so tickets held, tried or being released there
+    /// (for any handle) are skipped: `GET_LOCK` is re-entrant and would nest them. The
+    /// marker keeps a second scan of this semaphore off the connection meanwhile.
     async fn try_once(&self) -> Result<Option<MySqlHandle>> {
         let marker = format!("{}scan", self.prefix);
         let Some(connection) = self
@@ -812,41 +898,38 @@ impl MySqlSemaphore {
         let semaphore = self.clone();
         run_to_completion(
             async move {
-                let held: Vec<String> = connection.lock().holds.keys().cloned().collect();
-                let mut taken = None;
-                let mut failure = None;
+                let mut outcome = Ok(None);
                 for index in 0..semaphore.max_count {
                     let ticket = semaphore.ticket(index);
-                    if held.contains(&ticket) {
+                    let claim = std::slice::from_ref(&ticket);
+                    if !connection.claim(claim, Use::Shared) {
                         continue;
                     }
                     match connection.get_lock(&ticket, 0.0).await {
-                        Ok(true) => {
-                            taken = Some(ticket);
+                        Ok(Got::Taken) => {
+                            // Recorded (still claimed) before the marker goes.
+                            outcome = Ok(Some(MySqlHandle::new(
+                                semaphore.name.clone(),
+                                ticket,
+                                semaphore.prefix.clone(),
+                                connection.clone(),
+                                semaphore.pool.clone(),
+                            )));
                             break;
                         }
-                        Ok(false) => {}
+                        // Held here without a claim: it stays claimed from now on.
+                        Ok(Got::HeldHere) => {}
+                        Ok(Got::TimedOut) => connection.forget(claim),
                         Err(error) => {
-                            failure = Some(error);
+                            connection.forget(claim);
+                            outcome = Err(error);
                             break;
                         }
                     }
                 }
                 connection.forget(&[marker]);
                 semaphore.pool.changed.notify_waiters();
-                if let Some(error) = failure {
-                    return Err(error);
-                }
-                Ok(taken.map(|ticket| {
-                    reserve(&connection, std::slice::from_ref(&ticket), Use::Shared);
-                    MySqlHandle::new(
-                        semaphore.name.clone(),
-                        ticket,
-                        semaphore.prefix.clone(),
-                        connection,
-                        semaphore.pool.clone(),
-                    )
-                }))
+                outcome
             },
             |handle| Box::pin(async move { drop(handle.release().await) }),
         )
