@@ -352,6 +352,27 @@ async fn server_detected_deadlock_is_the_deadlock_error() {
 /// release and drop. There are never more holders than tickets (`GET_LOCK` is re-entrant, so
 /// a connection that took a ticket twice would hand out two holds of it), no hold is lost,
 /// and every ticket comes back.
+/// Concurrent tries on a semaphore with free tickets all succeed, even when every connection
+/// of a small pool is busy scanning it: a try waits for a scan, it does not call the
+/// semaphore busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_tries_on_a_small_pool_find_free_tickets() {
+    let provider = MySqlProvider::from_url(&format!("{}?pool_size=2", url())).unwrap();
+    let semaphore =
+        tollgate::SemaphoreProvider::semaphore(&provider, &unique("scan-busy"), 24).unwrap();
+    let tries = (0..24).map(|_| {
+        let semaphore = semaphore.clone();
+        tokio::spawn(async move { semaphore.try_acquire().await })
+    });
+    let mut held = Vec::new();
+    for task in tries.collect::<Vec<_>>() {
+        let ticket = task.await.unwrap().unwrap();
+        held.push(ticket.expect("a free ticket was found"));
+    }
+    assert!(semaphore.try_acquire().await.unwrap().is_none(), "max 24");
+    assert!(provider.connection_count() <= 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn semaphore_never_over_max_under_churn() {
     use std::sync::atomic::{AtomicUsize, Ordering};

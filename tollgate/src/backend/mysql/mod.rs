@@ -30,7 +30,7 @@ mod connection_lock;
 mod name;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -239,7 +239,7 @@ impl Connection {
     fn claim(&self, names: &[String], usage: Use) -> bool {
         let mut state = self.lock();
         let free = !state.dedicated
-            && (usage == Use::Shared || state.holds.is_empty())
+            && (usage != Use::Dedicated || state.holds.is_empty())
             && names.iter().all(|name| !state.holds.contains_key(name));
         if free {
             for name in names {
@@ -377,7 +377,13 @@ struct PoolState {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Use {
+    /// Beside other holds, for a lock name: if every connection the pool may have claims the
+    /// name already, this process holds or tries it, and the name is busy.
     Shared,
+    /// Beside other holds, for a semaphore's scan marker: a connection that claims it is
+    /// scanning, and the next scan waits for it rather than find the semaphore busy.
+    Scan,
+    /// Alone, for one server-side wait.
     Dedicated,
 }
 
@@ -426,7 +432,7 @@ impl Pool {
                         let inner = connection.lock();
                         let fit = !inner.dedicated
                             && names.iter().all(|name| !inner.holds.contains_key(name))
-                            && (usage == Use::Shared || inner.holds.is_empty());
+                            && (usage != Use::Dedicated || inner.holds.is_empty());
                         fit.then_some((inner.holds.len(), connection))
                     })
                     .collect();
@@ -890,7 +896,7 @@ impl MySqlSemaphore {
         let marker = format!("{}scan", self.prefix);
         let Some(connection) = self
             .pool
-            .connection_for(std::slice::from_ref(&marker), Use::Shared)
+            .connection_for(std::slice::from_ref(&marker), Use::Scan)
             .await?
         else {
             return Ok(None);
@@ -957,7 +963,9 @@ impl Acquire for MySqlSemaphore {
             .wait_for_releases(std::slice::from_ref(&self.prefix))
             .await;
         let mut backoff = FIRST_BACKOFF;
-        let mut round: u32 = 0;
+        // Spread waiters over the tickets (within this process too), and move on each round.
+        static WAITERS: AtomicU32 = AtomicU32::new(0);
+        let mut round = std::process::id().wrapping_add(WAITERS.fetch_add(1, Ordering::Relaxed));
         loop {
             if let Some(handle) = self.try_once().await? {
                 return Ok(Some(handle));
@@ -966,8 +974,7 @@ impl Acquire for MySqlSemaphore {
             if deadline.is_some_and(|deadline| now >= deadline) {
                 return Ok(None);
             }
-            // Spread waiters over the tickets, and move on each round.
-            let ticket = (std::process::id().wrapping_add(round)) % self.max_count;
+            let ticket = round % self.max_count;
             round = round.wrapping_add(1);
             let until = now + backoff;
             let until = deadline.map_or(until, |deadline| deadline.min(until));
