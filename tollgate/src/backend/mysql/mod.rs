@@ -324,6 +324,49 @@ impl Connection {
         }
     }
 
+    /// Takes the first of `names` that is free, in one statement: its index, or `None` when
+    /// all are busy. A name held anywhere, this connection included, is skipped, so
+    /// re-entrancy cannot nest a hold. The caller has claimed `names` here.
+    async fn take_first_free(&self, names: &[String]) -> Result<Option<usize>> {
+        let mut sql = String::from("SELECT CASE");
+        let mut params = Vec::with_capacity(names.len() * 2);
+        for (index, name) in names.iter().enumerate() {
+            // AND stops at the first false operand: GET_LOCK runs only on a free name.
+            sql.push_str(&format!(
+                " WHEN IS_USED_LOCK(?) IS NULL AND GET_LOCK(?, 0) = 1 THEN {index}"
+            ));
+            params.push(mysql_async::Value::from(name.as_str()));
+            params.push(mysql_async::Value::from(name.as_str()));
+        }
+        sql.push_str(" END");
+        let mut conn = self.conn.lock().await;
+        let result: std::result::Result<Option<Option<u64>>, _> =
+            conn.exec_first(sql, params).await;
+        match result {
+            Ok(Some(Some(index))) => usize::try_from(index)
+                .ok()
+                .filter(|index| *index < names.len())
+                .map(Some)
+                .ok_or_else(|| {
+                    Error::backend(
+                        BACKEND,
+                        "a semaphore scan returned no ticket it asked for",
+                        std::io::Error::other(format!("index {index}")),
+                    )
+                }),
+            Ok(_) => Ok(None),
+            Err(error) => {
+                if matches!(
+                    error,
+                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
+                ) {
+                    self.mark_broken();
+                }
+                Err(mysql_error("a semaphore scan failed", error))
+            }
+        }
+    }
+
     /// `RELEASE_LOCK(name)`; a connection that is gone has released everything already.
     async fn release_lock(&self, name: &str) -> Result<()> {
         if self.is_broken() {
@@ -888,11 +931,14 @@ impl MySqlSemaphore {
         format!("{}{index}", self.prefix)
     }
 
-    /// Scans for a free ticket on one shared connection. Each ticket is claimed on the
+    /// Scans for a free ticket on one shared connection, 64 tickets per statement (one
+    /// round trip for a semaphore of at most 64 tickets). Each ticket is claimed on the
     /// connection before its `GET_LOCK`, so tickets held, tried or being released there
     /// (for any handle) are skipped: `GET_LOCK` is re-entrant and would nest them. The
     /// marker keeps a second scan of this semaphore off the connection meanwhile.
     async fn try_once(&self) -> Result<Option<MySqlHandle>> {
+        /// Tickets tried per statement.
+        const SCAN_BATCH: u32 = 64;
         let marker = format!("{}scan", self.prefix);
         let Some(connection) = self
             .pool
@@ -905,14 +951,23 @@ impl MySqlSemaphore {
         run_to_completion(
             async move {
                 let mut outcome = Ok(None);
-                for index in 0..semaphore.max_count {
-                    let ticket = semaphore.ticket(index);
-                    let claim = std::slice::from_ref(&ticket);
-                    if !connection.claim(claim, Use::Shared) {
+                let mut start = 0;
+                while start < semaphore.max_count {
+                    let end = start.saturating_add(SCAN_BATCH).min(semaphore.max_count);
+                    let mut claimed: Vec<String> = (start..end)
+                        .map(|index| semaphore.ticket(index))
+                        .filter(|ticket| {
+                            connection.claim(std::slice::from_ref(ticket), Use::Shared)
+                        })
+                        .collect();
+                    start = end;
+                    if claimed.is_empty() {
                         continue;
                     }
-                    match connection.get_lock(&ticket, 0.0).await {
-                        Ok(Got::Taken) => {
+                    match connection.take_first_free(&claimed).await {
+                        Ok(Some(index)) => {
+                            let ticket = claimed.swap_remove(index);
+                            connection.forget(&claimed);
                             // Recorded (still claimed) before the marker goes.
                             outcome = Ok(Some(MySqlHandle::new(
                                 semaphore.name.clone(),
@@ -923,11 +978,9 @@ impl MySqlSemaphore {
                             )));
                             break;
                         }
-                        // Held here without a claim: it stays claimed from now on.
-                        Ok(Got::HeldHere) => {}
-                        Ok(Got::TimedOut) => connection.forget(claim),
+                        Ok(None) => connection.forget(&claimed),
                         Err(error) => {
-                            connection.forget(claim);
+                            connection.forget(&claimed);
                             outcome = Err(error);
                             break;
                         }
