@@ -169,6 +169,52 @@ async fn no_connection_leak_after_many_holds() {
     assert_eq!(row.get::<_, i64>(0), 0, "nothing left held on the server");
 }
 
+/// Many held locks share few sessions, but a session takes at most 625 while the pool may
+/// open another (each statement on a session costs the server time per lock it holds);
+/// with the pool full, sessions take more.
+#[tokio::test]
+async fn many_holds_share_few_sessions() {
+    let provider = PostgresProvider::builder(&url())
+        .unwrap()
+        .pool_size(3)
+        .build()
+        .unwrap();
+    let base = unique("many");
+    let mut held = Vec::new();
+    for index in 0..2_000 {
+        let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+        held.push(lock.try_acquire().await.unwrap().expect("a free name"));
+        let expected = match index {
+            0..625 => 1,
+            625..1250 => 2,
+            _ => 3,
+        };
+        assert_eq!(
+            provider.connection_count(),
+            expected,
+            "after {} holds",
+            index + 1
+        );
+    }
+    let admin = admin().await;
+    let row = admin
+        .query_one(
+            "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) \
+             WHERE locktype = 'advisory' AND application_name = 'tollgate' AND granted \
+             GROUP BY pid ORDER BY count(*) DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, i64>(0) >= 750,
+        "the third session took the rest"
+    );
+    for handle in held {
+        handle.release().await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn idle_sessions_are_closed_and_holding_ones_kept() {
     let application = unique("idle");
