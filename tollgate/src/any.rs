@@ -387,6 +387,7 @@ impl AnyProvider {
     /// |---|---|
     /// | `local:` | same machine, per-user runtime directory |
     /// | `file:///some/dir` | same machine, lock files in `/some/dir` |
+    /// | `redis://host:6379/0`, `rediss://…` | Redis; `redis://h1,h2,h3` for RedLock over several |
     ///
     /// Options go in the query string (`file:///dir?group=true`). A scheme whose backend was
     /// not compiled in, or any malformed URL, is an [`Error::InvalidArgument`].
@@ -406,6 +407,10 @@ impl AnyProvider {
             #[cfg(feature = "mysql")]
             Some("mysql" | "mariadb") => Ok(AnyProvider::new(
                 crate::backend::mysql::MySqlProvider::from_url(url)?,
+            )),
+            #[cfg(feature = "redis")]
+            Some("redis" | "rediss") => Ok(AnyProvider::new(
+                crate::backend::redis::RedisProvider::from_url(url)?,
             )),
             #[cfg(not(feature = "local"))]
             Some(scheme @ ("local" | "file")) => Err(Error::invalid(format!(

@@ -9,5 +9,8 @@ pub mod postgres;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 mod release_notes;

@@ -1,0 +1,530 @@
+//! Benchmarks of the Redis backend, each beside the raw floor measured in the same run.
+//!
+//! ```text
+//! cargo bench -p tollgate --features redis --bench redis
+//! ```
+//!
+//! The server is `TOLLGATE_REDIS_URL`, by default `redis://127.0.0.1:6379` (as for the tests).
+//!
+//! 1. **Acquire + release, uncontended** (one tokio current-thread runtime for all): a
+//!    `RedisLock`'s `try_acquire().await` (and `acquire().await`) followed by
+//!    `release().await`. Beside it the raw floor on a warm multiplexed connection of the same
+//!    `redis` crate: `SET key value NX PX 30000`, then a compare-and-delete script by
+//!    `EVALSHA`; and the peers on the same server: `rslock` (`LockManager::lock` + `unlock`,
+//!    one server) and `distributed-lock-redis` (`try_acquire` + `release`). Every row runs in
+//!    batches of 50, interleaved round by round with the other rows so that they see the same
+//!    machine; the medians of the per-batch means are reported.
+//! 2. **Hand-off between two processes**: this process (A) holds the lock while a partner
+//!    process (B, this binary run again with `TOLLGATE_BENCH_PARTNER` set) waits in
+//!    `acquire()`. A waits until B has subscribed to the lock's release channel
+//!    (`PUBSUB NUMSUB`) and 2 ms more, so B is idle in its wait; then A reads
+//!    `CLOCK_MONOTONIC` and releases, and B reads it as soon as its acquire returns. The raw
+//!    floor does the same with bare commands: B subscribed to a channel, `SET NX PX` after
+//!    each message; A's release is a compare-and-delete script that publishes.
+//!
+//! Under `cargo test --benches` every row runs a few times only.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use distributed_lock_core::traits::{
+    DistributedLock, LockHandle as _, LockProvider as DlLockProvider,
+};
+use futures_util::StreamExt;
+use redis::aio::MultiplexedConnection;
+use tokio::runtime::Runtime;
+use tollgate::backend::redis::{RedisLock, RedisProvider};
+use tollgate::{Acquire, Handle, LockProvider};
+
+const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
+const URL_ENV: &str = "TOLLGATE_REDIS_URL";
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+const BATCH: u32 = 50;
+const UNCONTENDED_TIME: Duration = Duration::from_secs(20);
+const HANDOFF_ROUNDS: usize = 300;
+const HANDOFF_WARMUP: usize = 20;
+const RAW_RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+     redis.call('del', KEYS[1]) redis.call('publish', ARGV[2], '') return 1 end return 0";
+const RAW_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
+     return redis.call('del', KEYS[1]) end return 0";
+
+fn main() {
+    if let Ok(role) = std::env::var(PARTNER_ENV) {
+        partner(&role);
+        return;
+    }
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|arg| arg == "--list") {
+        println!("uncontended: bench");
+        println!("handoff: bench");
+        return;
+    }
+    let testing =
+        !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
+    let selected = |section: &str| {
+        let filters: Vec<&String> = args
+            .iter()
+            .skip(1)
+            .filter(|arg| !arg.starts_with("--"))
+            .collect();
+        filters.is_empty()
+            || filters
+                .iter()
+                .any(|filter| section.contains(filter.as_str()))
+    };
+    let url = server_url();
+    let runtime = current_thread();
+    let version: String = runtime.block_on(async {
+        let mut connection = raw_connection(&url).await;
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .expect("INFO");
+        info.lines()
+            .find_map(|line| line.strip_prefix("redis_version:"))
+            .unwrap_or("?")
+            .trim()
+            .to_owned()
+    });
+    println!("Redis {version} at {url}");
+    let rows = selected("uncontended").then(|| uncontended(&runtime, &url, testing));
+    let handoffs = selected("handoff").then(|| {
+        let (rounds, warmup) = if testing {
+            (3, 1)
+        } else {
+            (HANDOFF_ROUNDS, HANDOFF_WARMUP)
+        };
+        [Pair::Tollgate, Pair::Raw].map(|pair| (pair, handoff(&url, pair, rounds, warmup)))
+    });
+
+    println!("\n==================== Summary ====================\n");
+    if let Some(rows) = rows {
+        let floor = rows
+            .iter()
+            .find(|(row, _)| *row == Row::Floor)
+            .map(|(_, median)| *median);
+        println!("Uncontended acquire + release (median of batch means):\n");
+        println!("| row | per operation | vs. raw floor |");
+        println!("|---|---|---|");
+        for (row, median) in &rows {
+            let ratio = floor.map_or(String::from("—"), |floor| {
+                format!("{:.2}×", median.as_secs_f64() / floor.as_secs_f64())
+            });
+            println!("| {} | {} | {ratio} |", row.label(), micros(*median));
+        }
+    }
+    if let Some(handoffs) = handoffs {
+        println!("\nHand-off between two processes (release → the waiter's acquire returns):\n");
+        println!("| pair | rounds | median | p90 | p99 | max |");
+        println!("|---|---|---|---|---|---|");
+        for (pair, mut latencies) in handoffs {
+            latencies.sort();
+            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+            println!(
+                "| {} | {} | {} | {} | {} | {} |",
+                pair.label(),
+                latencies.len(),
+                micros(at(0.5)),
+                micros(at(0.9)),
+                micros(at(0.99)),
+                micros(at(1.0)),
+            );
+        }
+    }
+}
+
+fn server_url() -> String {
+    std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.into())
+}
+
+fn current_thread() -> Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn raw_connection(url: &str) -> MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis")
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: comparable between processes on this machine.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+fn unique(label: &str) -> String {
+    format!("tollgate-bench-{label}-{}", std::process::id())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Row {
+    TollgateTry,
+    TollgateAcquire,
+    Floor,
+    Rslock,
+    DistributedLock,
+}
+
+impl Row {
+    const ALL: [Row; 5] = [
+        Row::Floor,
+        Row::TollgateTry,
+        Row::TollgateAcquire,
+        Row::Rslock,
+        Row::DistributedLock,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Row::TollgateTry => "tollgate `try_acquire` + `release`",
+            Row::TollgateAcquire => "tollgate `acquire` + `release`",
+            Row::Floor => "raw floor: `SET NX PX` + compare-and-delete `EVALSHA`",
+            Row::Rslock => "rslock 0.10 `lock` + `unlock`",
+            Row::DistributedLock => "distributed-lock-redis 0.2 `try_acquire` + `release`",
+        }
+    }
+}
+
+struct Subjects {
+    lock: RedisLock,
+    raw: MultiplexedConnection,
+    raw_key: String,
+    delete: redis::Script,
+    rslock: rslock::LockManager,
+    rslock_key: String,
+    peer: distributed_lock_redis::lock::RedisDistributedLock,
+}
+
+impl Subjects {
+    async fn new(url: &str) -> Subjects {
+        let provider = RedisProvider::from_url(url).expect("provider");
+        let peer = distributed_lock_redis::RedisLockProvider::new(url.to_owned())
+            .await
+            .expect("distributed-lock-redis provider");
+        Subjects {
+            lock: provider.lock(&unique("uncontended")).expect("lock"),
+            raw: raw_connection(url).await,
+            raw_key: unique("floor"),
+            delete: redis::Script::new(RAW_DELETE),
+            rslock: rslock::LockManager::new(vec![url.to_owned()]),
+            rslock_key: unique("rslock"),
+            peer: peer.create_lock(&unique("peer")),
+        }
+    }
+
+    async fn cycle(&mut self, row: Row) {
+        match row {
+            Row::TollgateTry => {
+                let handle = self
+                    .lock
+                    .try_acquire()
+                    .await
+                    .expect("try_acquire")
+                    .expect("free");
+                handle.release().await.expect("release");
+            }
+            Row::TollgateAcquire => {
+                let handle = self.lock.acquire().await.expect("acquire");
+                handle.release().await.expect("release");
+            }
+            Row::Floor => {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&self.raw_key)
+                    .arg("owner")
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut self.raw)
+                    .await
+                    .expect("SET NX");
+                assert!(set.is_some(), "the floor's key is free");
+                let deleted: i64 = self
+                    .delete
+                    .key(&self.raw_key)
+                    .arg("owner")
+                    .invoke_async(&mut self.raw)
+                    .await
+                    .expect("compare-and-delete");
+                assert_eq!(deleted, 1);
+            }
+            Row::Rslock => {
+                let lock = self
+                    .rslock
+                    .lock(self.rslock_key.as_bytes(), Duration::from_secs(30))
+                    .await
+                    .expect("rslock lock");
+                self.rslock.unlock(&lock).await;
+            }
+            Row::DistributedLock => {
+                let handle = self
+                    .peer
+                    .try_acquire()
+                    .await
+                    .expect("try_acquire")
+                    .expect("free");
+                handle.release().await.expect("release");
+            }
+        }
+    }
+}
+
+fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<(Row, Duration)> {
+    runtime.block_on(async {
+        let mut subjects = Subjects::new(url).await;
+        let mut batches: Vec<Vec<Duration>> = vec![Vec::new(); Row::ALL.len()];
+        let batch = if testing { 1 } else { BATCH };
+        // Warm-up: every row a few batches.
+        for _ in 0..5 {
+            for row in Row::ALL {
+                for _ in 0..batch {
+                    subjects.cycle(row).await;
+                }
+            }
+        }
+        let started = Instant::now();
+        let mut rounds = 0;
+        while rounds < 3 || (!testing && started.elapsed() < UNCONTENDED_TIME) {
+            for (index, row) in Row::ALL.into_iter().enumerate() {
+                let begun = Instant::now();
+                for _ in 0..batch {
+                    subjects.cycle(row).await;
+                }
+                batches[index].push(begun.elapsed() / batch);
+            }
+            rounds += 1;
+        }
+        println!("uncontended: {rounds} rounds of {batch} operations per row");
+        Row::ALL
+            .into_iter()
+            .zip(batches)
+            .map(|(row, mut batches)| {
+                batches.sort();
+                (row, batches[batches.len() / 2])
+            })
+            .collect()
+    })
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Pair {
+    Tollgate,
+    Raw,
+}
+
+impl Pair {
+    fn label(self) -> &'static str {
+        match self {
+            Pair::Tollgate => "tollgate → tollgate (pub/sub release notification)",
+            Pair::Raw => "raw floor: compare-and-delete + `PUBLISH` → `SUBSCRIBE` + `SET NX`",
+        }
+    }
+
+    fn role(self) -> &'static str {
+        match self {
+            Pair::Tollgate => "tollgate",
+            Pair::Raw => "raw",
+        }
+    }
+}
+
+/// The partner process (B), driven line by line over stdin/stdout.
+struct Partner {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Partner {
+    fn spawn(pair: Pair, url: &str, name: &str) -> Partner {
+        let mut child = Command::new(std::env::current_exe().expect("bench binary"))
+            .env(PARTNER_ENV, pair.role())
+            .env(URL_ENV, url)
+            .env("TOLLGATE_BENCH_NAME", name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn the partner");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut partner = Partner {
+            child,
+            stdin,
+            stdout,
+        };
+        assert_eq!(partner.read_line(), "ready");
+        partner
+    }
+
+    fn send(&mut self, line: &str) {
+        writeln!(self.stdin, "{line}").expect("write to partner");
+        self.stdin.flush().expect("flush");
+    }
+
+    fn read_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("read partner");
+        line.trim().to_owned()
+    }
+}
+
+impl Drop for Partner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn subscribers(admin: &mut MultiplexedConnection, channel: &[u8]) -> i64 {
+    let counts: Vec<(Vec<u8>, i64)> = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query_async(admin)
+        .await
+        .expect("PUBSUB NUMSUB");
+    counts.first().map_or(0, |(_, count)| *count)
+}
+
+async fn until_subscribers(admin: &mut MultiplexedConnection, channel: &[u8], wanted: i64) {
+    let started = Instant::now();
+    while subscribers(admin, channel).await != wanted {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the partner's subscription did not change"
+        );
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+}
+
+fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<Duration> {
+    let name = unique(&format!("handoff-{}", pair.role()));
+    let channel = [b"tollgate:released:".as_slice(), name.as_bytes()].concat();
+    let mut partner = Partner::spawn(pair, url, &name);
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let mut admin = raw_connection(url).await;
+        let provider = RedisProvider::from_url(url).expect("provider");
+        let lock = provider.lock(&name).expect("lock");
+        let release = redis::Script::new(RAW_RELEASE);
+        let mut latencies = Vec::new();
+        for round in 0..rounds + warmup {
+            until_subscribers(&mut admin, &channel, 0).await;
+            let held = match pair {
+                Pair::Tollgate => Some(lock.acquire().await.expect("acquire")),
+                Pair::Raw => {
+                    let set: Option<String> = redis::cmd("SET")
+                        .arg(&name)
+                        .arg("a")
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(30_000)
+                        .query_async(&mut admin)
+                        .await
+                        .expect("SET NX");
+                    assert!(set.is_some());
+                    None
+                }
+            };
+            partner.send("go");
+            until_subscribers(&mut admin, &channel, 1).await;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let released_at = monotonic_ns();
+            match held {
+                Some(handle) => handle.release().await.expect("release"),
+                None => {
+                    let _: i64 = release
+                        .key(&name)
+                        .arg("a")
+                        .arg(&channel)
+                        .invoke_async(&mut admin)
+                        .await
+                        .expect("release");
+                }
+            }
+            let acquired_at: u64 = partner.read_line().parse().expect("a timestamp");
+            partner.send("release");
+            assert_eq!(partner.read_line(), "released");
+            if round >= warmup {
+                latencies.push(Duration::from_nanos(
+                    acquired_at.saturating_sub(released_at),
+                ));
+            }
+        }
+        latencies
+    })
+}
+
+/// B: on `go`, acquires (waiting), prints the time it got it, releases on `release`.
+fn partner(role: &str) {
+    let url = server_url();
+    let name = std::env::var("TOLLGATE_BENCH_NAME").expect("name");
+    let channel = [b"tollgate:released:".as_slice(), name.as_bytes()].concat();
+    let runtime = current_thread();
+    runtime.block_on(async {
+        let provider = RedisProvider::from_url(&url).expect("provider");
+        let lock = provider.lock(&name).expect("lock");
+        let client = redis::Client::open(url.as_str()).expect("url");
+        let mut raw = raw_connection(&url).await;
+        let delete = redis::Script::new(RAW_DELETE);
+        let mut stdin = BufReader::new(std::io::stdin()).lines();
+        println!("ready");
+        while let Some(Ok(line)) = stdin.next() {
+            if line != "go" {
+                continue;
+            }
+            match role {
+                "tollgate" => {
+                    let handle = lock.acquire().await.expect("acquire");
+                    println!("{}", monotonic_ns());
+                    let _ = stdin.next();
+                    handle.release().await.expect("release");
+                }
+                _ => {
+                    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+                    pubsub.subscribe(&channel).await.expect("subscribe");
+                    loop {
+                        let set: Option<String> = redis::cmd("SET")
+                            .arg(&name)
+                            .arg("b")
+                            .arg("NX")
+                            .arg("PX")
+                            .arg(30_000)
+                            .query_async(&mut raw)
+                            .await
+                            .expect("SET NX");
+                        if set.is_some() {
+                            break;
+                        }
+                        pubsub.on_message().next().await;
+                    }
+                    println!("{}", monotonic_ns());
+                    drop(pubsub);
+                    let _ = stdin.next();
+                    let _: i64 = delete
+                        .key(&name)
+                        .arg("b")
+                        .invoke_async(&mut raw)
+                        .await
+                        .expect("release");
+                }
+            }
+            println!("released");
+        }
+    });
+}

@@ -1,0 +1,265 @@
+//! Release notifications: one pub/sub connection per server, subscribed to the channels that
+//! this process's waiters wait on. A release script publishes on its primitive's channel, and
+//! every waiter on it here tries again at once.
+//!
+//! Each server's connection is owned by one task, started on first use and ended when the
+//! provider is dropped (or its runtime ends; the next wait starts a new one). While a
+//! connection is down, subscriptions are answered at once and waiters fall back on their
+//! backoff; after it reconnects every waiter is woken, since releases may have been missed.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// How long a subscription or a pub/sub connection attempt may take before the connection is
+/// given up and opened again.
+const PUBSUB_TIMEOUT: Duration = Duration::from_secs(2);
+const FIRST_RECONNECT: Duration = Duration::from_millis(100);
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+
+enum Command {
+    Subscribe(Vec<u8>, oneshot::Sender<()>),
+    Unsubscribe(Vec<u8>),
+}
+
+/// Per channel, what wakes its waiters and how many they are.
+type ChannelMap = HashMap<Vec<u8>, (Arc<Notify>, usize)>;
+
+/// Channels that waiters of this process wait on, with how many wait on each.
+#[derive(Default)]
+struct Channels(Mutex<ChannelMap>);
+
+impl Channels {
+    fn lock(&self) -> MutexGuard<'_, ChannelMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn wake(&self, channel: &[u8]) {
+        if let Some((notify, _)) = self.lock().get(channel) {
+            notify.notify_waiters();
+        }
+    }
+
+    fn wake_all(&self) {
+        for (notify, _) in self.lock().values() {
+            notify.notify_waiters();
+        }
+    }
+}
+
+/// The release notifications of one provider.
+pub(crate) struct Listener {
+    clients: Vec<redis::Client>,
+    channels: Arc<Channels>,
+    tasks: Mutex<Vec<Option<mpsc::UnboundedSender<Command>>>>,
+}
+
+/// Interest in one channel; dropping it unsubscribes when no other waiter needs the channel.
+pub(crate) struct Subscription {
+    listener: Arc<Listener>,
+    channel: Vec<u8>,
+    notify: Arc<Notify>,
+}
+
+impl Subscription {
+    /// Completes on the next release published on the channel (enable it before trying).
+    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        {
+            let mut channels = self.listener.channels.lock();
+            if let Some((_, count)) = channels.get_mut(&self.channel) {
+                *count -= 1;
+                if *count == 0 {
+                    channels.remove(&self.channel);
+                }
+            }
+        }
+        // Every subscription told each server's task once; each drop tells it once too.
+        self.listener
+            .send_all(|| Command::Unsubscribe(self.channel.clone()));
+    }
+}
+
+impl Listener {
+    pub(crate) fn new(clients: Vec<redis::Client>) -> Self {
+        let tasks = clients.iter().map(|_| None).collect();
+        Listener {
+            clients,
+            channels: Arc::default(),
+            tasks: Mutex::new(tasks),
+        }
+    }
+
+    /// Sends a command to every server's task, starting tasks that are not running.
+    fn send_all(&self, mut command: impl FnMut() -> Command) {
+        let mut tasks = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (index, slot) in tasks.iter_mut().enumerate() {
+            if slot.as_ref().is_some_and(|sender| sender.is_closed()) {
+                *slot = None;
+            }
+            if slot.is_none() {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    continue;
+                };
+                let (sender, receiver) = mpsc::unbounded_channel();
+                runtime.spawn(run(
+                    self.clients[index].clone(),
+                    self.channels.clone(),
+                    receiver,
+                ));
+                *slot = Some(sender);
+            }
+            if let Some(sender) = slot {
+                let _ = sender.send(command());
+            }
+        }
+    }
+
+    /// Subscribes to `channel` and waits until every reachable server confirms, so that no
+    /// release published after this returns is missed.
+    pub(crate) async fn subscribe(self: &Arc<Self>, channel: &[u8]) -> Subscription {
+        let notify = {
+            let mut channels = self.channels.lock();
+            let entry = channels
+                .entry(channel.to_vec())
+                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        let subscription = Subscription {
+            listener: self.clone(),
+            channel: channel.to_vec(),
+            notify,
+        };
+        // Later waiters on the same channel also wait for confirmation: commands to a task
+        // run in order, so theirs is answered after the first subscription is in place.
+        let mut acks = Vec::new();
+        self.send_all(|| {
+            let (ack, confirmed) = oneshot::channel();
+            acks.push(confirmed);
+            Command::Subscribe(channel.to_vec(), ack)
+        });
+        let _ = tokio::time::timeout(PUBSUB_TIMEOUT, futures_util::future::join_all(acks)).await;
+        subscription
+    }
+}
+
+/// One server's pub/sub connection: subscribes and unsubscribes as told, wakes waiters on
+/// messages, reconnects with backoff.
+async fn run(
+    client: redis::Client,
+    channels: Arc<Channels>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    // Subscriptions on this server, counted per channel.
+    let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
+    let mut reconnect = FIRST_RECONNECT;
+    loop {
+        let connected = tokio::time::timeout(PUBSUB_TIMEOUT, client.get_async_pubsub()).await;
+        let Ok(Ok(pubsub)) = connected else {
+            // Down: answer at once (waiters poll meanwhile) until it is time to retry.
+            let retry = tokio::time::sleep(reconnect);
+            tokio::pin!(retry);
+            loop {
+                tokio::select! {
+                    () = &mut retry => break,
+                    command = commands.recv() => match command {
+                        None => return,
+                        Some(command) => count(&mut counts, command),
+                    },
+                }
+            }
+            reconnect = (reconnect * 2).min(MAX_RECONNECT);
+            continue;
+        };
+        reconnect = FIRST_RECONNECT;
+        let (mut sink, mut stream) = pubsub.split();
+        let known: Vec<Vec<u8>> = counts.keys().cloned().collect();
+        if !known.is_empty()
+            && !matches!(
+                tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(known)).await,
+                Ok(Ok(()))
+            )
+        {
+            continue;
+        }
+        // Releases may have been published while this connection was down.
+        channels.wake_all();
+        loop {
+            tokio::select! {
+                command = commands.recv() => {
+                    let Some(command) = command else { return };
+                    let ok = match command {
+                        Command::Subscribe(channel, ack) => {
+                            let count = counts.entry(channel.clone()).or_default();
+                            *count += 1;
+                            let ok = *count > 1 || matches!(
+                                tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(&channel)).await,
+                                Ok(Ok(()))
+                            );
+                            let _ = ack.send(());
+                            ok
+                        }
+                        Command::Unsubscribe(channel) => match counts.get_mut(&channel) {
+                            Some(count) if *count > 1 => {
+                                *count -= 1;
+                                true
+                            }
+                            Some(_) => {
+                                counts.remove(&channel);
+                                matches!(
+                                    tokio::time::timeout(PUBSUB_TIMEOUT, sink.unsubscribe(&channel))
+                                        .await,
+                                    Ok(Ok(()))
+                                )
+                            }
+                            None => true,
+                        },
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                message = stream.next() => match message {
+                    Some(message) => {
+                        if let Ok(channel) = message.get_channel::<Vec<u8>>() {
+                            channels.wake(&channel);
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+    }
+}
+
+/// Applies a command to the per-channel counts (answering a subscription at once).
+fn count(counts: &mut HashMap<Vec<u8>, usize>, command: Command) {
+    match command {
+        Command::Subscribe(channel, ack) => {
+            *counts.entry(channel).or_default() += 1;
+            let _ = ack.send(());
+        }
+        Command::Unsubscribe(channel) => {
+            if let Some(count) = counts.get_mut(&channel) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&channel);
+                }
+            }
+        }
+    }
+}

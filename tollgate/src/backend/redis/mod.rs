@@ -1,0 +1,577 @@
+//! The Redis backend: leased locks on one server or on several with the RedLock majority
+//! rule, reader-writer locks, and semaphores.
+//!
+//! - **Leases.** Every hold is a key (or a sorted-set member) that expires after the lease's
+//!   expiry (default 30 s) unless extended. A task owned by the handle extends it every
+//!   extension cadence (default a third of the expiry) and fires the handle's loss signal
+//!   when the hold is found gone or the lease runs out unextended; it stops when the handle
+//!   is released or dropped. A crashed holder's hold is free once its lease expires.
+//! - **RedLock.** With several servers, an attempt runs on all of them at once and counts
+//!   only when more than half grant it with at least the minimum validity (default 90 % of
+//!   the expiry) left; otherwise whatever it took is given back at once. Each server gets at
+//!   most expiry − min validity to answer, so a hung server cannot stall an acquire longer;
+//!   when more than half fail, acquire fails with the first server's error.
+//! - **Waiting reacts to releases at once.** Release scripts publish on the primitive's
+//!   channel (`tollgate:released:<key>`); a waiter subscribes before trying again, so a
+//!   release wakes it immediately. A jittered backoff from 50 ms to 1 s, never sleeping past
+//!   the current holder's expiry, is only the fallback for lost notifications and crashed
+//!   holders.
+//! - **Keys.** A lock's key is the key prefix followed by the name, verbatim (as
+//!   DistributedLock does), so any name is accepted. Reader-writer locks and semaphores use
+//!   several keys that share a hash tag, `<prefix>{rw:<name>}:…` and
+//!   `<prefix>{semaphore:<name>}:…`, and every script gets all its keys in `KEYS`, so the
+//!   scripts are Redis Cluster safe. After every hold of a name is released, none of its keys
+//!   remain.
+//! - **Fencing tokens** are the server's clock (`TIME`, in microseconds) when the hold was
+//!   taken, read inside the acquire script — with several servers, the largest among those
+//!   that granted it. No counter key is kept, so nothing is left behind; tokens increase
+//!   strictly across successive holders as long as the server clock does not step back (with
+//!   RedLock: as long as the servers' clocks differ by less than the time between holders).
+//! - **Semaphores** need one server (a ticket counted on a majority does not bound the
+//!   holders); their tickets expire on the server's clock, and their max count is stored
+//!   with them: a semaphore used with another max count while tickets are held is an
+//!   [`Error::InvalidArgument`].
+//! - **Reader-writer locks** prefer writers: a waiting writer turns new readers away. Each
+//!   reader has its own expiry, so a crashed reader does not keep writers out while other
+//!   readers renew.
+//!
+//! URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (`#insecure` skips
+//! certificate checks), and for RedLock a comma-separated list of hosts sharing the rest of
+//! the URL: `redis://h1:6379,h2:6379,h3:6379/0`. Query options: `expiry`, `min_validity`,
+//! `extension_cadence`, `connect_timeout` (durations such as `30s`, `250ms`, or seconds),
+//! and `prefix` (the key prefix).
+
+mod listener;
+mod redlock;
+mod rwlock;
+mod semaphore;
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::Script;
+
+use crate::{
+    check_max_count, Acquire, Error, Lock, LockProvider, ReadWriteLockProvider, Result,
+    SemaphoreProvider, Wait,
+};
+pub use redlock::RedisHandle;
+use redlock::{Kind, Server, Shared, Target};
+pub use rwlock::{RedisReadWriteLock, RedisReader, RedisWriter};
+pub use semaphore::RedisSemaphore;
+
+const BACKEND: &str = "redis";
+const DEFAULT_EXPIRY: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Where releases are published: this, then the primitive's (first) key.
+const CHANNEL_PREFIX: &[u8] = b"tollgate:released:";
+
+static LOCK_ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/lock_acquire.lua")));
+static LOCK_EXTEND: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/lock_extend.lua")));
+static LOCK_RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/lock_release.lua")));
+
+static LOCK: Kind = Kind {
+    label: "lock",
+    acquire: &LOCK_ACQUIRE,
+    extend: &LOCK_EXTEND,
+    release: &LOCK_RELEASE,
+    abandon: None,
+    fenced: true,
+};
+
+/// How long holds last and how they are kept alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub(crate) expiry: Duration,
+    pub(crate) min_validity: Duration,
+    pub(crate) extension_cadence: Duration,
+}
+
+impl Lease {
+    /// Allowance for clock drift between this process and the servers (as RedLock does).
+    pub(crate) fn drift(&self) -> Duration {
+        self.expiry / 100 + Duration::from_millis(2)
+    }
+
+    /// How long an attempt may take and still leave the minimum validity.
+    pub(crate) fn attempt_budget(&self) -> Duration {
+        self.expiry.saturating_sub(self.min_validity + self.drift())
+    }
+}
+
+/// Configures a [`RedisProvider`].
+#[derive(Clone)]
+pub struct RedisProviderBuilder {
+    servers: Vec<(redis::Client, String)>,
+    expiry: Duration,
+    min_validity: Option<Duration>,
+    extension_cadence: Option<Duration>,
+    connect_timeout: Duration,
+    key_prefix: String,
+}
+
+impl std::fmt::Debug for RedisProviderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProviderBuilder")
+            .field(
+                "servers",
+                &self
+                    .servers
+                    .iter()
+                    .map(|(_, label)| label)
+                    .collect::<Vec<_>>(),
+            )
+            .field("expiry", &self.expiry)
+            .field("min_validity", &self.min_validity)
+            .field("extension_cadence", &self.extension_cadence)
+            .field("key_prefix", &self.key_prefix)
+            .finish()
+    }
+}
+
+impl RedisProviderBuilder {
+    /// A builder over clients configured by the caller: one for a single server, several
+    /// (an odd number is best) for RedLock.
+    pub fn from_clients(clients: impl IntoIterator<Item = redis::Client>) -> Self {
+        let servers = clients
+            .into_iter()
+            .map(|client| {
+                let label = client.get_connection_info().addr().to_string();
+                (client, label)
+            })
+            .collect();
+        RedisProviderBuilder {
+            servers,
+            expiry: DEFAULT_EXPIRY,
+            min_validity: None,
+            extension_cadence: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            key_prefix: String::new(),
+        }
+    }
+
+    /// How long a hold lasts unless extended (default 30 s): how long a crashed holder keeps
+    /// a name.
+    pub fn expiry(mut self, expiry: Duration) -> Self {
+        self.expiry = expiry;
+        self
+    }
+
+    /// The least validity an acquire must leave to count (default 90 % of the expiry); an
+    /// attempt that took longer is given back and tried again.
+    pub fn min_validity(mut self, min_validity: Duration) -> Self {
+        self.min_validity = Some(min_validity);
+        self
+    }
+
+    /// How often holds are extended (default a third of the expiry); also how soon a hold
+    /// deleted behind the holder's back is noticed. Must be shorter than the minimum validity.
+    pub fn extension_cadence(mut self, cadence: Duration) -> Self {
+        self.extension_cadence = Some(cadence);
+        self
+    }
+
+    /// How long opening a connection may take (default 5 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Put before every key (default none), e.g. `"myapp:"`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// The provider, after checking the options. Connections are opened when first needed.
+    pub fn build(self) -> Result<RedisProvider> {
+        if self.servers.is_empty() {
+            return Err(Error::invalid("redis: at least one server is needed"));
+        }
+        let expiry = self.expiry;
+        if expiry < Duration::from_millis(100) || expiry > Duration::from_secs(365 * 24 * 3600) {
+            return Err(Error::invalid(format!(
+                "redis expiry must be between 100 ms and a year, got {expiry:?}"
+            )));
+        }
+        let min_validity = self.min_validity.unwrap_or(expiry.mul_f64(0.9));
+        let extension_cadence = self.extension_cadence.unwrap_or(expiry / 3);
+        let lease = Lease {
+            expiry,
+            min_validity,
+            extension_cadence,
+        };
+        if min_validity.is_zero() || min_validity + lease.drift() >= expiry {
+            return Err(Error::invalid(format!(
+                "redis min validity ({min_validity:?}) must be above zero and below the expiry \
+                 ({expiry:?}) minus the clock drift allowance ({:?})",
+                lease.drift()
+            )));
+        }
+        if extension_cadence.is_zero() || extension_cadence >= min_validity {
+            return Err(Error::invalid(format!(
+                "redis extension cadence ({extension_cadence:?}) must be above zero and below \
+                 the min validity ({min_validity:?}), or holds would lapse between extensions"
+            )));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::invalid("redis connect timeout must be above zero"));
+        }
+        if let Some(open) = self.key_prefix.find('{') {
+            if self.key_prefix[open + 1..].starts_with('}') {
+                return Err(Error::invalid(format!(
+                    "redis key prefix {:?}: an empty hash tag {{}} would put a primitive's keys \
+                     in different cluster slots",
+                    self.key_prefix
+                )));
+            }
+        }
+        let servers = self
+            .servers
+            .into_iter()
+            .map(|(client, label)| Server::new(client, label, self.connect_timeout))
+            .collect();
+        Ok(RedisProvider {
+            shared: Arc::new(Shared::new(servers, lease)),
+            prefix: self.key_prefix.into(),
+        })
+    }
+}
+
+/// Parses `250ms`, `30s`, `2m`, `1h`, or a number of seconds.
+fn parse_duration(option: &str, value: &str) -> Result<Duration> {
+    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(at) => value.split_at(at),
+        None => (value, "s"),
+    };
+    let scale = match unit {
+        "ms" => 0.001,
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => f64::NAN,
+    };
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .map(|number| number * scale)
+        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0 && *seconds < 1e12)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{option}={value}: not a duration (e.g. 30s, 250ms, or seconds)"
+            ))
+        })
+}
+
+/// Creates Redis locks, reader-writer locks and semaphores by name. Cheap to clone: clones
+/// share the connections.
+#[derive(Clone)]
+pub struct RedisProvider {
+    shared: Arc<Shared>,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for RedisProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisProvider")
+            .field(
+                "servers",
+                &self
+                    .shared
+                    .servers
+                    .iter()
+                    .map(|server| &server.label)
+                    .collect::<Vec<_>>(),
+            )
+            .field("lease", &self.shared.lease)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl RedisProvider {
+    /// A builder from a URL (see the [module docs](self)): `redis://host:6379/0`,
+    /// `rediss://host/`, or `redis://h1:6379,h2:6379,h3:6379` for RedLock, with options
+    /// `expiry`, `min_validity`, `extension_cadence`, `connect_timeout` and `prefix` in the
+    /// query string. Other query options are passed to the `redis` crate.
+    pub fn builder(url: &str) -> Result<RedisProviderBuilder> {
+        let bad = |why: &str| Error::invalid(format!("bad redis URL {url:?}: {why}"));
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected redis://host or rediss://host"))?;
+        let scheme = scheme.to_ascii_lowercase();
+        if scheme != "redis" && scheme != "rediss" {
+            return Err(bad("the scheme must be redis or rediss"));
+        }
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let (before_fragment, fragment) = match tail.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (tail, None),
+        };
+        let (path, query) = match before_fragment.split_once('?') {
+            Some((path, query)) => (path, query),
+            None => (before_fragment, ""),
+        };
+        let mut builder = RedisProviderBuilder::from_clients([]);
+        let mut kept = Vec::new();
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "expiry" => builder.expiry = parse_duration(&key, &value)?,
+                "min_validity" => builder.min_validity = Some(parse_duration(&key, &value)?),
+                "extension_cadence" => {
+                    builder.extension_cadence = Some(parse_duration(&key, &value)?)
+                }
+                "connect_timeout" => builder.connect_timeout = parse_duration(&key, &value)?,
+                "prefix" => builder.key_prefix = value.into_owned(),
+                _ => kept.push((key.into_owned(), value.into_owned())),
+            }
+        }
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(kept)
+            .finish();
+        for host in hosts.split(',') {
+            if host.is_empty() {
+                return Err(bad("empty host"));
+            }
+            let mut server_url = format!("{scheme}://");
+            if let Some(userinfo) = userinfo {
+                server_url.push_str(userinfo);
+                server_url.push('@');
+            }
+            server_url.push_str(host);
+            server_url.push_str(path);
+            if !query.is_empty() {
+                server_url.push('?');
+                server_url.push_str(&query);
+            }
+            if let Some(fragment) = fragment {
+                server_url.push('#');
+                server_url.push_str(fragment);
+            }
+            let parsed = url::Url::parse(&server_url).map_err(|error| bad(&error.to_string()))?;
+            let client = redis::Client::open(parsed).map_err(|error| bad(&error.to_string()))?;
+            builder.servers.push((client, host.to_owned()));
+        }
+        Ok(builder)
+    }
+
+    /// A provider from a URL with the options it carries (see [`RedisProvider::builder`]).
+    pub fn from_url(url: &str) -> Result<Self> {
+        Self::builder(url)?.build()
+    }
+
+    /// How many servers the provider uses (more than one: RedLock).
+    pub fn server_count(&self) -> usize {
+        self.shared.servers.len()
+    }
+
+    fn key(&self, name: &str) -> Vec<u8> {
+        let mut key = self.prefix.as_bytes().to_vec();
+        key.extend_from_slice(name.as_bytes());
+        key
+    }
+
+    /// `<prefix>{<kind>:<name>}`: the common start of a multi-key primitive's keys, whose hash
+    /// tag (never empty: it starts with the kind) puts them all in one cluster slot.
+    fn tagged(&self, kind: &str, name: &str) -> Vec<u8> {
+        let mut base = self.prefix.as_bytes().to_vec();
+        base.push(b'{');
+        base.extend_from_slice(kind.as_bytes());
+        base.push(b':');
+        base.extend_from_slice(name.as_bytes());
+        base.push(b'}');
+        base
+    }
+}
+
+fn channel(key: &[u8]) -> Vec<u8> {
+    [CHANNEL_PREFIX, key].concat()
+}
+
+fn suffixed(base: &[u8], suffix: &str) -> Vec<u8> {
+    [base, suffix.as_bytes()].concat()
+}
+
+/// A Redis lock: the key `<prefix><name>`, on one server or a majority of several.
+#[derive(Clone)]
+pub struct RedisLock {
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+}
+
+impl std::fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("name", &self.target.name)
+            .finish()
+    }
+}
+
+impl RedisLock {
+    /// The key this lock uses.
+    pub fn key(&self) -> &[u8] {
+        &self.target.keys[0]
+    }
+}
+
+impl Acquire for RedisLock {
+    type Handle = RedisHandle;
+
+    fn name(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Acquires, waiting as `wait` says for a release notification between tries.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: each attempt runs on its own task and gives back what it took if the
+    /// future is gone by then; nothing is held while waiting between attempts.
+    async fn acquire_wait(&self, wait: Wait) -> Result<Option<RedisHandle>> {
+        redlock::acquire_wait(&self.shared, &self.target, wait).await
+    }
+}
+
+impl Lock for RedisLock {}
+
+impl LockProvider for RedisProvider {
+    type Lock = RedisLock;
+
+    /// Any name is accepted; the key is the prefix followed by the name.
+    fn lock(&self, name: &str) -> Result<RedisLock> {
+        let key = self.key(name);
+        Ok(RedisLock {
+            shared: self.shared.clone(),
+            target: Arc::new(Target {
+                name: name.into(),
+                kind: &LOCK,
+                channel: channel(&key),
+                keys: vec![key],
+                extra: Vec::new(),
+            }),
+        })
+    }
+}
+
+impl ReadWriteLockProvider for RedisProvider {
+    type ReadWriteLock = RedisReadWriteLock;
+
+    fn read_write_lock(&self, name: &str) -> Result<RedisReadWriteLock> {
+        let base = self.tagged("rw", name);
+        Ok(RedisReadWriteLock::new(
+            self.shared.clone(),
+            name.into(),
+            [
+                suffixed(&base, ":readers"),
+                suffixed(&base, ":writer"),
+                suffixed(&base, ":waiting"),
+            ],
+            channel(&base),
+        ))
+    }
+}
+
+impl SemaphoreProvider for RedisProvider {
+    type Semaphore = RedisSemaphore;
+
+    /// A semaphore of `max_count` tickets. Semaphores need a provider of one server: with
+    /// several, this is [`Error::Unsupported`].
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<RedisSemaphore> {
+        check_max_count(name, max_count)?;
+        if self.shared.servers.len() > 1 {
+            return Err(Error::Unsupported {
+                backend: BACKEND,
+                what: "semaphores over several servers (a ticket held on a majority does not \
+                       bound the holders); use a provider of one server",
+            });
+        }
+        let base = self.tagged("semaphore", name);
+        Ok(RedisSemaphore::new(
+            self.shared.clone(),
+            name.into(),
+            max_count,
+            [suffixed(&base, ":tickets"), suffixed(&base, ":max")],
+            channel(&base),
+        ))
+    }
+}
+
+impl crate::any::DynProvider for RedisProvider {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
+        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
+    }
+
+    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
+        Ok(crate::AnySemaphore::new(SemaphoreProvider::semaphore(
+            self, name, max_count,
+        )?))
+    }
+
+    fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {
+        Ok(crate::AnyReadWriteLock::new(
+            ReadWriteLockProvider::read_write_lock(self, name)?,
+            BACKEND,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_options() {
+        let builder = RedisProvider::builder(
+            "redis://:pw@h1:6379,h2:6380,[::1]:6381/2?expiry=3s&min_validity=2500ms&prefix=app%3A",
+        )
+        .unwrap();
+        assert_eq!(builder.servers.len(), 3);
+        assert_eq!(builder.expiry, Duration::from_secs(3));
+        assert_eq!(builder.min_validity, Some(Duration::from_millis(2500)));
+        assert_eq!(builder.key_prefix, "app:");
+        let provider = builder.build().unwrap();
+        assert_eq!(provider.server_count(), 3);
+        assert_eq!(
+            provider.shared.lease.extension_cadence,
+            Duration::from_secs(1)
+        );
+        assert!(RedisProvider::from_url("rediss://localhost/#insecure").is_ok());
+        for bad in [
+            "redis://",
+            "redis://h1,,h2",
+            "http://h",
+            "redis://h?expiry=soon",
+            "redis://h?expiry=10ms",
+            "redis://h?expiry=10s&min_validity=10s",
+            "redis://h?expiry=10s&extension_cadence=9.5s",
+            "redis://h?prefix=%7B%7D",
+            "redis://h/notanumber",
+            "redis://[::1",
+        ] {
+            assert!(
+                matches!(RedisProvider::from_url(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys() {
+        let provider = RedisProvider::from_url("redis://h/?prefix=p:").unwrap();
+        assert_eq!(provider.key("a{b}"), b"p:a{b}");
+        assert_eq!(provider.tagged("rw", ""), b"p:{rw:}");
+    }
+}

@@ -1,0 +1,13 @@
+-- Extends a read hold's lease if it has not expired.
+-- KEYS[1]: readers (KEYS[2], KEYS[3] unused). ARGV[1]: owner, ARGV[2]: lease in ms.
+-- Returns 1 if extended, else 0.
+local time = redis.call('time')
+local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+local score = redis.call('zscore', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  return 0
+end
+redis.call('zadd', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+local last = redis.call('zrange', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('pexpireat', KEYS[1], last[2])
+return 1

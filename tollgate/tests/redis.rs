@@ -1,0 +1,702 @@
+//! The Redis backend against real servers: the shared conformance suite on the server at
+//! 127.0.0.1:6379 (with and without a key prefix) and on three servers of its own (all up,
+//! and one of them stopped), plus Redis's own cases.
+//!
+//! The extra servers are `redis-server` processes on free loopback ports, started per test
+//! and killed when the test's thread ends (and by the kernel, should this process die first).
+#![cfg(feature = "redis")]
+
+mod conformance;
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+use tollgate::backend::redis::RedisProvider;
+use tollgate::{
+    Acquire, AnyProvider, Error, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider,
+    SemaphoreProvider,
+};
+
+use conformance::support::{unique, Locks, Writers, PROMPT};
+
+holder_entry!();
+
+/// The lease the suite runs with: short, so that killed holders free their holds promptly.
+const SUITE_OPTIONS: &str = "expiry=3s";
+
+/// The test server; `TOLLGATE_REDIS_URL` points elsewhere.
+fn server() -> String {
+    std::env::var("TOLLGATE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+fn url() -> String {
+    format!("{}/?{SUITE_OPTIONS}", server())
+}
+
+fn prefixed_url() -> String {
+    format!("{}/?{SUITE_OPTIONS}&prefix=tollgate-test%3A", server())
+}
+
+fn provider() -> RedisProvider {
+    RedisProvider::from_url(&url()).expect("redis provider")
+}
+
+fn prefixed_provider() -> RedisProvider {
+    RedisProvider::from_url(&prefixed_url()).expect("redis provider")
+}
+
+async fn admin() -> redis::aio::MultiplexedConnection {
+    admin_on(&server()).await
+}
+
+async fn admin_on(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to the test server")
+}
+
+/// Keys that contain `needle`.
+async fn keys_containing(
+    connection: &mut redis::aio::MultiplexedConnection,
+    needle: &str,
+) -> Vec<String> {
+    let pattern = format!("*{}*", needle.replace(['*', '?', '[', ']', '\\'], "?"));
+    connection.keys(pattern).await.unwrap()
+}
+
+/// `redis-server` processes of a test's own, on free loopback ports.
+struct Servers {
+    children: Vec<Option<Child>>,
+    ports: Vec<u16>,
+}
+
+impl Servers {
+    fn start(count: usize) -> Servers {
+        let mut servers = Servers {
+            children: Vec::new(),
+            ports: Vec::new(),
+        };
+        for _ in 0..count {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .expect("a free port")
+                .port();
+            let mut command = Command::new("redis-server");
+            command
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            // SAFETY: prctl is async-signal-safe; the child dies with the thread that started it.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let child = command.spawn().expect("start redis-server");
+            servers.children.push(Some(child));
+            servers.ports.push(port);
+        }
+        for &port in &servers.ports {
+            wait_until_up(port);
+        }
+        servers
+    }
+
+    fn url(&self, options: &str) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("127.0.0.1:{port}"))
+            .collect();
+        format!("redis://{}/?{options}", hosts.join(","))
+    }
+
+    fn server_url(&self, index: usize) -> String {
+        format!("redis://127.0.0.1:{}", self.ports[index])
+    }
+
+    fn pid(&self, index: usize) -> i32 {
+        self.children[index].as_ref().expect("running").id() as i32
+    }
+
+    /// Kills server `index` (its port then refuses connections).
+    fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.children[index].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Freezes server `index`: connections stay open, nothing is answered.
+    fn pause(&self, index: usize) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid(index), libc::SIGSTOP) };
+    }
+
+    fn resume(&self, index: usize) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.pid(index), libc::SIGCONT) };
+    }
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        for index in 0..self.children.len() {
+            if self.children[index].is_some() {
+                self.resume(index);
+            }
+            self.kill(index);
+        }
+    }
+}
+
+fn wait_until_up(port: u16) {
+    let started = Instant::now();
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut reply = [0u8; 7];
+            if stream.write_all(b"PING\r\n").is_ok()
+                && stream.read_exact(&mut reply).is_ok()
+                && &reply == b"+PONG\r\n"
+            {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "redis-server on port {port} did not come up"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+thread_local! {
+    /// The three servers of the running test (each test runs on a thread of its own).
+    static TRIO: RefCell<Option<(Servers, String)>> = const { RefCell::new(None) };
+}
+
+/// The URL of three servers of this test's own; with `one_stopped`, the first is killed.
+fn trio_url(one_stopped: bool) -> String {
+    TRIO.with(|trio| {
+        let mut trio = trio.borrow_mut();
+        let (_, url) = trio.get_or_insert_with(|| {
+            let mut servers = Servers::start(3);
+            if one_stopped {
+                servers.kill(0);
+            }
+            let url = servers.url(SUITE_OPTIONS);
+            (servers, url)
+        });
+        url.clone()
+    })
+}
+
+fn trio(one_stopped: bool) -> RedisProvider {
+    RedisProvider::from_url(&trio_url(one_stopped)).expect("redlock provider")
+}
+
+mod single {
+    use super::*;
+
+    mod lock {
+        use super::*;
+        mutex_suite!(Locks {
+            provider: provider(),
+            url: url()
+        });
+    }
+
+    mod semaphore {
+        use super::*;
+        semaphore_suite!(provider(), url());
+    }
+
+    mod composite {
+        use super::*;
+        composite_suite!(provider());
+    }
+
+    mod read_write {
+        use super::*;
+        read_write_suite!(provider(), url());
+    }
+}
+
+mod prefixed {
+    use super::*;
+
+    mod lock {
+        use super::*;
+        mutex_suite!(Locks {
+            provider: prefixed_provider(),
+            url: prefixed_url()
+        });
+    }
+
+    mod semaphore {
+        use super::*;
+        semaphore_suite!(prefixed_provider(), prefixed_url());
+    }
+
+    mod read_write {
+        use super::*;
+        read_write_suite!(prefixed_provider(), prefixed_url());
+    }
+}
+
+mod three_servers {
+    use super::*;
+
+    mod lock {
+        use super::*;
+        mutex_suite!(Locks {
+            provider: trio(false),
+            url: trio_url(false)
+        });
+    }
+
+    mod read_write {
+        use super::*;
+        read_write_suite!(trio(false), trio_url(false));
+    }
+}
+
+mod three_servers_one_stopped {
+    use super::*;
+
+    mod lock {
+        use super::*;
+        mutex_suite!(Locks {
+            provider: trio(true),
+            url: trio_url(true)
+        });
+    }
+
+    mod write_as_mutex {
+        use super::*;
+        mutex_suite!(Writers {
+            provider: trio(true),
+            url: trio_url(true)
+        });
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn readers_share_writers_exclude() {
+        conformance::rw::readers_share_writers_exclude(trio(true)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn waiting_writer_blocks_new_readers() {
+        conformance::rw::waiting_writer_blocks_new_readers(trio(true)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_extension_keeps_a_lock_past_its_expiry() {
+    let provider = RedisProvider::builder(&server())
+        .unwrap()
+        .expiry(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    let name = unique("extended");
+    let handle = provider.lock(&name).unwrap().acquire().await.unwrap();
+    let reader_side = provider.read_write_lock(&name).unwrap();
+    let reader = reader_side.reader().acquire().await.unwrap();
+    let ticket = provider
+        .semaphore(&name, 1)
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    // Five expiries later, every hold is still there.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let other = RedisProvider::from_url(&url()).unwrap();
+    assert!(other
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    assert!(other
+        .read_write_lock(&name)
+        .unwrap()
+        .writer()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    assert!(other
+        .semaphore(&name, 1)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    for signal in [
+        handle.loss_signal(),
+        reader.loss_signal(),
+        ticket.loss_signal(),
+    ] {
+        assert!(signal.can_detect());
+        assert!(!signal.is_lost());
+    }
+    handle.release().await.unwrap();
+    reader.release().await.unwrap();
+    ticket.release().await.unwrap();
+    assert!(other
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killed_holder_process_frees_the_lock_after_its_expiry() {
+    let name = unique("killed");
+    let holder_url = format!("{}/?expiry=2s", server());
+    let mut holder = conformance::support::Holder::start(&holder_url, "lock", &name).await;
+    holder.held().await;
+    let lock = provider().lock(&name).unwrap();
+    holder.kill().await;
+    let killed = Instant::now();
+    assert!(
+        lock.try_acquire().await.unwrap().is_none(),
+        "the lease outlives its holder"
+    );
+    let handle = tokio::time::timeout(PROMPT, lock.acquire())
+        .await
+        .expect("freed once the lease expires")
+        .unwrap();
+    assert!(
+        killed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        killed.elapsed()
+    );
+    handle.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleting_the_key_fires_the_loss_signal() {
+    let provider = prefixed_provider();
+    let name = unique("deleted");
+    let lock = provider.lock(&name).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let mut admin = admin().await;
+    let key = lock.key().to_vec();
+    assert_eq!(key, format!("tollgate-test:{name}").into_bytes());
+    let deleted: i64 = admin.del(&key).await.unwrap();
+    assert_eq!(deleted, 1);
+    tokio::time::timeout(Duration::from_secs(5), handle.lost())
+        .await
+        .expect("loss fires within 5 s");
+    assert!(handle.loss_signal().is_lost());
+    // Releasing a lost hold is not an error, and does not touch a new holder's key.
+    let next = lock.acquire().await.unwrap();
+    handle.release().await.unwrap();
+    assert!(lock.try_acquire().await.unwrap().is_none());
+    next.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn majority_down_is_an_error_not_a_hang() {
+    let mut servers = Servers::start(3);
+    let provider = RedisProvider::from_url(&servers.url("expiry=3s")).unwrap();
+    let lock = provider.lock(&unique("majority")).unwrap();
+    lock.try_acquire().await.unwrap().expect("all up");
+    servers.kill(1);
+    servers.kill(2);
+    let started = Instant::now();
+    let error = tokio::time::timeout(PROMPT, lock.acquire())
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+    assert!(error.to_string().contains("2 of 3"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let error = lock.try_acquire().await.unwrap_err();
+    assert!(error.is_backend(), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hung_servers_do_not_stall_acquire_beyond_the_budget() {
+    let servers = Servers::start(3);
+    // expiry 2 s, min validity 1.5 s: an attempt may take about half a second.
+    let provider = RedisProvider::from_url(&servers.url("expiry=2s&min_validity=1500ms")).unwrap();
+    let name = unique("hung");
+    let lock = provider.lock(&name).unwrap();
+    // Connect everywhere first, so the frozen server has an open connection.
+    lock.try_acquire().await.unwrap().expect("all up");
+    servers.pause(0);
+    let started = Instant::now();
+    let handle = tokio::time::timeout(PROMPT, lock.acquire())
+        .await
+        .expect("no hang")
+        .expect("a majority is up");
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "{:?}",
+        started.elapsed()
+    );
+    // Held on the majority: another provider's try is refused promptly.
+    let other = RedisProvider::from_url(&servers.url("expiry=2s&min_validity=1500ms")).unwrap();
+    let started = Instant::now();
+    assert!(other
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    assert!(started.elapsed() < Duration::from_millis(600));
+    // Extensions carry on with the majority: held past the expiry, not lost.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!handle.loss_signal().is_lost());
+    assert!(other
+        .lock(&name)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    let started = Instant::now();
+    handle.release().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "release waited for the hung server"
+    );
+    // With a majority frozen, acquire fails within the budget rather than hanging.
+    servers.pause(1);
+    let started = Instant::now();
+    let error = tokio::time::timeout(PROMPT, other.lock(&name).unwrap().acquire())
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    servers.resume(0);
+    servers.resume(1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn semaphore_max_count_is_stored_and_checked() {
+    let provider = provider();
+    let name = unique("max-count");
+    let three = provider.semaphore(&name, 3).unwrap();
+    assert_eq!(three.available().await.unwrap(), 3);
+    let ticket = three.acquire().await.unwrap();
+    assert_eq!(three.available().await.unwrap(), 2);
+    let five = provider.semaphore(&name, 5).unwrap();
+    match five.try_acquire().await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("max count 3"), "{message}");
+            assert!(message.contains('5'), "{message}");
+        }
+        other => panic!("expected a max count mismatch, got {other:?}"),
+    }
+    assert!(matches!(
+        five.available().await,
+        Err(Error::InvalidArgument(_))
+    ));
+    ticket.release().await.unwrap();
+    // Once every ticket is back, the name is free for any max count.
+    let ticket = five.try_acquire().await.unwrap().expect("free");
+    assert_eq!(five.available().await.unwrap(), 4);
+    drop(ticket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_is_left_behind_after_release() {
+    for prefixed in [false, true] {
+        let provider = if prefixed {
+            prefixed_provider()
+        } else {
+            provider()
+        };
+        let name = unique("leftovers");
+        let mut admin = admin().await;
+        let lock = provider.lock(&name).unwrap();
+        let rw = provider.read_write_lock(&name).unwrap();
+        let semaphore = provider.semaphore(&name, 2).unwrap();
+        let held = lock.acquire().await.unwrap();
+        let readers = [
+            rw.reader().acquire().await.unwrap(),
+            rw.reader().acquire().await.unwrap(),
+        ];
+        // A writer waits (marking itself), then gives up.
+        assert!(rw
+            .writer()
+            .try_acquire_timeout(Duration::from_millis(100))
+            .await
+            .unwrap()
+            .is_none());
+        let tickets = [
+            semaphore.acquire().await.unwrap(),
+            semaphore.acquire().await.unwrap(),
+        ];
+        assert!(!keys_containing(&mut admin, &name).await.is_empty());
+        held.release().await.unwrap();
+        for reader in readers {
+            reader.release().await.unwrap();
+        }
+        let writer = rw.writer().acquire().await.unwrap();
+        writer.release().await.unwrap();
+        let [first, second] = tickets;
+        first.release().await.unwrap();
+        drop(second);
+        // The dropped ticket's release runs in the background; this process's next
+        // acquire of the name waits for it.
+        drop(semaphore.acquire().await.unwrap());
+        let deadline = Instant::now() + PROMPT;
+        loop {
+            let left = keys_containing(&mut admin, &name).await;
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "keys left behind: {left:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn keys_carry_the_prefix_and_the_name_verbatim() {
+    let name = unique("verbatim{tag}");
+    let mut admin = admin().await;
+    let plain = provider().lock(&name).unwrap().acquire().await.unwrap();
+    let prefixed = prefixed_provider()
+        .lock(&name)
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    let exists: bool = admin.exists(&name).await.unwrap();
+    assert!(exists, "the lock's key is the name itself");
+    let exists: bool = admin.exists(format!("tollgate-test:{name}")).await.unwrap();
+    assert!(exists, "the prefixed lock's key");
+    let rw = prefixed_provider().read_write_lock(&name).unwrap();
+    let reader = rw.reader().acquire().await.unwrap();
+    let exists: bool = admin
+        .exists(format!("tollgate-test:{{rw:{name}}}:readers"))
+        .await
+        .unwrap();
+    assert!(exists, "the readers' key shares the hash tag");
+    drop((plain, prefixed, reader));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn release_wakes_a_waiter_at_once() {
+    let provider = provider();
+    let name = unique("handoff");
+    let lock = provider.lock(&name).unwrap();
+    let waiter_lock = RedisProvider::from_url(&url())
+        .unwrap()
+        .lock(&name)
+        .unwrap();
+    let mut handoffs = Vec::new();
+    for _ in 0..21 {
+        let held = lock.acquire().await.unwrap();
+        let (ready, ready_signal) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn({
+            let lock = waiter_lock.clone();
+            async move {
+                let acquiring = lock.acquire();
+                let _ = ready.send(());
+                let handle = acquiring.await.unwrap();
+                let at = Instant::now();
+                handle.release().await.unwrap();
+                at
+            }
+        });
+        ready_signal.await.unwrap();
+        // Let the waiter find the lock busy and subscribe.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let released = Instant::now();
+        held.release().await.unwrap();
+        let acquired = tokio::time::timeout(PROMPT, waiter).await.unwrap().unwrap();
+        handoffs.push(acquired - released);
+    }
+    handoffs.sort();
+    let median = handoffs[handoffs.len() / 2];
+    // The fallback backoff would take 25 ms at least: this is the notification.
+    assert!(
+        median < Duration::from_millis(20),
+        "median hand-off {median:?}: {handoffs:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_options_unreachable_servers_and_redlock_semaphores() {
+    let unreachable = RedisProvider::from_url("redis://127.0.0.1:1/?connect_timeout=1s").unwrap();
+    let error = unreachable
+        .lock("x")
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+    for bad in [
+        "redis://h?expiry=1ms",
+        "redis://h?extension_cadence=0s",
+        "redis://h,?x",
+        "rediss://h/#secure",
+    ] {
+        assert!(
+            matches!(AnyProvider::from_url(bad), Err(Error::InvalidArgument(_))),
+            "{bad}"
+        );
+    }
+    let any = AnyProvider::from_url("redis://127.0.0.1:6379,127.0.0.1:6380").unwrap();
+    assert_eq!(any.backend(), "redis");
+    assert!(matches!(
+        any.semaphore("x", 2),
+        Err(Error::Unsupported { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_server_is_reconnected() {
+    let mut servers = Servers::start(1);
+    let url = servers.server_url(0);
+    let provider = RedisProvider::from_url(&format!("{url}/?expiry=3s")).unwrap();
+    let lock = provider.lock(&unique("restart")).unwrap();
+    lock.try_acquire().await.unwrap().expect("up");
+    let port = servers.ports[0];
+    servers.kill(0);
+    assert!(lock.try_acquire().await.unwrap_err().is_backend());
+    let mut restarted = Servers::start(0);
+    restarted.ports.push(port);
+    let child = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("restart redis-server");
+    restarted.children.push(Some(child));
+    wait_until_up(port);
+    let _ = admin_on(&url).await;
+    // Reconnects after a short pause that keeps a dead server cheap to include.
+    let deadline = Instant::now() + PROMPT;
+    loop {
+        match lock.try_acquire().await {
+            Ok(Some(_)) => break,
+            Ok(None) => panic!("a fresh server has nothing held"),
+            Err(error) => assert!(Instant::now() < deadline, "not reconnected: {error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
