@@ -299,6 +299,64 @@ mod three_servers_one_stopped {
     }
 }
 
+/// Leases are extended on a runtime of the library's own: a caller whose runtime is blocked
+/// (here: not run at all) for many expiries keeps its holds.
+#[test]
+fn a_blocked_runtime_does_not_starve_the_lease() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let provider = RedisProvider::builder(&server())
+        .unwrap()
+        .expiry(Duration::from_millis(600))
+        .build()
+        .unwrap();
+    let name = unique("starved");
+    let (lock, ticket) = runtime.block_on(async {
+        let lock = provider.lock(&name).unwrap().acquire().await.unwrap();
+        let ticket = provider
+            .semaphore(&name, 1)
+            .unwrap()
+            .acquire()
+            .await
+            .unwrap();
+        (lock, ticket)
+    });
+    // Five expiries during which the caller's runtime runs nothing.
+    std::thread::sleep(Duration::from_secs(3));
+    runtime.block_on(async {
+        let other = RedisProvider::from_url(&url()).unwrap();
+        assert!(
+            other
+                .lock(&name)
+                .unwrap()
+                .try_acquire()
+                .await
+                .unwrap()
+                .is_none(),
+            "the lock expired while the holder's runtime was blocked"
+        );
+        assert!(other
+            .semaphore(&name, 1)
+            .unwrap()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none());
+        assert!(!lock.loss_signal().is_lost() && !ticket.loss_signal().is_lost());
+        lock.release().await.unwrap();
+        ticket.release().await.unwrap();
+        assert!(other
+            .lock(&name)
+            .unwrap()
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_some());
+    });
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn auto_extension_keeps_a_lock_past_its_expiry() {
     let provider = RedisProvider::builder(&server())

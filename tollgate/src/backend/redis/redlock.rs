@@ -29,13 +29,40 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 /// writer renews its mark in time).
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// One Redis server and its multiplexed connection, opened when first needed and reopened
-/// after the connection fails.
+/// Which of a server's two connections a request goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Acquires, releases and reads, driven by the caller's runtime.
+    Caller,
+    /// Lease extensions, driven by the lease runtime (see [`lease_runtime`]).
+    Lease,
+}
+
+/// The runtime that extends leases: one thread of its own, shared by every Redis provider of
+/// the process, so that user code that blocks or starves its own runtime cannot let a hold's
+/// lease run out. Extensions use connections opened on it (whose I/O it drives), not the
+/// caller's.
+fn lease_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("tollgate-redis-lease")
+            .enable_all()
+            .build()
+            .map_err(|error| tracing::warn!(%error, "cannot start the Redis lease runtime"))
+            .ok()
+    });
+    RUNTIME.as_ref()
+}
+
+/// One Redis server and its multiplexed connections (one per [`Route`]), opened when first
+/// needed and reopened after they fail.
 pub(crate) struct Server {
     pub(crate) client: redis::Client,
     pub(crate) label: String,
     connect_timeout: Duration,
     connection: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    lease_connection: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
     generation: AtomicU64,
     /// After a failed connect, further connects wait this long (growing while they fail), so
     /// that a dead server costs nothing to the attempts that include it.
@@ -58,6 +85,7 @@ impl Server {
             label,
             connect_timeout,
             connection: tokio::sync::Mutex::new(None),
+            lease_connection: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             down: std::sync::Mutex::new(None),
         }
@@ -69,8 +97,15 @@ impl Server {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn connection(&self) -> redis::RedisResult<(u64, MultiplexedConnection)> {
-        let mut slot = self.connection.lock().await;
+    fn slot(&self, route: Route) -> &tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>> {
+        match route {
+            Route::Caller => &self.connection,
+            Route::Lease => &self.lease_connection,
+        }
+    }
+
+    async fn connection(&self, route: Route) -> redis::RedisResult<(u64, MultiplexedConnection)> {
+        let mut slot = self.slot(route).lock().await;
         if let Some(connection) = &*slot {
             return Ok(connection.clone());
         }
@@ -113,14 +148,26 @@ impl Server {
         Ok((generation, connection))
     }
 
-    /// Runs `script`; a connection that failed is dropped, so the next call reconnects.
+    /// Runs `script` on the caller's connection; see [`Server::run_on`].
     pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[Vec<u8>],
         args: &[&[u8]],
     ) -> redis::RedisResult<T> {
-        let (generation, mut connection) = self.connection().await?;
+        self.run_on(Route::Caller, script, keys, args).await
+    }
+
+    /// Runs `script` on the connection of `route`; a connection that failed is dropped, so
+    /// the next call reconnects.
+    pub(crate) async fn run_on<T: redis::FromRedisValue>(
+        &self,
+        route: Route,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<T> {
+        let (generation, mut connection) = self.connection(route).await?;
         let mut invocation = script.prepare_invoke();
         for key in keys {
             invocation.key(key.as_slice());
@@ -134,7 +181,7 @@ impl Server {
                 || error.is_connection_dropped()
                 || error.is_unrecoverable_error()
             {
-                let mut slot = self.connection.lock().await;
+                let mut slot = self.slot(route).lock().await;
                 if slot
                     .as_ref()
                     .is_some_and(|(current, _)| *current == generation)
@@ -734,7 +781,12 @@ impl RedisHandle {
             owner,
             notifier,
         });
-        let lease_task = tokio::spawn(keep_alive(hold.clone(), deadline));
+        let keep = keep_alive(hold.clone(), deadline);
+        let lease_task = match lease_runtime() {
+            Some(runtime) => runtime.spawn(keep),
+            // Without a thread of its own, the lease is kept by the caller's runtime.
+            None => tokio::spawn(keep),
+        };
         RedisHandle {
             hold,
             loss,
@@ -769,7 +821,7 @@ async fn keep_alive(hold: Arc<Hold>, mut deadline: Instant) {
                 let (args, target) = (&args, &hold.target);
                 tokio::time::timeout(
                     limit,
-                    server.run::<i64>(target.kind.extend, &target.keys, args),
+                    server.run_on::<i64>(Route::Lease, target.kind.extend, &target.keys, args),
                 )
             })
             .collect();
