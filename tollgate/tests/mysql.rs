@@ -373,6 +373,31 @@ async fn concurrent_tries_on_a_small_pool_find_free_tickets() {
     assert!(provider.connection_count() <= 2);
 }
 
+/// A network that silently drops everything fires the loss signal (the keepalive ping gets
+/// no answer), rather than leaving it waiting for TCP to give up.
+#[tokio::test]
+async fn keepalive_detects_a_silent_network_failure() {
+    let proxy = conformance::support::FreezableProxy::start("127.0.0.1:3306").await;
+    // Over TCP through the proxy, not over the Unix socket the driver would switch to.
+    let provider = MySqlProvider::from_url(&format!(
+        "mysql://root@127.0.0.1:{}/test?prefer_socket=false&keepalive=1",
+        proxy.port
+    ))
+    .unwrap();
+    let held = provider
+        .lock(&unique("silent"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!held.loss_signal().is_lost());
+    proxy.freeze();
+    tokio::time::timeout(PROMPT, held.lost())
+        .await
+        .expect("the loss signal fires");
+    held.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn semaphore_never_over_max_under_churn() {
     use std::sync::atomic::{AtomicUsize, Ordering};

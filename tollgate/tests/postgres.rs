@@ -299,6 +299,35 @@ async fn idle_sessions_are_closed_and_holding_ones_kept() {
     assert!(PostgresProvider::from_url(&format!("{}&idle_timeout=never", url())).is_ok());
 }
 
+/// With the keepalive on, a network that silently drops everything fires the loss signal
+/// (the ping gets no answer), rather than leaving it waiting for TCP to give up.
+#[tokio::test]
+async fn keepalive_detects_a_silent_network_failure() {
+    let proxy = conformance::support::FreezableProxy::start("127.0.0.1:5432").await;
+    let provider = PostgresProvider::from_url(&format!(
+        "postgres://postgres@127.0.0.1:{}/test?sslmode=disable&keepalive=1",
+        proxy.port
+    ))
+    .unwrap();
+    let held = provider
+        .lock(&unique("silent"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!held.loss_signal().is_lost());
+    proxy.freeze();
+    tokio::time::timeout(PROMPT, held.lost())
+        .await
+        .expect("the loss signal fires");
+    assert_eq!(
+        provider.connection_count(),
+        0,
+        "the dead session left the pool"
+    );
+    held.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn cancelled_wait_leaves_nothing_on_the_server() {
     let provider = provider();

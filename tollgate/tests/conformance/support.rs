@@ -275,3 +275,80 @@ pub fn holder_main() {
         println!("{RELEASED}");
     });
 }
+
+/// A TCP proxy in front of a server that can be made to black-hole all traffic, as a network
+/// that silently drops everything would: nothing is forwarded either way, nothing is closed.
+pub struct FreezableProxy {
+    /// The loopback port to connect to instead of the server's.
+    pub port: u16,
+    frozen: tokio::sync::watch::Sender<bool>,
+    tasks: std::sync::Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+impl FreezableProxy {
+    /// Starts forwarding connections on a free loopback port to `upstream` (`host:port`).
+    pub async fn start(upstream: &str) -> FreezableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let tasks = std::sync::Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let (upstream, watch, pipes) = (upstream.to_owned(), frozen.clone(), tasks.clone());
+        tasks.lock().unwrap().spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let (inbound_read, inbound_write) = inbound.into_split();
+                let (outbound_read, outbound_write) = outbound.into_split();
+                let mut pipes = pipes.lock().unwrap();
+                pipes.spawn(forward(inbound_read, outbound_write, watch.subscribe()));
+                pipes.spawn(forward(outbound_read, inbound_write, watch.subscribe()));
+            }
+        });
+        FreezableProxy {
+            port,
+            frozen,
+            tasks,
+        }
+    }
+
+    /// From now on nothing gets through, and every connection stays open.
+    pub fn freeze(&self) {
+        self.frozen.send_replace(true);
+    }
+}
+
+impl Drop for FreezableProxy {
+    fn drop(&mut self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.abort_all();
+        }
+    }
+}
+
+async fn forward(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 16 * 1024];
+    let is_frozen = frozen.clone();
+    loop {
+        tokio::select! {
+            read = from.read(&mut buffer) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(count) => {
+                    let stopped = *is_frozen.borrow();
+                    if stopped || to.write_all(&buffer[..count]).await.is_err() {
+                        // Frozen: what was read is dropped, and the connection stays open.
+                        std::future::pending::<()>().await;
+                    }
+                }
+            },
+            () = async {
+                let _ = frozen.wait_for(|frozen| *frozen).await;
+            } => std::future::pending::<()>().await,
+        }
+    }
+}

@@ -74,7 +74,8 @@ impl MySqlProviderBuilder {
     }
 
     /// How often connections that hold locks are pinged, which is how soon a lost
-    /// connection is noticed (default 1 s).
+    /// connection is noticed (default 1 s): a ping that fails, or gets no answer within twice
+    /// the interval (at least 1 s), fires the loss signals of the connection's handles.
     pub fn keepalive(mut self, interval: Duration) -> Self {
         self.keepalive = interval;
         self
@@ -573,7 +574,14 @@ impl Pool {
                 if idle {
                     continue;
                 }
-                let alive = connection.conn.lock().await.ping().await.is_ok();
+                // A network that silently drops everything would leave the ping waiting for
+                // as long as TCP retransmits (many minutes): bound it.
+                let limit = (interval * 2).max(Duration::from_secs(1));
+                let ping = async { connection.conn.lock().await.ping().await.is_ok() };
+                let alive = tokio::time::timeout(limit, ping).await.unwrap_or_else(|_| {
+                    tracing::warn!(?limit, "mysql keepalive got no answer");
+                    false
+                });
                 if !alive {
                     connection.mark_broken();
                     if let Some(pool) = pool.upgrade() {

@@ -426,10 +426,15 @@ impl Pool {
         self.release_notes.wait(keys).await;
     }
 
-    /// How many sessions are open (or opening).
+    /// How many sessions are open (or opening), not counting ended ones.
     pub(crate) fn connection_count(&self) -> usize {
         let state = self.lock();
-        state.connections.len() + state.opening
+        let live = state
+            .connections
+            .iter()
+            .filter(|connection| !connection.is_broken())
+            .count();
+        live + state.opening
     }
 
     /// A connection for `keys`, with the keys reserved on it (so no other task tries the same
@@ -601,6 +606,7 @@ impl Pool {
                 (client, tokio::spawn(connection))
             }
         };
+        let driver = broken.abort_handle();
         let connection = Arc::new(Connection {
             cancel: client.cancel_token(),
             client,
@@ -647,9 +653,24 @@ impl Pool {
                     if connection.lock().dedicated {
                         continue;
                     }
-                    if connection.client.simple_query("SELECT 1").await.is_err() {
-                        connection.mark_broken();
-                        return;
+                    // A network that silently drops everything would leave the ping waiting
+                    // for as long as TCP retransmits (many minutes): bound it, and then close
+                    // the socket, so that the server ends the session (and frees its locks)
+                    // once it can tell.
+                    let ping = connection.client.simple_query("SELECT 1");
+                    let limit = (interval * 2).max(Duration::from_secs(1));
+                    match tokio::time::timeout(limit, ping).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(_)) => {
+                            connection.mark_broken();
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(?limit, "postgres keepalive got no answer; closing");
+                            connection.mark_broken();
+                            driver.abort();
+                            return;
+                        }
                     }
                 }
             });

@@ -93,7 +93,8 @@ impl PostgresProviderBuilder {
     }
 
     /// Runs `SELECT 1` on every idle or holding session this often, so that a silently dead
-    /// connection is noticed (and its handles' loss signals fire). Off by default.
+    /// connection is noticed (and its handles' loss signals fire): a ping that fails, or gets
+    /// no answer within twice the interval (at least 1 s), ends the session. Off by default.
     pub fn keepalive(mut self, interval: Duration) -> Self {
         self.keepalive = Some(interval);
         self
