@@ -671,16 +671,16 @@ impl Handle for MySqlHandle {
             self.pool.clone(),
             self.lock_name.clone(),
         );
-        // On its own task, so that a dropped future cannot stop it mid-query.
-        tokio::spawn(async move { release(&connection, &pool, &lock_name).await })
-            .await
-            .unwrap_or_else(|_| {
-                Err(Error::backend(
-                    BACKEND,
-                    "a release task ended unexpectedly",
-                    std::io::Error::other("task lost"),
-                ))
-            })
+        // A dropped future cannot stop it mid-query: the rest then runs on a task.
+        run_to_completion(
+            async move {
+                release(&connection, &pool, &lock_name).await?;
+                Ok(None::<()>)
+            },
+            |()| Box::pin(async {}),
+        )
+        .await
+        .map(drop)
     }
 
     fn name(&self) -> &str {
@@ -724,28 +724,46 @@ impl Drop for MySqlHandle {
     }
 }
 
-/// Runs `operation` on its own task so that it always completes; if the caller is gone by
-/// then, `undo` gives back what it got.
+type Undo<T> = Box<dyn FnOnce(T) -> BoxFuture<()> + Send>;
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// Runs `operation` to completion, whatever happens to the caller: it is polled in the
+/// caller's task (no task hop on the fast path), and if the caller drops it part-way, the
+/// rest runs on a task of its own, where `undo` gives back what it got. A mysql_async query
+/// dropped mid-flight would leave its connection unusable, so none ever is.
 async fn run_to_completion<T: Send + 'static>(
     operation: impl std::future::Future<Output = Result<Option<T>>> + Send + 'static,
-    undo: impl FnOnce(T) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-        + Send
-        + 'static,
+    undo: impl FnOnce(T) -> BoxFuture<()> + Send + 'static,
 ) -> Result<Option<T>> {
-    let (sender, receiver) = oneshot::channel();
-    tokio::spawn(async move {
-        let outcome = operation.await;
-        if let Err(Ok(Some(value))) = sender.send(outcome) {
-            undo(value).await;
+    struct Completing<T: Send + 'static> {
+        operation: Option<BoxFuture<Result<Option<T>>>>,
+        undo: Option<Undo<T>>,
+    }
+    impl<T: Send + 'static> Drop for Completing<T> {
+        fn drop(&mut self) {
+            let (Some(operation), Some(undo)) = (self.operation.take(), self.undo.take()) else {
+                return;
+            };
+            // Without a runtime the connection's I/O is gone too: nothing to finish.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    if let Ok(Some(value)) = operation.await {
+                        undo(value).await;
+                    }
+                });
+            }
         }
-    });
-    receiver.await.unwrap_or_else(|_| {
-        Err(Error::backend(
-            BACKEND,
-            "a lock task ended unexpectedly",
-            std::io::Error::other("task lost"),
-        ))
-    })
+    }
+    let mut completing = Completing {
+        operation: Some(Box::pin(operation)),
+        undo: Some(Box::new(undo)),
+    };
+    let outcome = match completing.operation.as_mut() {
+        Some(operation) => operation.await,
+        None => Ok(None), // set just above
+    };
+    completing.operation = None;
+    outcome
 }
 
 /// A MySQL / MariaDB lock (`GET_LOCK`).
