@@ -755,13 +755,10 @@ async fn run_to_completion<T: Send + 'static>(
         }
     }
     let mut completing = Completing {
-        operation: Some(Box::pin(operation)),
+        operation: None,
         undo: Some(Box::new(undo)),
     };
-    let outcome = match completing.operation.as_mut() {
-        Some(operation) => operation.await,
-        None => Ok(None), // set just above
-    };
+    let outcome = completing.operation.insert(Box::pin(operation)).await;
     completing.operation = None;
     outcome
 }

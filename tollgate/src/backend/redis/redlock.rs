@@ -15,7 +15,6 @@ use std::time::Duration;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::MultiplexedConnection;
 use redis::Script;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::listener::Listener;
@@ -378,27 +377,43 @@ fn script_args<'a>(
 }
 
 /// One attempt on every server at once, decided by the majority within the validity budget.
-/// Runs on its own task, so that whatever it took is given back if nobody waits for it.
+/// It always completes (see [`run_to_completion`]): a handle nobody waits for any more
+/// releases on drop, so whatever the attempt took is given back.
 async fn attempt(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     waiter: Option<&str>,
 ) -> Result<Attempt> {
-    let (sender, receiver) = oneshot::channel();
-    let (shared_task, target_task) = (shared.clone(), target.clone());
+    let (shared, target) = (shared.clone(), target.clone());
     let waiter = waiter.map(str::to_owned);
-    tokio::spawn(async move {
-        let outcome = attempt_on_servers(&shared_task, &target_task, waiter.as_deref()).await;
-        // A handle nobody received releases on drop.
-        drop(sender.send(outcome));
-    });
-    receiver.await.unwrap_or_else(|_| {
-        Err(Error::Backend {
-            backend: BACKEND,
-            message: "an acquire task ended unexpectedly".into(),
-            source: None,
-        })
-    })
+    run_to_completion(async move { attempt_on_servers(&shared, &target, waiter.as_deref()).await })
+        .await
+}
+
+/// Runs `operation` to completion whatever happens to the caller: it is polled in the
+/// caller's task (no task hop on the fast path), and if the caller drops it part-way, the
+/// rest runs on a task of its own and its output is dropped there.
+async fn run_to_completion<T: Send + 'static>(
+    operation: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    type Operation<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+    struct Completing<T: Send + 'static>(Option<Operation<T>>);
+    impl<T: Send + 'static> Drop for Completing<T> {
+        fn drop(&mut self) {
+            let Some(operation) = self.0.take() else {
+                return;
+            };
+            // Without a runtime the connections' I/O is gone too: nothing to finish.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { drop(operation.await) });
+            }
+        }
+    }
+    let mut completing = Completing(None);
+    let operation = completing.0.insert(Box::pin(operation));
+    let output = operation.await;
+    completing.0 = None;
+    output
 }
 
 async fn attempt_on_servers(
@@ -875,20 +890,19 @@ impl Handle for RedisHandle {
     /// Stops the lease and deletes the hold on every server, telling waiters.
     ///
     /// # Cancel safety
-    /// The release runs on its own task: dropping this future still releases.
+    /// Dropping this future still releases: the rest of the release runs on a task.
     async fn release(mut self) -> Result<()> {
         self.released = true;
         self.lease_task.abort();
         let hold = self.hold.clone();
         let note = vec![hold.target.note()];
         hold.shared.release_notes.begin(&note);
-        let task = tokio::spawn(async move {
+        run_to_completion(async move {
             let result = release_hold(&hold).await;
             hold.shared.release_notes.end(&note);
             result
-        });
-        task.await
-            .unwrap_or_else(|error| Err(Error::backend(BACKEND, "the release task failed", error)))
+        })
+        .await
     }
 
     fn name(&self) -> &str {
