@@ -486,6 +486,44 @@ async fn majority_down_is_an_error_not_a_hang() {
     assert!(error.is_backend(), "{error}");
 }
 
+/// One server refusing (the key is held there) and a majority failing is still an error: a
+/// refusal that answers first must not make the outage look like "held elsewhere".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refusal_does_not_hide_a_majority_of_failures() {
+    let mut servers = Servers::start(3);
+    let provider = RedisProvider::from_url(&servers.url("expiry=3s")).unwrap();
+    let name = unique("refused-and-down");
+    let lock = provider.lock(&name).unwrap();
+    lock.try_acquire()
+        .await
+        .unwrap()
+        .expect("all up")
+        .release()
+        .await
+        .unwrap();
+    let mut first = admin_on(&servers.server_url(0)).await;
+    let _: () = redis::cmd("SET")
+        .arg(lock.key())
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut first)
+        .await
+        .unwrap();
+    servers.kill(1);
+    servers.kill(2);
+    for _ in 0..20 {
+        let error = lock.try_acquire().await.unwrap_err();
+        assert!(error.is_backend(), "{error}");
+        assert!(error.to_string().contains("2 of 3"), "{error}");
+    }
+    let error = tokio::time::timeout(PROMPT, lock.acquire_timeout(Duration::from_secs(1)))
+        .await
+        .expect("no hang")
+        .unwrap_err();
+    assert!(error.is_backend(), "{error}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hung_servers_do_not_stall_acquire_beyond_the_budget() {
     let servers = Servers::start(3);

@@ -492,7 +492,11 @@ async fn attempt_on_servers(
             failed += 1;
             first_error.get_or_insert(error);
         }
-        if taken >= quorum || refused + failed > servers - quorum {
+        // Stop as soon as the outcome is decided. A mix of refusals and failures is not
+        // decided yet: whether the failures alone outvote the quorum (an error, which must
+        // not pass for "held elsewhere") depends on the servers still to answer.
+        let minority = servers - quorum;
+        if taken >= quorum || refused > minority || failed > minority {
             break;
         }
     }
