@@ -25,13 +25,19 @@ pub async fn all_or_nothing<P: LockProvider>(provider: P) {
         "b is busy"
     );
     let a_alone = provider.lock(&a).unwrap().try_acquire().await.unwrap();
-    assert!(a_alone.is_some(), "a failed try left a held");
-    drop(a_alone);
+    a_alone
+        .expect("a failed try left a held")
+        .release()
+        .await
+        .unwrap();
     let error = composite.acquire_timeout(SHORT).await.unwrap_err();
     assert!(error.is_timeout(), "{error}");
     let a_alone = provider.lock(&a).unwrap().try_acquire().await.unwrap();
-    assert!(a_alone.is_some(), "a timed-out acquire left a held");
-    drop(a_alone);
+    a_alone
+        .expect("a timed-out acquire left a held")
+        .release()
+        .await
+        .unwrap();
     b_held.release().await.unwrap();
 
     let both = composite.try_acquire().await.unwrap().expect("both free");

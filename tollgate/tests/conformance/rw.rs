@@ -39,7 +39,9 @@ pub async fn readers_share_writers_exclude<P: ReadWriteLockProvider>(provider: P
         lock.writer().try_acquire().await.unwrap().is_none(),
         "writer beside own readers"
     );
-    drop(readers);
+    for reader in readers {
+        reader.release().await.unwrap();
+    }
     let writer = other
         .writer()
         .try_acquire()
@@ -133,7 +135,8 @@ where
         .await
         .expect("readers admitted")
         .unwrap();
-    drop((reader, second));
+    reader.release().await.unwrap();
+    second.release().await.unwrap();
     assert!(
         lock.writer().try_acquire().await.unwrap().is_some(),
         "nothing left held"
@@ -257,12 +260,13 @@ where
         .await
         .unwrap()
         .is_none());
-    drop((reader, second));
+    reader.release().await.unwrap();
+    second.release().await.unwrap();
     assert!(
         upgradeable.try_upgrade().await.unwrap(),
         "upgrade once readers are gone"
     );
-    drop(upgradeable);
+    upgradeable.release().await.unwrap();
     assert!(lock
         .upgradeable_reader()
         .try_acquire()

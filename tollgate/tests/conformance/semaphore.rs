@@ -78,7 +78,7 @@ pub async fn tickets_shared_by_name<P: SemaphoreProvider>(provider: P) {
         other.try_acquire().await.unwrap().is_some(),
         "names are independent"
     );
-    drop(one);
+    one.release().await.unwrap();
     let three = b
         .try_acquire()
         .await
