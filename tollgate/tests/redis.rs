@@ -524,6 +524,63 @@ async fn a_refusal_does_not_hide_a_majority_of_failures() {
     assert!(error.is_backend(), "{error}");
 }
 
+/// A waiter subscribes to release notifications on every server but needs only half of them
+/// to confirm: a hung server neither stretches a bounded wait nor hides a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hung_server_does_not_stall_a_waiter() {
+    let servers = Servers::start(3);
+    let url = servers.url("expiry=10s");
+    let name = unique("hung-waiter");
+    let holder = RedisProvider::from_url(&url).unwrap();
+    let held = holder.lock(&name).unwrap().acquire().await.unwrap();
+    let waiter = RedisProvider::from_url(&url).unwrap();
+    let lock = waiter.lock(&name).unwrap();
+    // Connect everywhere first, so the frozen server has open connections.
+    assert!(lock.try_acquire().await.unwrap().is_none());
+    servers.pause(0);
+    let started = Instant::now();
+    let error = lock
+        .acquire_timeout(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(error.is_timeout(), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "a 0.3 s wait took {:?}",
+        started.elapsed()
+    );
+    let waiting = tokio::spawn(async move { lock.acquire().await });
+    let second = admin_on(&servers.server_url(1)).await;
+    let channel_subscribed = || {
+        let mut connection = second.clone();
+        let channel = format!("tollgate:released:{name}");
+        async move {
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channel)
+                .query_async(&mut connection)
+                .await
+                .unwrap();
+            counts.iter().any(|(_, count)| *count > 0)
+        }
+    };
+    tokio::time::timeout(PROMPT, async {
+        while !channel_subscribed().await {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the waiter subscribes on a live server");
+    held.release().await.unwrap();
+    let handle = tokio::time::timeout(PROMPT, waiting)
+        .await
+        .expect("the waiter takes the lock from the live majority")
+        .unwrap()
+        .unwrap();
+    handle.release().await.unwrap();
+    servers.resume(0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hung_servers_do_not_stall_acquire_beyond_the_budget() {
     let servers = Servers::start(3);
@@ -532,7 +589,13 @@ async fn hung_servers_do_not_stall_acquire_beyond_the_budget() {
     let name = unique("hung");
     let lock = provider.lock(&name).unwrap();
     // Connect everywhere first, so the frozen server has an open connection.
-    lock.try_acquire().await.unwrap().expect("all up");
+    lock.try_acquire()
+        .await
+        .unwrap()
+        .expect("all up")
+        .release()
+        .await
+        .unwrap();
     servers.pause(0);
     let started = Instant::now();
     let handle = tokio::time::timeout(PROMPT, lock.acquire())

@@ -128,8 +128,12 @@ impl Listener {
         }
     }
 
-    /// Subscribes to `channel` and waits until every reachable server confirms, so that no
-    /// release published after this returns is missed.
+    /// Subscribes to `channel` on every server and waits until half of them (rounded up)
+    /// confirm, or a server that cannot be reached answers at once. A hold was granted by a
+    /// majority, and its release publishes on each server of that majority, so half the
+    /// servers always include one that carries it: no release published after this returns
+    /// is missed, and a hung server (which never confirms) holds nothing up while the others
+    /// answer.
     pub(crate) async fn subscribe(self: &Arc<Self>, channel: &[u8]) -> Subscription {
         let notify = {
             let mut channels = self.channels.lock();
@@ -152,7 +156,14 @@ impl Listener {
             acks.push(confirmed);
             Command::Subscribe(channel.to_vec(), ack)
         });
-        let _ = tokio::time::timeout(PUBSUB_TIMEOUT, futures_util::future::join_all(acks)).await;
+        let needed = self.clients.len().div_ceil(2).min(acks.len());
+        let mut acks: futures_util::stream::FuturesUnordered<_> = acks.into_iter().collect();
+        let _ = tokio::time::timeout(PUBSUB_TIMEOUT, async {
+            for _ in 0..needed {
+                acks.next().await;
+            }
+        })
+        .await;
         subscription
     }
 }

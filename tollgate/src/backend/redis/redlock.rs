@@ -700,7 +700,20 @@ pub(crate) async fn acquire_wait(
     };
     let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
     let mut backoff = FIRST_BACKOFF.min(cap);
-    let subscription = shared.listener.subscribe(&target.channel).await;
+    let subscription = match deadline {
+        None => shared.listener.subscribe(&target.channel).await,
+        Some(deadline) => {
+            match tokio::time::timeout_at(deadline, shared.listener.subscribe(&target.channel))
+                .await
+            {
+                Ok(subscription) => subscription,
+                Err(_) => {
+                    give_up(&mut mark).await;
+                    return Ok(None);
+                }
+            }
+        }
+    };
     // The first round tries again at once: a release may have come before the subscription.
     let mut pause = Duration::ZERO;
     loop {
