@@ -9,7 +9,7 @@
 mod conformance;
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -82,29 +82,27 @@ impl Servers {
             ports: Vec::new(),
         };
         for _ in 0..count {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|listener| listener.local_addr())
-                .expect("a free port")
-                .port();
-            let mut command = Command::new("redis-server");
-            command
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            // SAFETY: prctl is async-signal-safe; the child dies with the thread that started it.
-            unsafe {
-                std::os::unix::process::CommandExt::pre_exec(&mut command, || {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-            let child = command.spawn().expect("start redis-server");
+            // A port found free can be taken by another test's server before ours binds it:
+            // then ours exits, and the PING would be answered by the other one. So a server
+            // counts as started only when the process answering on the port is our child.
+            let (child, port) = (0..10)
+                .find_map(|_| {
+                    let port = std::net::TcpListener::bind("127.0.0.1:0")
+                        .and_then(|listener| listener.local_addr())
+                        .expect("a free port")
+                        .port();
+                    let mut child = spawn_redis_server(port);
+                    if answers_as(port, &mut child) {
+                        Some((child, port))
+                    } else {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        None
+                    }
+                })
+                .expect("a redis-server of our own on a free port");
             servers.children.push(Some(child));
             servers.ports.push(port);
-        }
-        for &port in &servers.ports {
-            wait_until_up(port);
         }
         servers
     }
@@ -157,18 +155,33 @@ impl Drop for Servers {
     }
 }
 
-fn wait_until_up(port: u16) {
+fn spawn_redis_server(port: u16) -> Child {
+    let mut command = Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: prctl is async-signal-safe; the child dies with the thread that started it.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    command.spawn().expect("start redis-server")
+}
+
+/// Waits until `child` serves on `port`: false if it exits first (the port was taken) or
+/// another process answers there.
+fn answers_as(port: u16, child: &mut Child) -> bool {
     let started = Instant::now();
     loop {
-        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-            let mut reply = [0u8; 7];
-            if stream.write_all(b"PING\r\n").is_ok()
-                && stream.read_exact(&mut reply).is_ok()
-                && &reply == b"+PONG\r\n"
-            {
-                return;
-            }
+        if child.try_wait().expect("redis-server status").is_some() {
+            return false;
+        }
+        if let Some(pid) = server_pid(port) {
+            return pid == child.id();
         }
         assert!(
             started.elapsed() < Duration::from_secs(20),
@@ -176,6 +189,22 @@ fn wait_until_up(port: u16) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The `process_id` that the server on `port` reports, if one answers.
+fn server_pid(port: u16) -> Option<u32> {
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    stream.write_all(b"INFO server\r\n").ok()?;
+    let mut reader = std::io::BufReader::new(stream);
+    let mut header = String::new();
+    reader.read_line(&mut header).ok()?;
+    let length: usize = header.strip_prefix('$')?.trim().parse().ok()?;
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
 }
 
 thread_local! {
@@ -839,14 +868,9 @@ async fn a_restarted_server_is_reconnected() {
     assert!(lock.try_acquire().await.unwrap_err().is_backend());
     let mut restarted = Servers::start(0);
     restarted.ports.push(port);
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("restart redis-server");
+    let mut child = spawn_redis_server(port);
+    assert!(answers_as(port, &mut child), "restarted on port {port}");
     restarted.children.push(Some(child));
-    wait_until_up(port);
     let _ = admin_on(&url).await;
     // Reconnects after a short pause that keeps a dead server cheap to include.
     let deadline = Instant::now() + PROMPT;
