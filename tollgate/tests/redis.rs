@@ -553,6 +553,60 @@ async fn a_refusal_does_not_hide_a_majority_of_failures() {
     assert!(error.is_backend(), "{error}");
 }
 
+/// A user whom the server does not allow to SUBSCRIBE (an ACL) still gets its locks, waiters
+/// falling back on their backoff, and the failing subscriptions do not make the release
+/// listener reconnect in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_user_without_subscribe_still_gets_locks() {
+    let servers = Servers::start(1);
+    let mut admin = admin_on(&servers.server_url(0)).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("nosub")
+        .arg("on")
+        .arg("nopass")
+        .arg("~*")
+        .arg("&*")
+        .arg("+@all")
+        .arg("-subscribe")
+        .arg("-psubscribe")
+        .arg("-ssubscribe")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let connections = |mut admin: redis::aio::MultiplexedConnection| async move {
+        let info: String = redis::cmd("INFO")
+            .arg("stats")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|line| line.strip_prefix("total_connections_received:"))
+            .and_then(|count| count.trim().parse::<u64>().ok())
+            .expect("total_connections_received")
+    };
+    let url = format!("redis://nosub@127.0.0.1:{}/?expiry=10s", servers.ports[0]);
+    let name = unique("nosub");
+    let holder = RedisProvider::from_url(&url).unwrap();
+    let held = holder.lock(&name).unwrap().acquire().await.unwrap();
+    let waiter = RedisProvider::from_url(&url).unwrap();
+    let lock = waiter.lock(&name).unwrap();
+    let waiting = tokio::spawn(async move { lock.acquire().await });
+    let before = connections(admin.clone()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = connections(admin.clone()).await - before;
+    assert!(during < 20, "{during} connections in one second of waiting");
+    held.release().await.unwrap();
+    tokio::time::timeout(PROMPT, waiting)
+        .await
+        .expect("the waiter gets the lock by its backoff")
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
 /// A waiter subscribes to release notifications on every server but needs only half of them
 /// to confirm: a hung server neither stretches a bounded wait nor hides a release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
