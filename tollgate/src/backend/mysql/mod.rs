@@ -37,6 +37,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use tokio::sync::{oneshot, Notify};
 
+use crate::backend::completion::run_to_completion;
 use crate::backend::release_notes::ReleaseNotes;
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
@@ -574,9 +575,7 @@ impl Pool {
                 if idle {
                     continue;
                 }
-                // A network that silently drops everything would leave the ping waiting for
-                // as long as TCP retransmits (many minutes): bound it.
-                let limit = (interval * 2).max(Duration::from_secs(1));
+                let limit = crate::backend::ping_limit(interval);
                 let ping = async { connection.conn.lock().await.ping().await.is_ok() };
                 let alive = tokio::time::timeout(limit, ping).await.unwrap_or_else(|_| {
                     tracing::warn!(?limit, "mysql keepalive got no answer");
@@ -673,14 +672,10 @@ impl Handle for MySqlHandle {
         );
         // A dropped future cannot stop it mid-query: the rest then runs on a task.
         run_to_completion(
-            async move {
-                release(&connection, &pool, &lock_name).await?;
-                Ok(None::<()>)
-            },
-            |()| Box::pin(async {}),
+            async move { release(&connection, &pool, &lock_name).await },
+            |_| async {},
         )
         .await
-        .map(drop)
     }
 
     fn name(&self) -> &str {
@@ -724,43 +719,13 @@ impl Drop for MySqlHandle {
     }
 }
 
-type Undo<T> = Box<dyn FnOnce(T) -> BoxFuture<()> + Send>;
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-/// Runs `operation` to completion, whatever happens to the caller: it is polled in the
-/// caller's task (no task hop on the fast path), and if the caller drops it part-way, the
-/// rest runs on a task of its own, where `undo` gives back what it got. A mysql_async query
-/// dropped mid-flight would leave its connection unusable, so none ever is.
-async fn run_to_completion<T: Send + 'static>(
-    operation: impl std::future::Future<Output = Result<Option<T>>> + Send + 'static,
-    undo: impl FnOnce(T) -> BoxFuture<()> + Send + 'static,
-) -> Result<Option<T>> {
-    struct Completing<T: Send + 'static> {
-        operation: Option<BoxFuture<Result<Option<T>>>>,
-        undo: Option<Undo<T>>,
+/// Gives back what an acquire whose caller went away got: a mysql_async query dropped
+/// mid-flight would leave its connection unusable, so acquires run to completion (see
+/// [`run_to_completion`]) and their handles are released here.
+async fn give_back(outcome: Result<Option<MySqlHandle>>) {
+    if let Ok(Some(handle)) = outcome {
+        drop(handle.release().await);
     }
-    impl<T: Send + 'static> Drop for Completing<T> {
-        fn drop(&mut self) {
-            let (Some(operation), Some(undo)) = (self.operation.take(), self.undo.take()) else {
-                return;
-            };
-            // Without a runtime the connection's I/O is gone too: nothing to finish.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move {
-                    if let Ok(Some(value)) = operation.await {
-                        undo(value).await;
-                    }
-                });
-            }
-        }
-    }
-    let mut completing = Completing {
-        operation: None,
-        undo: Some(Box::new(undo)),
-    };
-    let outcome = completing.operation.insert(Box::pin(operation)).await;
-    completing.operation = None;
-    outcome
 }
 
 /// A MySQL / MariaDB lock (`GET_LOCK`).
@@ -802,7 +767,7 @@ impl MySqlLock {
                     }
                 }
             },
-            |handle| Box::pin(async move { drop(handle.release().await) }),
+            give_back,
         )
         .await
     }
@@ -1013,7 +978,7 @@ impl MySqlSemaphore {
                 semaphore.pool.changed.notify_waiters();
                 outcome
             },
-            |handle| Box::pin(async move { drop(handle.release().await) }),
+            give_back,
         )
         .await
     }

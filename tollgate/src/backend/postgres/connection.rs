@@ -653,12 +653,10 @@ impl Pool {
                     if connection.lock().dedicated {
                         continue;
                     }
-                    // A network that silently drops everything would leave the ping waiting
-                    // for as long as TCP retransmits (many minutes): bound it, and then close
-                    // the socket, so that the server ends the session (and frees its locks)
-                    // once it can tell.
+                    // Unanswered: close the socket too, so that the server ends the session
+                    // (and frees its locks) once it can tell.
                     let ping = connection.client.simple_query("SELECT 1");
-                    let limit = (interval * 2).max(Duration::from_secs(1));
+                    let limit = crate::backend::ping_limit(interval);
                     match tokio::time::timeout(limit, ping).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(_)) => {

@@ -19,6 +19,7 @@ use tokio::time::Instant;
 
 use super::listener::Listener;
 use super::{Lease, BACKEND};
+use crate::backend::completion::run_to_completion;
 use crate::backend::release_notes::ReleaseNotes;
 use crate::{Error, Handle, LossNotifier, LossSignal, Result, Wait};
 
@@ -386,34 +387,11 @@ async fn attempt(
 ) -> Result<Attempt> {
     let (shared, target) = (shared.clone(), target.clone());
     let waiter = waiter.map(str::to_owned);
-    run_to_completion(async move { attempt_on_servers(&shared, &target, waiter.as_deref()).await })
-        .await
-}
-
-/// Runs `operation` to completion whatever happens to the caller: it is polled in the
-/// caller's task (no task hop on the fast path), and if the caller drops it part-way, the
-/// rest runs on a task of its own and its output is dropped there.
-async fn run_to_completion<T: Send + 'static>(
-    operation: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
-    type Operation<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-    struct Completing<T: Send + 'static>(Option<Operation<T>>);
-    impl<T: Send + 'static> Drop for Completing<T> {
-        fn drop(&mut self) {
-            let Some(operation) = self.0.take() else {
-                return;
-            };
-            // Without a runtime the connections' I/O is gone too: nothing to finish.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { drop(operation.await) });
-            }
-        }
-    }
-    let mut completing = Completing(None);
-    let operation = completing.0.insert(Box::pin(operation));
-    let output = operation.await;
-    completing.0 = None;
-    output
+    run_to_completion(
+        async move { attempt_on_servers(&shared, &target, waiter.as_deref()).await },
+        |attempt| async move { drop(attempt) },
+    )
+    .await
 }
 
 async fn attempt_on_servers(
@@ -686,34 +664,19 @@ pub(crate) async fn acquire_wait(
         give_up(&mut mark).await;
         return Ok(None);
     }
-    // Queue behind this process's other waiters for the same thing (bounded by the deadline;
-    // the attempt above was the one real attempt a bounded wait owes).
-    let _turn = match deadline {
-        None => shared.turn(target).await,
-        Some(deadline) => match tokio::time::timeout_at(deadline, shared.turn(target)).await {
-            Ok(turn) => turn,
-            Err(_) => {
-                give_up(&mut mark).await;
-                return Ok(None);
-            }
-        },
+    // Queue behind this process's other waiters for the same thing, then subscribe to its
+    // releases (bounded by the deadline; the attempt above was the one real attempt a bounded
+    // wait owes).
+    let queued = before(deadline, async {
+        let turn = shared.turn(target).await;
+        (turn, shared.listener.subscribe(&target.channel).await)
+    });
+    let Some((_turn, subscription)) = queued.await else {
+        give_up(&mut mark).await;
+        return Ok(None);
     };
     let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
     let mut backoff = FIRST_BACKOFF.min(cap);
-    let subscription = match deadline {
-        None => shared.listener.subscribe(&target.channel).await,
-        Some(deadline) => {
-            match tokio::time::timeout_at(deadline, shared.listener.subscribe(&target.channel))
-                .await
-            {
-                Ok(subscription) => subscription,
-                Err(_) => {
-                    give_up(&mut mark).await;
-                    return Ok(None);
-                }
-            }
-        }
-    };
     // The first round tries again at once: a release may have come before the subscription.
     let mut pause = Duration::ZERO;
     loop {
@@ -752,6 +715,17 @@ pub(crate) async fn acquire_wait(
             // Never sleep past the current hold's expiry: a crashed holder frees it then.
             backoff.min(hint.map_or(backoff, |hint| hint + Duration::from_millis(1)))
         };
+    }
+}
+
+/// `future`'s output, or `None` if `deadline` comes first.
+async fn before<T>(
+    deadline: Option<Instant>,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(future.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
     }
 }
 
@@ -914,11 +888,14 @@ impl Handle for RedisHandle {
         let hold = self.hold.clone();
         let note = vec![hold.target.note()];
         hold.shared.release_notes.begin(&note);
-        run_to_completion(async move {
-            let result = release_hold(&hold).await;
-            hold.shared.release_notes.end(&note);
-            result
-        })
+        run_to_completion(
+            async move {
+                let result = release_hold(&hold).await;
+                hold.shared.release_notes.end(&note);
+                result
+            },
+            |_| async {},
+        )
         .await
     }
 
