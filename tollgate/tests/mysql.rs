@@ -384,17 +384,7 @@ async fn keepalive_detects_a_silent_network_failure() {
         proxy.port
     ))
     .unwrap();
-    let held = provider
-        .lock(&unique("silent"))
-        .unwrap()
-        .acquire()
-        .await
-        .unwrap();
-    assert!(!held.loss_signal().is_lost());
-    proxy.freeze();
-    tokio::time::timeout(PROMPT, held.lost())
-        .await
-        .expect("the loss signal fires");
+    let held = conformance::support::hold_then_black_hole(&provider, &proxy).await;
     held.release().await.unwrap();
 }
 

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
-use tollgate::backend::redis::RedisProvider;
+use tollgate::backend::redis::{RedisLock, RedisProvider};
 use tollgate::{
     Acquire, AnyProvider, Error, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider,
     SemaphoreProvider,
@@ -205,6 +205,18 @@ fn server_pid(port: u16) -> Option<u32> {
     String::from_utf8_lossy(&body)
         .lines()
         .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
+}
+
+/// Takes and releases `lock` once, so that its provider has a connection to every server
+/// (one that a test then stops or freezes, say).
+async fn connect_everywhere(lock: &RedisLock) {
+    lock.try_acquire()
+        .await
+        .unwrap()
+        .expect("all up")
+        .release()
+        .await
+        .unwrap();
 }
 
 thread_local! {
@@ -523,13 +535,7 @@ async fn a_refusal_does_not_hide_a_majority_of_failures() {
     let provider = RedisProvider::from_url(&servers.url("expiry=3s")).unwrap();
     let name = unique("refused-and-down");
     let lock = provider.lock(&name).unwrap();
-    lock.try_acquire()
-        .await
-        .unwrap()
-        .expect("all up")
-        .release()
-        .await
-        .unwrap();
+    connect_everywhere(&lock).await;
     let mut first = admin_on(&servers.server_url(0)).await;
     let _: () = redis::cmd("SET")
         .arg(lock.key())
@@ -671,14 +677,7 @@ async fn hung_servers_do_not_stall_acquire_beyond_the_budget() {
     let provider = RedisProvider::from_url(&servers.url("expiry=2s&min_validity=1500ms")).unwrap();
     let name = unique("hung");
     let lock = provider.lock(&name).unwrap();
-    // Connect everywhere first, so the frozen server has an open connection.
-    lock.try_acquire()
-        .await
-        .unwrap()
-        .expect("all up")
-        .release()
-        .await
-        .unwrap();
+    connect_everywhere(&lock).await;
     servers.pause(0);
     let started = Instant::now();
     let handle = tokio::time::timeout(PROMPT, lock.acquire())

@@ -318,6 +318,27 @@ impl FreezableProxy {
     }
 }
 
+/// Holds a lock of `provider` (which connects through `proxy`), then black-holes the proxy
+/// and waits (bounded) for the handle's loss signal: a keepalive must notice a network that
+/// silently drops everything rather than wait for TCP to give up. Returns the lost handle.
+pub async fn hold_then_black_hole<P: LockProvider>(
+    provider: &P,
+    proxy: &FreezableProxy,
+) -> <P::Lock as Acquire>::Handle {
+    let held = provider
+        .lock(&unique("silent"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(!held.loss_signal().is_lost());
+    proxy.freeze();
+    tokio::time::timeout(PROMPT, held.lost())
+        .await
+        .expect("the loss signal fires");
+    held
+}
+
 impl Drop for FreezableProxy {
     fn drop(&mut self) {
         if let Ok(mut tasks) = self.tasks.lock() {
