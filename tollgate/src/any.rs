@@ -54,6 +54,7 @@ impl<H: UpgradeableHandle> ErasedUpgradeableHandle for H {
 }
 
 /// A handle of any backend.
+#[must_use = "dropping the handle releases it"]
 pub struct AnyHandle(Box<dyn ErasedHandle>);
 
 impl AnyHandle {
@@ -87,6 +88,7 @@ impl Handle for AnyHandle {
 }
 
 /// An upgradeable read handle of any backend.
+#[must_use = "dropping the handle releases it"]
 pub struct AnyUpgradeableHandle(Box<dyn ErasedUpgradeableHandle>);
 
 impl AnyUpgradeableHandle {

@@ -1,47 +1,74 @@
 //! The blocking (sync) API, for code without an async runtime.
 //!
 //! Wrap any primitive in [`Blocking`]: `Blocking::new(provider.lock("x")?).acquire()?`.
-//! The async work runs on one small tokio runtime that tollgate starts on first use and keeps
-//! for the life of the process (backends with connections keep them there). The calling
-//! thread waits on a plain channel, so calling from inside an async runtime cannot deadlock;
-//! it only stalls that runtime's thread as any blocking call would, so prefer the async API
-//! there.
+//! The async work runs on tollgate's own runtime, which starts on first use and lives as long
+//! as the process, and uses only connections that runtime drives. The calling thread waits
+//! on a plain channel, so a call from inside an async runtime cannot deadlock: on a worker of
+//! a multi-threaded runtime the worker's other tasks move to another thread while it waits
+//! (`block_in_place`); on a current-thread runtime the call works too, but stalls every other
+//! task of that runtime while it waits, as any blocking call would. Prefer the async API
+//! inside a runtime.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::backend::kit::runtime::{background, on_background};
 use crate::{Acquire, Error, Handle, LossSignal, Result, UpgradeableHandle, Wait};
 
-fn runtime() -> Result<&'static tokio::runtime::Runtime> {
-    static RUNTIME: OnceLock<std::io::Result<tokio::runtime::Runtime>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("tollgate-blocking")
-                .enable_all()
-                .build()
-        })
-        .as_ref()
-        .map_err(|error| Error::Backend {
-            backend: "tollgate",
-            message: format!("cannot start the blocking API's runtime: {error}"),
-            source: None,
-        })
+/// Starts `future` on tollgate's runtime and waits for its output on this thread.
+fn run<T: Send + 'static>(future: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+    let receiver = start(runtime()?, future);
+    wait(move || receiver.recv()).map_err(|_| stopped())?
 }
 
-/// Runs `future` to completion on tollgate's runtime and waits for it on this thread.
-fn run<T: Send + 'static>(future: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+/// tollgate's runtime, where this thread may wait for it.
+fn runtime() -> Result<&'static tokio::runtime::Handle> {
+    if on_background() {
+        // The runtime's only worker would wait for itself.
+        return Err(Error::invalid(
+            "the blocking API cannot be used on tollgate's own runtime",
+        ));
+    }
+    background()
+}
+
+fn start<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    future: impl Future<Output = T> + Send + 'static,
+) -> std::sync::mpsc::Receiver<T> {
     let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-    runtime()?.spawn(async move {
+    runtime.spawn(async move {
         let _ = sender.send(future.await);
     });
-    receiver.recv().map_err(|_| Error::Backend {
+    receiver
+}
+
+/// Blocks this thread in `wait`. On a worker of a multi-threaded runtime, the worker's other
+/// tasks move to another thread meanwhile (`block_in_place`), so the runtime, and any
+/// connection it drives, keeps going.
+fn wait<T>(wait: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
+fn stopped() -> Error {
+    Error::Backend {
         backend: "tollgate",
-        message: "the blocking API's runtime stopped before the operation finished".into(),
+        message: "tollgate's runtime stopped before the operation finished".into(),
         source: None,
-    })?
+    }
+}
+
+/// Waits at most `limit` for the releases of dropped handles (and dropped `release()`
+/// futures) that are still under way; whether they all finished. See
+/// [`flush_releases`](crate::flush_releases).
+pub fn flush_releases(limit: Duration) -> bool {
+    crate::backend::kit::runtime::flush_releases_blocking(limit)
 }
 
 /// A blocking view of any primitive (a lock, a semaphore, or a side of a reader-writer lock).
@@ -114,6 +141,7 @@ impl<A: Acquire + 'static> Blocking<A> {
 
 /// A held primitive from the blocking API. Dropping it releases.
 #[derive(Debug)]
+#[must_use = "dropping the handle releases it"]
 pub struct BlockingHandle<H: Handle> {
     // `None` only while an upgrade has it on the runtime.
     handle: Option<H>,
@@ -155,20 +183,16 @@ impl<H: Handle> BlockingHandle<H> {
 impl<H: UpgradeableHandle> BlockingHandle<H> {
     /// Upgrades to a write hold, waiting as `wait` says; `Ok(false)` when the wait ran out.
     pub fn upgrade_wait(&mut self, wait: Wait) -> Result<bool> {
+        let runtime = runtime()?;
         let mut handle = self
             .handle
             .take()
             .expect("the handle is only taken during an upgrade call");
-        let (sender, receiver) = std::sync::mpsc::sync_channel(1);
-        runtime()?.spawn(async move {
+        let receiver = start(runtime, async move {
             let result = handle.upgrade_wait(wait).await;
-            let _ = sender.send((handle, result));
+            (handle, result)
         });
-        let (handle, result) = receiver.recv().map_err(|_| Error::Backend {
-            backend: "tollgate",
-            message: "the blocking API's runtime stopped during an upgrade".into(),
-            source: None,
-        })?;
+        let (handle, result) = self::wait(move || receiver.recv()).map_err(|_| stopped())?;
         self.handle = Some(handle);
         result
     }

@@ -127,6 +127,7 @@ async fn release_all<H: Handle>(handles: Vec<H>) -> Result<()> {
 }
 
 /// The hold of a [`Composite`]: every part's handle. Dropping it releases them all.
+#[must_use = "dropping the handle releases it"]
 pub struct CompositeHandle<H: Handle> {
     name: String,
     handles: Vec<H>,

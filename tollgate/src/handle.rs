@@ -7,11 +7,30 @@ use tokio::sync::watch;
 
 use crate::{Error, Result, Wait};
 
+pub use crate::backend::kit::runtime::flush_releases;
+
 /// A held lock, read or write hold, or semaphore ticket.
 ///
-/// Dropping the handle releases what it holds. Drop never blocks the async runtime and never
-/// panics; a backend that must talk to a server to release does so on its own background
-/// task. Use [`Handle::release`] to wait for the release and see its errors.
+/// # Dropping a handle
+/// Dropping the handle releases what it holds, promptly, wherever it is dropped: inside an
+/// async runtime, on a plain thread, while a runtime shuts down, or right before the program
+/// returns from `main`. Drop never blocks and never panics: a backend that must talk to a
+/// server releases on tollgate's own runtime, which lives as long as the process. While such
+/// a release is under way, this process's next acquire of the same name waits for it rather
+/// than finding the name busy. A normal exit (returning from `main`, `std::process::exit`)
+/// waits for the releases still under way, for at most a few seconds; [`flush_releases`]
+/// waits for them explicitly. Only a process that dies without running that code (killed,
+/// aborted) abandons its holds, which the backend then frees by itself: the kernel closes
+/// the lock file or the connection, or the lease expires.
+///
+/// A server connection is served by the runtime it was opened on (so that the hot path
+/// needs no hop between threads). A runtime that shuts down takes its connections with it,
+/// and their holds end on the server; but while a runtime is alive and never polled (a
+/// current-thread runtime left idle between two `block_on` calls), whatever needs one of its
+/// connections, a release included, waits until it runs again or is dropped. Connections the
+/// [blocking API](crate::blocking) uses are served by tollgate's own runtime.
+///
+/// Use [`Handle::release`] to wait for the release and see its errors.
 pub trait Handle: Send + Sync + std::fmt::Debug + 'static {
     /// Releases the hold and waits until the backend has confirmed it.
     ///

@@ -44,7 +44,7 @@ pub use any::{
     AnyUpgradeableHandle, AnyUpgradeableReader,
 };
 pub use error::{BoxError, Error, Result};
-pub use handle::{Handle, LossNotifier, LossSignal, UpgradeableHandle};
+pub use handle::{flush_releases, Handle, LossNotifier, LossSignal, UpgradeableHandle};
 pub use primitive::{
     check_max_count, Acquire, Lock, LockProvider, ReadWriteLock, ReadWriteLockProvider, Semaphore,
     SemaphoreProvider, UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider, Wait,

@@ -512,7 +512,7 @@ async fn majority_down_is_an_error_not_a_hang() {
     let mut servers = Servers::start(3);
     let provider = RedisProvider::from_url(&servers.url("expiry=3s")).unwrap();
     let lock = provider.lock(&unique("majority")).unwrap();
-    lock.try_acquire().await.unwrap().expect("all up");
+    drop(lock.try_acquire().await.unwrap().expect("all up"));
     servers.kill(1);
     servers.kill(2);
     let started = Instant::now();
@@ -915,7 +915,7 @@ async fn a_restarted_server_is_reconnected() {
     let url = servers.server_url(0);
     let provider = RedisProvider::from_url(&format!("{url}/?expiry=3s")).unwrap();
     let lock = provider.lock(&unique("restart")).unwrap();
-    lock.try_acquire().await.unwrap().expect("up");
+    drop(lock.try_acquire().await.unwrap().expect("up"));
     let port = servers.ports[0];
     servers.kill(0);
     assert!(lock.try_acquire().await.unwrap_err().is_backend());

@@ -456,6 +456,7 @@ impl Named {
 /// A held local lock, semaphore ticket, or read or write hold. Dropping it releases at once
 /// (two system calls, no blocking); the kernel releases it if the process dies.
 #[derive(Debug)]
+#[must_use = "dropping the handle releases it"]
 pub struct LocalHandle {
     named: Arc<Named>,
     held: HeldFile,
@@ -759,6 +760,7 @@ impl Acquire for LocalUpgradeableReader {
 
 /// An upgradeable read hold; [`UpgradeableHandle::upgrade`] turns it into the write hold.
 #[derive(Debug)]
+#[must_use = "dropping the handle releases it"]
 pub struct LocalUpgradeableHandle {
     /// The hold; it gets a fencing token by the upgrade.
     handle: LocalHandle,

@@ -7,6 +7,7 @@ use mysql_async::prelude::Queryable;
 use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
 
 use super::{lock_name, BACKEND, LONG_WAIT_SECONDS};
+use crate::backend::kit::hold::{Release, Shell};
 use crate::{Error, Handle, LossSignal, Result, Wait};
 
 /// A connection shared between the application and the locks taken on it.
@@ -74,10 +75,11 @@ pub async fn lock_on_connection(
         ))
     })?;
     Ok(taken.then(|| ConnectionLockHandle {
-        name: name.to_owned(),
-        lock_name: mapped,
-        connection,
-        released: false,
+        hold: Shell::new(Hold {
+            name: name.to_owned(),
+            lock_name: mapped,
+            connection,
+        }),
     }))
 }
 
@@ -175,30 +177,52 @@ async fn release(conn: &mut mysql_async::Conn, lock_name: &str) -> Result<()> {
 /// A lock held on the caller's connection. Dropping it releases on a background task
 /// (after whatever the connection is doing); the server also releases it when the
 /// connection closes.
+#[must_use = "dropping the handle releases it"]
 pub struct ConnectionLockHandle {
+    hold: Shell<Hold>,
+}
+
+struct Hold {
     name: String,
     lock_name: String,
     connection: SharedConnection,
-    released: bool,
+}
+
+impl Release for Hold {
+    /// No pool: nothing of this process waits for the release.
+    type Note = ();
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn note(&self) {}
+
+    async fn release(self) -> Result<()> {
+        let mut conn = self.connection.lock().await;
+        release(&mut conn, &self.lock_name).await
+    }
 }
 
 impl std::fmt::Debug for ConnectionLockHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectionLockHandle")
-            .field("name", &self.name)
+            .field("name", &self.hold.get().name)
             .finish()
     }
 }
 
 impl Handle for ConnectionLockHandle {
-    async fn release(mut self) -> Result<()> {
-        self.released = true;
-        let mut conn = self.connection.lock().await;
-        release(&mut conn, &self.lock_name).await
+    /// Runs `RELEASE_LOCK` on the connection, after whatever it is doing.
+    ///
+    /// # Cancel safety
+    /// Dropping the future still releases: the rest runs on tollgate's runtime.
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
     }
 
     fn name(&self) -> &str {
-        &self.name
+        &self.hold.get().name
     }
 
     /// The caller owns the connection, so tollgate does not watch it.
@@ -208,22 +232,5 @@ impl Handle for ConnectionLockHandle {
 
     fn fencing_token(&self) -> Option<u64> {
         None
-    }
-}
-
-impl Drop for ConnectionLockHandle {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let (connection, lock_name) = (self.connection.clone(), self.lock_name.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let mut conn = connection.lock().await;
-                if let Err(error) = release(&mut conn, &lock_name).await {
-                    tracing::warn!(%error, "release after drop failed");
-                }
-            });
-        }
     }
 }

@@ -37,8 +37,10 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use tokio::sync::{oneshot, Notify};
 
-use crate::backend::completion::run_to_completion;
-use crate::backend::release_notes::ReleaseNotes;
+use crate::backend::kit::completion::run_to_completion;
+use crate::backend::kit::hold::{Release, Shell};
+use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::runtime::on_background;
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
     Semaphore, SemaphoreProvider, Wait,
@@ -105,7 +107,7 @@ impl MySqlProviderBuilder {
             keepalive: self.keepalive,
             state: Mutex::default(),
             changed: Notify::new(),
-            release_notes: ReleaseNotes::default(),
+            release_notes: Arc::default(),
         };
         Ok(MySqlProvider {
             pool: Arc::new(pool),
@@ -197,6 +199,8 @@ struct Connection {
     conn: tokio::sync::Mutex<mysql_async::Conn>,
     state: Mutex<ConnectionState>,
     broken: AtomicBool,
+    /// Whether tollgate's own runtime drives this connection's I/O (see [`on_background`]).
+    background: bool,
 }
 
 #[derive(Default)]
@@ -403,7 +407,7 @@ struct Pool {
     changed: Notify,
     /// Names whose release after a drop is still on its way to the server, so that this
     /// process's next acquire of the same name waits for it instead of finding it busy.
-    release_notes: ReleaseNotes<String>,
+    release_notes: Arc<ReleaseNotes<String>>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -439,14 +443,6 @@ impl Pool {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn begin_release(&self, names: &[String]) {
-        self.release_notes.begin(names);
-    }
-
-    fn end_release(&self, names: &[String]) {
-        self.release_notes.end(names);
-    }
-
     /// Waits until no release of `names` after a drop is under way in this process.
     async fn wait_for_releases(&self, names: &[String]) {
         self.release_notes.wait(names).await;
@@ -469,13 +465,17 @@ impl Pool {
                     .connections
                     .retain(|connection| !connection.is_broken());
                 // The busiest connection that can take the names; the claim re-checks, as a
-                // semaphore scan claims its tickets outside the pool lock.
+                // semaphore scan claims its tickets outside the pool lock. Work on tollgate's
+                // runtime uses only connections it drives: the others are served only while
+                // their caller's runtime runs.
+                let background = on_background();
                 let mut candidates: Vec<(usize, &Arc<Connection>)> = state
                     .connections
                     .iter()
                     .filter_map(|connection| {
                         let inner = connection.lock();
-                        let fit = !inner.dedicated
+                        let fit = (connection.background || !background)
+                            && !inner.dedicated
                             && names.iter().all(|name| !inner.holds.contains_key(name))
                             && (usage != Use::Dedicated || inner.holds.is_empty());
                         fit.then_some((inner.holds.len(), connection))
@@ -553,11 +553,17 @@ impl Pool {
             conn: tokio::sync::Mutex::new(conn),
             state: Mutex::default(),
             broken: AtomicBool::new(false),
+            background: on_background(),
         });
         let watched = Arc::downgrade(&connection);
         let pool = Arc::downgrade(self);
         let interval = self.keepalive;
+        // The connection's I/O is served by the runtime it was opened on, which also runs
+        // this task: when that runtime shuts down, it drops the task, and the connection
+        // counts as gone (its server session still ends only when the last user lets go).
+        let runtime_ended = RuntimeEnded(Arc::downgrade(&connection));
         tokio::spawn(async move {
+            let _runtime_ended = runtime_ended;
             let mut ticks = tokio::time::interval(interval);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -575,7 +581,7 @@ impl Pool {
                 if idle {
                     continue;
                 }
-                let limit = crate::backend::ping_limit(interval);
+                let limit = crate::backend::kit::ping_limit(interval);
                 let ping = async { connection.conn.lock().await.ping().await.is_ok() };
                 let alive = tokio::time::timeout(limit, ping).await.unwrap_or_else(|_| {
                     tracing::warn!(?limit, "mysql keepalive got no answer");
@@ -609,24 +615,42 @@ impl Pool {
     }
 }
 
+/// Marks a connection broken when the task that holds it is dropped by its runtime's
+/// shutdown (or ends).
+struct RuntimeEnded(std::sync::Weak<Connection>);
+
+impl Drop for RuntimeEnded {
+    fn drop(&mut self) {
+        if let Some(connection) = self.0.upgrade() {
+            connection.mark_broken();
+        }
+    }
+}
+
 /// A held MySQL lock or semaphore ticket. Dropping it releases on a background task;
 /// [`Handle::release`] waits for the server to confirm.
+#[must_use = "dropping the handle releases it"]
 pub struct MySqlHandle {
     name: Arc<str>,
+    hold: Shell<Hold>,
+    loss: LossSignal,
+}
+
+/// A `GET_LOCK` name held on one connection.
+struct Hold {
+    name: Arc<str>,
     lock_name: String,
-    /// What a release after drop is noted under: the lock name, or the semaphore's prefix.
+    /// What a release is noted under: the lock name, or the semaphore's prefix.
     release_note: String,
     connection: Arc<Connection>,
     pool: Arc<Pool>,
-    loss: LossSignal,
-    released: bool,
 }
 
 impl std::fmt::Debug for MySqlHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MySqlHandle")
             .field("name", &self.name)
-            .field("lock_name", &self.lock_name)
+            .field("lock_name", &self.hold.get().lock_name)
             .finish()
     }
 }
@@ -641,13 +665,15 @@ impl MySqlHandle {
     ) -> Self {
         let loss = connection.record_hold(&lock_name);
         MySqlHandle {
+            hold: Shell::new(Hold {
+                name: name.clone(),
+                lock_name,
+                release_note,
+                connection,
+                pool,
+            }),
             name,
-            lock_name,
-            release_note,
-            connection,
-            pool,
             loss,
-            released: false,
         }
     }
 }
@@ -662,20 +688,27 @@ async fn release(connection: &Connection, pool: &Pool, lock_name: &str) -> Resul
     Ok(())
 }
 
+impl Release for Hold {
+    type Note = Note<String>;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn note(&self) -> Note<String> {
+        self.pool
+            .release_notes
+            .note(vec![self.release_note.clone()])
+    }
+
+    async fn release(self) -> Result<()> {
+        release(&self.connection, &self.pool, &self.lock_name).await
+    }
+}
+
 impl Handle for MySqlHandle {
-    async fn release(mut self) -> Result<()> {
-        self.released = true;
-        let (connection, pool, lock_name) = (
-            self.connection.clone(),
-            self.pool.clone(),
-            self.lock_name.clone(),
-        );
-        // A dropped future cannot stop it mid-query: the rest then runs on a task.
-        run_to_completion(
-            async move { release(&connection, &pool, &lock_name).await },
-            |_| async {},
-        )
-        .await
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
     }
 
     fn name(&self) -> &str {
@@ -690,32 +723,6 @@ impl Handle for MySqlHandle {
     /// `GET_LOCK` has no counter to draw a token from.
     fn fencing_token(&self) -> Option<u64> {
         None
-    }
-}
-
-impl Drop for MySqlHandle {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let (connection, pool, lock_name) = (
-            self.connection.clone(),
-            self.pool.clone(),
-            self.lock_name.clone(),
-        );
-        // Without a runtime the connection is gone too, and the server released the lock.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let note = vec![self.release_note.clone()];
-            pool.begin_release(&note);
-            runtime.spawn(async move {
-                if let Err(error) = release(&connection, &pool, &lock_name).await {
-                    tracing::warn!(%error, "release after drop failed");
-                }
-                pool.end_release(&note);
-            });
-        } else {
-            connection.mark_broken();
-        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Lock names to `GET_LOCK` names, as DistributedLock.MySql maps them.
 //!
-//! `GET_LOCK` names are at most 64 characters and case-insensitive. A name that is already
-//! lower case, non-empty and at most 64 characters is used as it is; any other name becomes
+//! `GET_LOCK` names are at most 64 characters and case-insensitive, and the server cuts them
+//! at the first NUL. A name that is already lower case, non-empty, at most 64 characters and
+//! free of NUL is used as it is; any other name becomes
 //! its lower-cased prefix (`__empty__` for the empty name) followed by 32 lower-case base32
 //! characters of the SHA-512 of the exact name, 64 characters at most. Since the hash covers
 //! the exact name, `"ABC"` and `"abc"` stay different locks.
@@ -18,7 +19,11 @@ const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// The `GET_LOCK` name for `name`.
 pub fn lock_name(name: &str) -> String {
     let length = name.chars().count();
-    if !name.is_empty() && length <= MAX_LENGTH && name.to_lowercase() == name {
+    if !name.is_empty()
+        && length <= MAX_LENGTH
+        && !name.contains('\0')
+        && name.to_lowercase() == name
+    {
         return name.to_owned();
     }
     let lowered = if name.is_empty() {
@@ -26,7 +31,11 @@ pub fn lock_name(name: &str) -> String {
     } else {
         name.to_lowercase()
     };
-    let mut mapped: String = lowered.chars().take(MAX_LENGTH - HASH_CHARS).collect();
+    let mut mapped: String = lowered
+        .chars()
+        .filter(|&c| c != '\0')
+        .take(MAX_LENGTH - HASH_CHARS)
+        .collect();
     mapped.push_str(&hash(name.as_bytes()));
     mapped
 }
@@ -35,6 +44,11 @@ pub fn lock_name(name: &str) -> String {
 pub fn exact_name(name: &str) -> Result<String> {
     if name.is_empty() {
         return Err(Error::invalid("exact MySQL lock names cannot be empty"));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "exact MySQL lock names cannot contain NUL (the server cuts them there): {name:?}"
+        )));
     }
     if name.chars().count() > MAX_LENGTH {
         return Err(Error::invalid(format!(
@@ -88,12 +102,19 @@ mod tests {
         for name in ["😀🔒", "a\0b", &"漢".repeat(100)] {
             assert!(lock_name(name).chars().count() <= 64);
         }
+        // The server cuts names at NUL: no mapped name may contain one.
+        let cut = ["a", "a\0", "a\0b", "a\0c"].map(lock_name);
+        assert!(cut.iter().all(|mapped| !mapped.contains('\0')));
+        for (index, mapped) in cut.iter().enumerate() {
+            assert!(!cut[index + 1..].contains(mapped), "{cut:?}");
+        }
     }
 
     #[test]
     fn exact_mode() {
         assert!(exact_name("").is_err());
         assert!(exact_name(&"x".repeat(65)).is_err());
+        assert!(exact_name("a\0b").is_err());
         assert_eq!(exact_name("Mixed").unwrap(), "Mixed");
     }
 }

@@ -15,7 +15,8 @@ use tokio_postgres::{CancelToken, Client, SimpleQueryMessage, Statement};
 
 use super::key::AdvisoryKey;
 use super::BACKEND;
-use crate::backend::release_notes::ReleaseNotes;
+use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::runtime::on_background;
 use crate::{Error, LossNotifier, LossSignal, Result};
 
 /// How many holds a session takes before the pool opens another (while it may). Every
@@ -87,7 +88,8 @@ pub(crate) struct Connection {
     /// Set once the session was sent a cancel request: it is closed when its last user is
     /// done with it.
     retired: std::sync::atomic::AtomicBool,
-    runtime: tokio::runtime::Handle,
+    /// Whether tollgate's own runtime drives this session (see [`on_background`]).
+    background: bool,
 }
 
 #[derive(Default)]
@@ -340,11 +342,6 @@ impl Connection {
             && inner.idle_since.is_some_and(|since| since <= limit)
     }
 
-    /// The runtime that drives this connection (for releases from `Drop`).
-    pub(crate) fn runtime(&self) -> &tokio::runtime::Handle {
-        &self.runtime
-    }
-
     fn mark_broken(&self) {
         self.broken.notify_lost();
         for notifier in self.lock().holds.values().flatten() {
@@ -364,7 +361,7 @@ pub(crate) struct Pool {
     changed: Notify,
     /// Keys whose release after a drop is still on its way to the server, so that this
     /// process's next acquire of the same key waits for it instead of finding it busy.
-    release_notes: ReleaseNotes<AdvisoryKey>,
+    release_notes: Arc<ReleaseNotes<AdvisoryKey>>,
 }
 
 #[derive(Default)]
@@ -401,7 +398,7 @@ impl Pool {
             idle_timeout,
             connections: Mutex::default(),
             changed: Notify::new(),
-            release_notes: ReleaseNotes::default(),
+            release_notes: Arc::default(),
         }
     }
 
@@ -409,6 +406,11 @@ impl Pool {
         self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Notes that releases of `keys` are under way, until the note is dropped.
+    pub(crate) fn note(&self, keys: Vec<AdvisoryKey>) -> Note<AdvisoryKey> {
+        self.release_notes.note(keys)
     }
 
     /// Notes that releases of `keys` are under way (called from `Drop`).
@@ -456,12 +458,16 @@ impl Pool {
                     .connections
                     .retain(|connection| !connection.is_broken() && !connection.is_retired());
                 let can_open = state.connections.len() + state.opening < self.max_connections;
+                // Work on tollgate's runtime uses only sessions it drives: the others are
+                // served only while their caller's runtime runs.
+                let background = on_background();
                 let candidate = state
                     .connections
                     .iter()
                     .filter_map(|connection| {
                         let inner = connection.lock();
-                        let fits = !inner.dedicated
+                        let fits = (connection.background || !background)
+                            && !inner.dedicated
                             && keys.iter().all(|key| !inner.holds.contains_key(key))
                             && (usage == Use::Shared || inner.holds.is_empty())
                             // A full session takes more only when no other can be opened.
@@ -587,7 +593,6 @@ impl Pool {
 
     async fn open(self: &Arc<Self>) -> Result<Arc<Connection>> {
         let unreachable = |error| postgres_error("cannot connect", error);
-        let runtime = tokio::runtime::Handle::current();
         let (client, broken) = match &self.tls {
             super::Tls::Plain => {
                 let (client, connection) = self
@@ -614,7 +619,7 @@ impl Pool {
             state: Mutex::default(),
             broken: LossSignal::detectable().0,
             retired: std::sync::atomic::AtomicBool::new(false),
-            runtime,
+            background: on_background(),
         });
         // A waiting backend notices a vanished client only when it checks; make it check.
         // (PostgreSQL 14+; older servers reject the setting, which is harmless.)
@@ -656,7 +661,7 @@ impl Pool {
                     // Unanswered: close the socket too, so that the server ends the session
                     // (and frees its locks) once it can tell.
                     let ping = connection.client.simple_query("SELECT 1");
-                    let limit = crate::backend::ping_limit(interval);
+                    let limit = crate::backend::kit::ping_limit(interval);
                     match tokio::time::timeout(limit, ping).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(_)) => {

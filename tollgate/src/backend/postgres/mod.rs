@@ -42,6 +42,9 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
+use crate::backend::kit::hold::{Release, Shell};
+use crate::backend::kit::notes::Note;
+use crate::backend::kit::runtime::spawn_release;
 use crate::{
     Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock, ReadWriteLockProvider,
     Result, UpgradeableHandle, UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider, Wait,
@@ -361,14 +364,9 @@ impl Drop for TryGuard<'_> {
             self.connection.clone(),
             self.steps.to_vec(),
         );
-        let keys = Named::keys(&steps);
-        named.pool.begin_release(&keys);
-        let ended = EndRelease {
-            pool: named.pool.clone(),
-            keys,
-        };
-        connection.runtime().clone().spawn(async move {
-            let _ended = ended;
+        let note = named.pool.note(Named::keys(&steps));
+        spawn_release(async move {
+            let _note = note;
             // Queries run in order on a session, so this runs after the interrupted try.
             for &(key, mode) in steps.iter().rev() {
                 let _ = connection.unlock_if_held(key, mode).await;
@@ -391,7 +389,7 @@ impl Named {
         steps: Vec<Step>,
         wait: Wait,
         keep_dedicated: bool,
-    ) -> Result<Option<Hold>> {
+    ) -> Result<Option<Shell<Hold>>> {
         let deadline = wait.deadline();
         let keys = Self::keys(&steps);
         // A hold of ours that was just dropped is still being released: wait for that first.
@@ -450,7 +448,7 @@ impl Named {
         wait: Wait,
         deadline: Option<tokio::time::Instant>,
         keep_dedicated: bool,
-    ) -> Result<Option<Hold>> {
+    ) -> Result<Option<Shell<Hold>>> {
         if wait == Wait::NO_WAIT && !keep_dedicated {
             return Ok(None);
         }
@@ -536,17 +534,16 @@ impl Named {
         keys
     }
 
-    fn hold(self: &Arc<Self>, connection: Arc<Connection>, steps: Vec<Step>) -> Hold {
+    fn hold(self: &Arc<Self>, connection: Arc<Connection>, steps: Vec<Step>) -> Shell<Hold> {
         let primary = steps.last().map_or(self.key, |(key, _)| *key);
         let loss = connection.record_hold(primary);
-        Hold {
+        Shell::new(Hold {
             named: self.clone(),
             connection,
             steps,
             loss,
             operation: Arc::new(tokio::sync::Mutex::new(())),
-            released: false,
-        }
+        })
     }
 }
 
@@ -596,32 +593,42 @@ async fn wait_one<T>(
     sender: &mut oneshot::Sender<T>,
     cancelled: &mut bool,
 ) -> Result<bool> {
-    let timeout_ms = match deadline {
-        None => 0,
-        Some(deadline) => {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
-            remaining.as_millis().clamp(1, i32::MAX as u128)
+    loop {
+        if sender.is_closed() {
+            // Nobody waits any more, and nothing was sent: nothing to cancel.
+            return Ok(false);
         }
-    };
-    let suffix = if mode == Mode::Shared { "_shared" } else { "" };
-    let sql = format!(
-        "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{suffix}({})",
-        key_args(key)
-    );
-    let query = connection.query_value(&sql);
-    tokio::pin!(query);
-    let result = tokio::select! {
-        result = &mut query => result,
-        () = sender.closed() => {
-            *cancelled = true;
-            connection.cancel_query().await;
-            query.await
-        }
-    };
-    match result {
-        Ok(_) => Ok(true),
-        Err(error) => match sqlstate(&error) {
+        let timeout_ms = match deadline {
+            None => 0,
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
+                remaining.as_millis().clamp(1, i32::MAX as u128)
+            }
+        };
+        let suffix = if mode == Mode::Shared { "_shared" } else { "" };
+        let sql = format!(
+            "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{suffix}({})",
+            key_args(key)
+        );
+        let query = connection.query_value(&sql);
+        tokio::pin!(query);
+        let result = tokio::select! {
+            biased;
+            result = &mut query => result,
+            () = sender.closed() => {
+                *cancelled = true;
+                cancel_until_done(connection, query.as_mut()).await
+            }
+        };
+        let error = match result {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        return match sqlstate(&error) {
+            // A cancel we did not send was meant for an earlier statement on this session
+            // and landed late: wait again (the session is retired, see `Pool::retire`).
+            Some("57014") if !*cancelled => continue,
             // lock_timeout (55P03) or our cancel (57014) may have raced with the grant.
             Some("55P03" | "57014") => connection.holds(key, mode).await.map_err(|error| {
                 Error::backend(BACKEND, "cannot check pg_locks after a timeout", error)
@@ -634,7 +641,26 @@ async fn wait_one<T>(
                 format!("waiting for {name:?} failed"),
                 error,
             )),
-        },
+        };
+    }
+}
+
+/// Cancels the statement `query` is running until it ends, and returns its outcome. A cancel
+/// request travels on a connection of its own and may reach the server before the statement
+/// does, which ignores it: then the statement would wait unbounded in the server (queued
+/// ahead of later requests), so the request is repeated, with a growing pause, until the
+/// statement ends.
+async fn cancel_until_done<T>(
+    connection: &Connection,
+    mut query: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
+) -> T {
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        connection.cancel_query().await;
+        if let Ok(outcome) = tokio::time::timeout(pause, query.as_mut()).await {
+            return outcome;
+        }
+        pause = (pause * 2).min(std::time::Duration::from_secs(1));
     }
 }
 
@@ -658,7 +684,6 @@ struct Hold {
     loss: LossSignal,
     /// Serialises this hold's own work on its session (an upgrade, its cleanup, the release).
     operation: Arc<tokio::sync::Mutex<()>>,
-    released: bool,
 }
 
 impl std::fmt::Debug for Hold {
@@ -702,38 +727,20 @@ async fn release_steps(named: &Named, connection: &Connection, steps: &[Step]) -
     first_error.map_or(Ok(()), Err)
 }
 
-impl Hold {
-    async fn release(mut self) -> Result<()> {
-        self.released = true;
+impl Release for Hold {
+    type Note = Note<AdvisoryKey>;
+
+    fn name(&self) -> &str {
+        &self.named.name
+    }
+
+    fn note(&self) -> Note<AdvisoryKey> {
+        self.named.pool.note(self.named.release_keys(&self.steps))
+    }
+
+    async fn release(self) -> Result<()> {
         let _serial = self.operation.clone().lock_owned().await;
         release_steps(&self.named, &self.connection, &self.steps).await
-    }
-}
-
-impl Drop for Hold {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let (named, connection, steps) = (
-            self.named.clone(),
-            self.connection.clone(),
-            std::mem::take(&mut self.steps),
-        );
-        let operation = self.operation.clone();
-        let keys = named.release_keys(&steps);
-        named.pool.begin_release(&keys);
-        let pool = named.pool.clone();
-        let ended = EndRelease { pool, keys };
-        // If the runtime is gone, so is the session, and the server released everything
-        // (and dropping the task ends the release note too).
-        connection.runtime().clone().spawn(async move {
-            let _ended = ended;
-            let _serial = operation.lock_owned().await;
-            if let Err(error) = release_steps(&named, &connection, &steps).await {
-                tracing::warn!(%error, "release after drop failed");
-            }
-        });
     }
 }
 
@@ -790,23 +797,12 @@ impl Drop for Finish {
     }
 }
 
-/// Ends a release note when the release task finishes or is dropped.
-struct EndRelease {
-    pool: Arc<Pool>,
-    keys: Vec<AdvisoryKey>,
-}
-
-impl Drop for EndRelease {
-    fn drop(&mut self) {
-        self.pool.end_release(&self.keys);
-    }
-}
-
 /// A held PostgreSQL lock or read or write hold. Dropping it releases on a background task;
 /// [`Handle::release`] waits for the server to confirm.
 #[derive(Debug)]
+#[must_use = "dropping the handle releases it"]
 pub struct PostgresHandle {
-    hold: Hold,
+    hold: Shell<Hold>,
 }
 
 impl Handle for PostgresHandle {
@@ -815,12 +811,12 @@ impl Handle for PostgresHandle {
     }
 
     fn name(&self) -> &str {
-        &self.hold.named.name
+        &self.hold.get().named.name
     }
 
     /// Fires when the session holding the lock ends (terminated, network failure).
     fn loss_signal(&self) -> LossSignal {
-        self.hold.loss.clone()
+        self.hold.get().loss.clone()
     }
 
     /// Advisory locks carry no counter to draw a token from.
@@ -859,7 +855,7 @@ macro_rules! postgres_side {
 }
 
 impl PostgresHandle {
-    fn new(hold: Hold) -> Self {
+    fn new(hold: Shell<Hold>) -> Self {
         PostgresHandle { hold }
     }
 }
@@ -938,13 +934,14 @@ impl UpgradeableReadWriteLock for PostgresReadWriteLock {
 /// An upgradeable read hold on PostgreSQL; [`UpgradeableHandle::upgrade`] takes the
 /// exclusive lock on the same session without letting go of the read hold.
 #[derive(Debug)]
+#[must_use = "dropping the handle releases it"]
 pub struct PostgresUpgradeableHandle {
-    hold: Hold,
+    hold: Shell<Hold>,
     upgraded: bool,
 }
 
 impl PostgresUpgradeableHandle {
-    fn new(hold: Hold) -> Self {
+    fn new(hold: Shell<Hold>) -> Self {
         PostgresUpgradeableHandle {
             hold,
             upgraded: false,
@@ -958,11 +955,11 @@ impl Handle for PostgresUpgradeableHandle {
     }
 
     fn name(&self) -> &str {
-        &self.hold.named.name
+        &self.hold.get().named.name
     }
 
     fn loss_signal(&self) -> LossSignal {
-        self.hold.loss.clone()
+        self.hold.get().loss.clone()
     }
 
     fn fencing_token(&self) -> Option<u64> {
@@ -987,13 +984,9 @@ impl Drop for Grant {
         }
         let (connection, key, operation) =
             (self.connection.clone(), self.key, self.operation.clone());
-        self.pool.begin_release(&[key]);
-        let ended = EndRelease {
-            pool: self.pool.clone(),
-            keys: vec![key],
-        };
-        connection.runtime().clone().spawn(async move {
-            let _ended = ended;
+        let note = self.pool.note(vec![key]);
+        spawn_release(async move {
+            let _note = note;
             let _serial = operation.lock_owned().await;
             let _ = connection.unlock_if_held(key, Mode::Exclusive).await;
         });
@@ -1008,20 +1001,21 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
     /// Cancel-safe: a dropped future cancels the server-side wait, gives back an exclusive
     /// lock granted in the race, and keeps the upgradeable read hold.
     async fn upgrade_wait(&mut self, wait: Wait) -> Result<bool> {
+        let hold = self.hold.get();
         if self.upgraded {
             return Err(Error::invalid(format!(
                 "{:?} is already upgraded",
-                self.hold.named.name
+                hold.named.name
             )));
         }
         let deadline = wait.deadline();
-        let key = self.hold.named.key;
-        let serial = self.hold.operation.clone().lock_owned().await;
+        let key = hold.named.key;
+        let serial = hold.operation.clone().lock_owned().await;
         let (mut sender, receiver) = oneshot::channel::<Result<Option<Grant>>>();
-        let connection = self.hold.connection.clone();
-        let name = self.hold.named.name.clone();
-        let operation = self.hold.operation.clone();
-        let pool = self.hold.named.pool.clone();
+        let connection = hold.connection.clone();
+        let name = hold.named.name.clone();
+        let operation = hold.operation.clone();
+        let pool = hold.named.pool.clone();
         tokio::spawn(async move {
             let steps = [(key, Mode::Exclusive)];
             let mut cancelled = false;
@@ -1061,7 +1055,7 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
             return Ok(false);
         };
         grant.taken = true;
-        self.hold.steps.push((key, Mode::Exclusive));
+        self.hold.get_mut().steps.push((key, Mode::Exclusive));
         self.upgraded = true;
         Ok(true)
     }

@@ -176,8 +176,9 @@ impl Drop for ScanGuard<'_> {
             self.skip.clone(),
             self.semaphore.marker(),
         );
-        named.pool.begin_release(&[marker]);
-        connection.runtime().clone().spawn(async move {
+        let note = named.pool.note(vec![marker]);
+        crate::backend::kit::runtime::spawn_release(async move {
+            let _note = note;
             let sql = format!(
                 "SELECT pg_advisory_unlock(key) FROM ( \
                    SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks \
@@ -189,7 +190,6 @@ impl Drop for ScanGuard<'_> {
             // Runs after the interrupted scan: queries on one session run in order.
             let _ = connection.query_value(&sql).await;
             connection.forget(&[marker]);
-            named.pool.end_release(&[marker]);
             named.pool.notify_change();
         });
     }

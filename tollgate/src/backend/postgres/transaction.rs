@@ -47,15 +47,13 @@
 //! TLS connector the connection was made with to the `_with_tls` variants then.
 //! [`TransactionLockProvider`] uses the TLS settings of its URL.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{
     CancelToken, Client, NoTls, SimpleQueryMessage, SimpleQueryStream, Socket, Transaction,
@@ -64,6 +62,9 @@ use tokio_postgres::{
 use super::connection::{granted_condition, key_args, sqlstate, Mode};
 use super::key::AdvisoryKey;
 use super::{PostgresProviderBuilder, Tls, BACKEND};
+use crate::backend::kit::hold::{Release, Shell};
+use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::runtime::{background, on_background, spawn_release};
 use crate::{Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result, Wait};
 
 /// How often a [`ConnectionLockHandle`] looks whether the caller's connection has closed.
@@ -309,7 +310,6 @@ impl Cleanup for () {
 struct Guard<C: Cleanup> {
     state: Option<(Running, C)>,
     canceller: Option<Canceller>,
-    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl<C: Cleanup> Guard<C> {
@@ -317,7 +317,6 @@ impl<C: Cleanup> Guard<C> {
         Guard {
             state: Some((running, cleanup)),
             canceller,
-            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
 
@@ -339,17 +338,9 @@ impl<C: Cleanup> Drop for Guard<C> {
         let Some((mut running, cleanup)) = self.state.take() else {
             return;
         };
-        let Some(runtime) = self
-            .runtime
-            .take()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
-        else {
-            tracing::warn!("an abandoned advisory lock wait could not be cleaned up: no runtime");
-            return;
-        };
         let pending = cleanup.note_release();
         let canceller = self.canceller.take();
-        runtime.spawn(async move {
+        spawn_release(async move {
             let _pending = pending;
             match &canceller {
                 Some(canceller) => running.cancel_until_finished(canceller).await,
@@ -360,68 +351,8 @@ impl<C: Cleanup> Drop for Guard<C> {
     }
 }
 
-/// Releases still on their way to the server after a drop, by lock, so that this process's
-/// next acquire of the same lock waits for them instead of finding it busy.
-struct PendingReleases<K> {
-    keys: Mutex<HashMap<K, usize>>,
-    released: Notify,
-}
-
-impl<K: Hash + Eq + Clone + Send + 'static> PendingReleases<K> {
-    fn new() -> Self {
-        PendingReleases {
-            keys: Mutex::new(HashMap::new()),
-            released: Notify::new(),
-        }
-    }
-
-    fn keys(&self) -> MutexGuard<'_, HashMap<K, usize>> {
-        self.keys
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Notes a release of `key` under way until the returned value is dropped.
-    fn begin(self: &Arc<Self>, key: K) -> PendingRelease {
-        *self.keys().entry(key.clone()).or_default() += 1;
-        let releases = self.clone();
-        PendingRelease(Some(Box::new(move || {
-            let mut keys = releases.keys();
-            if let Some(count) = keys.get_mut(&key) {
-                *count -= 1;
-                if *count == 0 {
-                    keys.remove(&key);
-                }
-            }
-            drop(keys);
-            releases.released.notify_waiters();
-        })))
-    }
-
-    /// Waits until no release of `key` is under way.
-    async fn wait(&self, key: &K) {
-        loop {
-            let released = self.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if !self.keys().contains_key(key) {
-                return;
-            }
-            released.await;
-        }
-    }
-}
-
-/// A release under way; ends when dropped.
-struct PendingRelease(Option<Box<dyn FnOnce() + Send>>);
-
-impl Drop for PendingRelease {
-    fn drop(&mut self) {
-        if let Some(end) = self.0.take() {
-            end();
-        }
-    }
-}
+/// A release under way in this process, noted until dropped.
+type PendingRelease = Box<dyn Send>;
 
 // ---------------------------------------------------------------------------------------------
 // 1. Inside the caller's transaction.
@@ -705,7 +636,7 @@ struct Sessions {
     tls: Tls,
     max_idle: usize,
     idle: Mutex<Vec<Session>>,
-    releases: Arc<PendingReleases<AdvisoryKey>>,
+    releases: Arc<ReleaseNotes<AdvisoryKey>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -725,7 +656,7 @@ impl Sessions {
             tls,
             max_idle,
             idle: Mutex::new(Vec::new()),
-            releases: Arc::new(PendingReleases::new()),
+            releases: Arc::default(),
         }
     }
 
@@ -735,17 +666,21 @@ impl Sessions {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// An idle session, or a new one.
+    /// An idle session, or a new one. Work on tollgate's runtime takes only sessions it
+    /// drives: the others are served only while their caller's runtime runs.
     async fn session(&self) -> Result<Session> {
-        loop {
-            let Some(session) = self.idle().pop() else {
-                break;
-            };
-            if session.usable() {
-                return Ok(session);
-            }
+        let background = on_background();
+        let found = {
+            let mut idle = self.idle();
+            idle.retain(Session::usable);
+            idle.iter()
+                .rposition(|session| session.background || !background)
+                .map(|at| idle.remove(at))
+        };
+        match found {
+            Some(session) => Ok(session),
+            None => self.open().await,
         }
-        self.open().await
     }
 
     fn give_back(&self, session: Session) {
@@ -781,6 +716,7 @@ impl Sessions {
             canceller: Canceller::for_tls(client.cancel_token(), &self.tls),
             client,
             watch,
+            background: on_background(),
         })
     }
 }
@@ -790,6 +726,8 @@ struct Session {
     client: Client,
     canceller: Canceller,
     watch: Arc<SessionWatch>,
+    /// Whether tollgate's own runtime drives the connection.
+    background: bool,
 }
 
 impl Session {
@@ -907,7 +845,7 @@ struct OwnedCleanup {
 
 impl Cleanup for OwnedCleanup {
     fn note_release(&self) -> Option<PendingRelease> {
-        Some(self.sessions.releases.begin(self.key))
+        Some(Box::new(self.sessions.releases.note(vec![self.key])))
     }
 
     async fn after(self, running: Running) {
@@ -943,7 +881,10 @@ impl Acquire for TransactionLock {
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<TransactionLockHandle>> {
         let deadline = wait.deadline();
         let sessions = &self.sessions;
-        sessions.releases.wait(&self.key).await;
+        sessions
+            .releases
+            .wait(std::slice::from_ref(&self.key))
+            .await;
         let args = key_args(self.key);
         let mut attempt = 1;
         let (session, running, server_wait) = loop {
@@ -993,12 +934,13 @@ impl Acquire for TransactionLock {
         let (notifier, loss) = LossSignal::detectable();
         session.watch.arm(notifier);
         Ok(Some(TransactionLockHandle {
-            name: self.name.clone(),
-            key: self.key,
-            session: Some(session),
-            sessions: sessions.clone(),
+            hold: Shell::new(OwnedHold {
+                name: self.name.clone(),
+                key: self.key,
+                session,
+                sessions: sessions.clone(),
+            }),
             loss,
-            runtime: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 }
@@ -1008,37 +950,59 @@ impl Lock for TransactionLock {}
 /// A lock held by a transaction tollgate owns. Releasing rolls the transaction back (the
 /// lock goes with it) and keeps the connection for reuse; dropping does the same on a
 /// background task.
+#[must_use = "dropping the handle releases it"]
 pub struct TransactionLockHandle {
+    hold: Shell<OwnedHold>,
+    loss: LossSignal,
+}
+
+/// A transaction that holds a lock.
+struct OwnedHold {
     name: String,
     key: AdvisoryKey,
-    session: Option<Session>,
+    session: Session,
     sessions: Arc<Sessions>,
-    loss: LossSignal,
-    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Release for OwnedHold {
+    type Note = Note<AdvisoryKey>;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn note(&self) -> Note<AdvisoryKey> {
+        self.sessions.releases.note(vec![self.key])
+    }
+
+    async fn release(self) -> Result<()> {
+        end_transaction(self.session, &self.sessions, true)
+            .await
+            .map_err(|error| backend_error(format!("cannot release {:?}", self.name), error))
+    }
 }
 
 impl std::fmt::Debug for TransactionLockHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hold = self.hold.get();
         f.debug_struct("TransactionLockHandle")
-            .field("name", &self.name)
-            .field("key", &self.key)
+            .field("name", &hold.name)
+            .field("key", &hold.key)
             .finish()
     }
 }
 
 impl Handle for TransactionLockHandle {
     /// Rolls the transaction back, which releases the lock.
-    async fn release(mut self) -> Result<()> {
-        let Some(session) = self.session.take() else {
-            return Ok(());
-        };
-        end_transaction(session, &self.sessions, true)
-            .await
-            .map_err(|error| backend_error(format!("cannot release {:?}", self.name), error))
+    ///
+    /// # Cancel safety
+    /// Dropping the future still releases: the rest runs on tollgate's runtime.
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
     }
 
     fn name(&self) -> &str {
-        &self.name
+        &self.hold.get().name
     }
 
     /// Fires as soon as the connection holding the transaction ends.
@@ -1052,34 +1016,14 @@ impl Handle for TransactionLockHandle {
     }
 }
 
-impl Drop for TransactionLockHandle {
-    fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
-            return;
-        };
-        // Without a runtime the session is closed here, which ends the transaction.
-        let Some(runtime) = self.runtime.take() else {
-            return;
-        };
-        let pending = self.sessions.releases.begin(self.key);
-        let sessions = self.sessions.clone();
-        runtime.spawn(async move {
-            let _pending = pending;
-            if let Err(error) = end_transaction(session, &sessions, true).await {
-                tracing::warn!(%error, "release after drop failed");
-            }
-        });
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 3. On the caller's connection.
 // ---------------------------------------------------------------------------------------------
 
 /// Cleanups and releases on callers' connections still on their way to the server, by
 /// (connection, key).
-static CONNECTION_RELEASES: LazyLock<Arc<PendingReleases<(usize, AdvisoryKey)>>> =
-    LazyLock::new(|| Arc::new(PendingReleases::new()));
+static CONNECTION_RELEASES: LazyLock<Arc<ReleaseNotes<(usize, AdvisoryKey)>>> =
+    LazyLock::new(Arc::default);
 
 /// The identity of a caller's connection (stable while anyone holds the `Arc`).
 fn connection_id(client: &Arc<Client>) -> usize {
@@ -1208,7 +1152,9 @@ struct ConnectionCleanup {
 
 impl Cleanup for ConnectionCleanup {
     fn note_release(&self) -> Option<PendingRelease> {
-        Some(CONNECTION_RELEASES.begin((connection_id(&self.client), self.key)))
+        Some(Box::new(
+            CONNECTION_RELEASES.note(vec![(connection_id(&self.client), self.key)]),
+        ))
     }
 
     async fn after(self, running: Running) {
@@ -1318,7 +1264,7 @@ async fn on_connection(
     let id = connection_id(&client);
     let mut server_wait = ServerWait::new(wait, deadline);
     loop {
-        CONNECTION_RELEASES.wait(&(id, key)).await;
+        CONNECTION_RELEASES.wait(&[(id, key)]).await;
         let sql = connection_sql(key, mode, server_wait);
         let running = Running::start(&client, &sql)
             .await
@@ -1363,24 +1309,45 @@ async fn on_connection(
 /// A session-level advisory lock on a caller's connection, from [`lock_on_connection`].
 /// Releasing runs `pg_advisory_unlock`; dropping does the same on a background task (and
 /// this process's next [`lock_on_connection`] of the key on that connection waits for it).
+#[must_use = "dropping the handle releases it"]
 pub struct ConnectionLockHandle {
+    hold: Shell<ConnectionHold>,
+    loss: LossSignal,
+}
+
+/// An advisory lock on a caller's connection.
+struct ConnectionHold {
     client: Arc<Client>,
     name: String,
     key: AdvisoryKey,
     mode: Mode,
-    loss: LossSignal,
     /// Dropping it stops the task that watches the connection.
     _watching: oneshot::Sender<()>,
-    released: bool,
-    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl Release for ConnectionHold {
+    type Note = Note<(usize, AdvisoryKey)>;
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn note(&self) -> Self::Note {
+        CONNECTION_RELEASES.note(vec![(connection_id(&self.client), self.key)])
+    }
+
+    async fn release(self) -> Result<()> {
+        unlock(&self.client, self.key, self.mode, &self.name).await
+    }
 }
 
 impl std::fmt::Debug for ConnectionLockHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hold = self.hold.get();
         f.debug_struct("ConnectionLockHandle")
-            .field("name", &self.name)
-            .field("key", &self.key)
-            .field("mode", &self.mode)
+            .field("name", &hold.name)
+            .field("key", &hold.key)
+            .field("mode", &hold.mode)
             .finish()
     }
 }
@@ -1390,44 +1357,45 @@ impl ConnectionLockHandle {
         let (notifier, loss) = LossSignal::detectable();
         let (watching, mut stopped) = oneshot::channel::<()>();
         let watched = Arc::downgrade(&client);
-        let runtime = tokio::runtime::Handle::try_current().ok();
-        if let Some(runtime) = &runtime {
-            runtime.spawn(async move {
-                let mut ticks = tokio::time::interval(CONNECTION_WATCH_INTERVAL);
-                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = &mut stopped => return,
-                        _ = ticks.tick() => {
-                            if watched.upgrade().is_none_or(|client| client.is_closed()) {
-                                notifier.notify_lost();
-                                return;
-                            }
+        let watch = async move {
+            let mut ticks = tokio::time::interval(CONNECTION_WATCH_INTERVAL);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    _ = ticks.tick() => {
+                        if watched.upgrade().is_none_or(|client| client.is_closed()) {
+                            notifier.notify_lost();
+                            return;
                         }
                     }
                 }
-            });
+            }
+        };
+        match background() {
+            Ok(runtime) => drop(runtime.spawn(watch)),
+            Err(_) => drop(tokio::spawn(watch)),
         }
         ConnectionLockHandle {
-            client,
-            name,
-            key,
-            mode,
+            hold: Shell::new(ConnectionHold {
+                client,
+                name,
+                key,
+                mode,
+                _watching: watching,
+            }),
             loss,
-            _watching: watching,
-            released: false,
-            runtime,
         }
     }
 
     /// The advisory lock key.
     pub fn key(&self) -> AdvisoryKey {
-        self.key
+        self.hold.get().key
     }
 
     /// Whether the lock is shared (`pg_advisory_lock_shared`).
     pub fn is_shared(&self) -> bool {
-        self.mode == Mode::Shared
+        self.hold.get().mode == Mode::Shared
     }
 }
 
@@ -1463,13 +1431,15 @@ async fn unlock(client: &Client, key: AdvisoryKey, mode: Mode, name: &str) -> Re
 
 impl Handle for ConnectionLockHandle {
     /// Runs `pg_advisory_unlock` on the connection.
-    async fn release(mut self) -> Result<()> {
-        self.released = true;
-        unlock(&self.client, self.key, self.mode, &self.name).await
+    ///
+    /// # Cancel safety
+    /// Dropping the future still releases: the rest runs on tollgate's runtime.
+    async fn release(self) -> Result<()> {
+        self.hold.release().await
     }
 
     fn name(&self) -> &str {
-        &self.name
+        &self.hold.get().name
     }
 
     /// Fires when the caller's connection closes (looked at twice a second), provided the
@@ -1481,30 +1451,5 @@ impl Handle for ConnectionLockHandle {
     /// Advisory locks carry no counter to draw a token from.
     fn fencing_token(&self) -> Option<u64> {
         None
-    }
-}
-
-impl Drop for ConnectionLockHandle {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let Some(runtime) = self.runtime.take() else {
-            tracing::warn!(name = %self.name, "no runtime to release an advisory lock on");
-            return;
-        };
-        let pending = CONNECTION_RELEASES.begin((connection_id(&self.client), self.key));
-        let (client, key, mode, name) = (
-            self.client.clone(),
-            self.key,
-            self.mode,
-            std::mem::take(&mut self.name),
-        );
-        runtime.spawn(async move {
-            let _pending = pending;
-            if let Err(error) = unlock(&client, key, mode, &name).await {
-                tracing::warn!(%error, "release after drop failed");
-            }
-        });
     }
 }

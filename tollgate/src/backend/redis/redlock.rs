@@ -19,8 +19,10 @@ use tokio::time::Instant;
 
 use super::listener::Listener;
 use super::{Lease, BACKEND};
-use crate::backend::completion::run_to_completion;
-use crate::backend::release_notes::ReleaseNotes;
+use crate::backend::kit::completion::run_to_completion;
+use crate::backend::kit::hold::{Release, Shell};
+use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::runtime::{background, on_background, spawn_release};
 use crate::{Error, Handle, LossNotifier, LossSignal, Result, Wait};
 
 /// The first fallback pause between tries while no release notification arrives.
@@ -32,27 +34,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// Which of a server's two connections a request goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Route {
-    /// Acquires, releases and reads, driven by the caller's runtime.
+    /// Acquires, releases and reads from a caller's runtime, which drives the connection.
     Caller,
-    /// Lease extensions, driven by the lease runtime (see [`lease_runtime`]).
-    Lease,
+    /// Work on tollgate's own runtime (lease extensions, releases after a drop, the blocking
+    /// API), on a connection that runtime drives: user code that blocks or starves its own
+    /// runtime cannot let a hold's lease run out or a release stall.
+    Background,
 }
 
-/// The runtime that extends leases: one thread of its own, shared by every Redis provider of
-/// the process, so that user code that blocks or starves its own runtime cannot let a hold's
-/// lease run out. Extensions use connections opened on it (whose I/O it drives), not the
-/// caller's.
-fn lease_runtime() -> Option<&'static tokio::runtime::Runtime> {
-    static RUNTIME: LazyLock<Option<tokio::runtime::Runtime>> = LazyLock::new(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tollgate-redis-lease")
-            .enable_all()
-            .build()
-            .map_err(|error| tracing::warn!(%error, "cannot start the Redis lease runtime"))
-            .ok()
-    });
-    RUNTIME.as_ref()
+impl Route {
+    /// The connection for work on this thread.
+    fn here() -> Route {
+        if on_background() {
+            Route::Background
+        } else {
+            Route::Caller
+        }
+    }
 }
 
 /// One Redis server and its multiplexed connections (one per [`Route`]), opened when first
@@ -61,12 +59,51 @@ pub(crate) struct Server {
     pub(crate) client: redis::Client,
     pub(crate) label: String,
     connect_timeout: Duration,
-    connection: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
-    lease_connection: tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>>,
+    connection: tokio::sync::Mutex<Option<Opened>>,
+    background_connection: tokio::sync::Mutex<Option<Opened>>,
     generation: AtomicU64,
     /// After a failed connect, further connects wait this long (growing while they fail), so
     /// that a dead server costs nothing to the attempts that include it.
     down: std::sync::Mutex<Option<Down>>,
+}
+
+/// A connection in its slot. Its I/O is driven by a task of the runtime it was opened on;
+/// when that runtime shuts down, the connection is dead, and `alive` says so.
+struct Opened {
+    generation: u64,
+    connection: MultiplexedConnection,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+    /// Dropping it ends the task that watches the runtime.
+    _watching: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Opened {
+    fn new(generation: u64, connection: MultiplexedConnection) -> Self {
+        /// Clears `alive` when the watching task ends or is dropped with its runtime.
+        struct Watch(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Watch {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let alive = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (watching, stopped) = tokio::sync::oneshot::channel::<()>();
+        let watch = Watch(alive.clone());
+        tokio::spawn(async move {
+            let _watch = watch;
+            let _ = stopped.await;
+        });
+        Opened {
+            generation,
+            connection,
+            alive,
+            _watching: watching,
+        }
+    }
+
+    fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
 }
 
 struct Down {
@@ -85,7 +122,7 @@ impl Server {
             label,
             connect_timeout,
             connection: tokio::sync::Mutex::new(None),
-            lease_connection: tokio::sync::Mutex::new(None),
+            background_connection: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             down: std::sync::Mutex::new(None),
         }
@@ -97,17 +134,22 @@ impl Server {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn slot(&self, route: Route) -> &tokio::sync::Mutex<Option<(u64, MultiplexedConnection)>> {
+    fn slot(&self, route: Route) -> &tokio::sync::Mutex<Option<Opened>> {
         match route {
             Route::Caller => &self.connection,
-            Route::Lease => &self.lease_connection,
+            Route::Background => &self.background_connection,
         }
     }
 
     async fn connection(&self, route: Route) -> redis::RedisResult<(u64, MultiplexedConnection)> {
         let mut slot = self.slot(route).lock().await;
-        if let Some(connection) = &*slot {
-            return Ok(connection.clone());
+        match &*slot {
+            Some(opened) if opened.is_alive() => {
+                return Ok((opened.generation, opened.connection.clone()));
+            }
+            // Opened on a runtime that has shut down since: reopen here.
+            Some(_) => *slot = None,
+            None => {}
         }
         if let Some(down) = &*self.down() {
             if Instant::now() < down.until {
@@ -144,18 +186,18 @@ impl Server {
         };
         *self.down() = None;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
-        *slot = Some((generation, connection.clone()));
+        *slot = Some(Opened::new(generation, connection.clone()));
         Ok((generation, connection))
     }
 
-    /// Runs `script` on the caller's connection; see [`Server::run_on`].
+    /// Runs `script` on the connection for this thread's runtime; see [`Server::run_on`].
     pub(crate) async fn run<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[Vec<u8>],
         args: &[&[u8]],
     ) -> redis::RedisResult<T> {
-        self.run_on(Route::Caller, script, keys, args).await
+        self.run_on(Route::here(), script, keys, args).await
     }
 
     /// Runs `script` on the connection of `route`; a connection that failed is dropped, so
@@ -184,7 +226,7 @@ impl Server {
                 let mut slot = self.slot(route).lock().await;
                 if slot
                     .as_ref()
-                    .is_some_and(|(current, _)| *current == generation)
+                    .is_some_and(|opened| opened.generation == generation)
                 {
                     *slot = None;
                 }
@@ -200,7 +242,7 @@ pub(crate) struct Shared {
     pub(crate) servers: Box<[Server]>,
     pub(crate) lease: Lease,
     pub(crate) listener: Arc<Listener>,
-    release_notes: ReleaseNotes<Vec<u8>>,
+    release_notes: Arc<ReleaseNotes<Vec<u8>>>,
     /// Per primitive and side, the turn to wait on the servers: one waiter of this process
     /// at a time tries there, the others queue here in order, so a release does not set off
     /// a stampede of attempts (nor split votes between this process's own waiters).
@@ -214,7 +256,7 @@ impl Shared {
             servers: servers.into_boxed_slice(),
             lease,
             listener: Arc::new(Listener::new(clients)),
-            release_notes: ReleaseNotes::default(),
+            release_notes: Arc::default(),
             turns: std::sync::Mutex::default(),
         }
     }
@@ -623,14 +665,12 @@ impl Drop for WaitingMark {
         if !self.armed {
             return;
         }
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let (shared, target, waiter) = (
-                self.shared.clone(),
-                self.target.clone(),
-                std::mem::take(&mut self.waiter),
-            );
-            runtime.spawn(async move { abandon(&shared, &target, &waiter).await });
-        }
+        let (shared, target, waiter) = (
+            self.shared.clone(),
+            self.target.clone(),
+            std::mem::take(&mut self.waiter),
+        );
+        spawn_release(async move { abandon(&shared, &target, &waiter).await });
     }
 }
 
@@ -755,18 +795,31 @@ struct Hold {
 /// A held Redis lock, read or write hold, or semaphore ticket, kept alive by a lease that a
 /// task owned by the handle extends. Dropping it releases on a background task;
 /// [`Handle::release`] waits for the servers to confirm.
+#[must_use = "dropping the handle releases it"]
 pub struct RedisHandle {
-    hold: Arc<Hold>,
+    lease: Shell<Leased>,
     loss: LossSignal,
     token: Option<u64>,
-    lease_task: tokio::task::JoinHandle<()>,
-    released: bool,
+}
+
+/// A hold and the task that extends its lease, which ends with it.
+struct Leased {
+    hold: Arc<Hold>,
+    lease_task: tokio::task::AbortHandle,
+}
+
+impl std::fmt::Debug for Leased {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Leased")
+            .field("name", &self.hold.target.name)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for RedisHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisHandle")
-            .field("name", &self.hold.target.name)
+            .field("name", &self.lease.get().hold.target.name)
             .field("fencing_token", &self.token)
             .finish()
     }
@@ -788,17 +841,18 @@ impl RedisHandle {
             notifier,
         });
         let keep = keep_alive(hold.clone(), deadline);
-        let lease_task = match lease_runtime() {
-            Some(runtime) => runtime.spawn(keep),
+        let lease_task = match background() {
+            Ok(runtime) => runtime.spawn(keep),
             // Without a thread of its own, the lease is kept by the caller's runtime.
-            None => tokio::spawn(keep),
+            Err(_) => tokio::spawn(keep),
         };
         RedisHandle {
-            hold,
+            lease: Shell::new(Leased {
+                hold,
+                lease_task: lease_task.abort_handle(),
+            }),
             loss,
             token,
-            lease_task,
-            released: false,
         }
     }
 }
@@ -827,7 +881,7 @@ async fn keep_alive(hold: Arc<Hold>, mut deadline: Instant) {
                 let (args, target) = (&args, &hold.target);
                 tokio::time::timeout(
                     limit,
-                    server.run_on::<i64>(Route::Lease, target.kind.extend, &target.keys, args),
+                    server.run_on::<i64>(Route::Background, target.kind.extend, &target.keys, args),
                 )
             })
             .collect();
@@ -877,30 +931,38 @@ async fn release_hold(hold: &Hold) -> Result<()> {
     }
 }
 
+impl Release for Leased {
+    type Note = Note<Vec<u8>>;
+
+    fn name(&self) -> &str {
+        &self.hold.target.name
+    }
+
+    fn note(&self) -> Note<Vec<u8>> {
+        self.hold
+            .shared
+            .release_notes
+            .note(vec![self.hold.target.note()])
+    }
+
+    fn release(self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        self.lease_task.abort();
+        async move { release_hold(&self.hold).await }
+    }
+}
+
 impl Handle for RedisHandle {
     /// Stops the lease and deletes the hold on every server, telling waiters.
     ///
     /// # Cancel safety
-    /// Dropping this future still releases: the rest of the release runs on a task.
-    async fn release(mut self) -> Result<()> {
-        self.released = true;
-        self.lease_task.abort();
-        let hold = self.hold.clone();
-        let note = vec![hold.target.note()];
-        hold.shared.release_notes.begin(&note);
-        run_to_completion(
-            async move {
-                let result = release_hold(&hold).await;
-                hold.shared.release_notes.end(&note);
-                result
-            },
-            |_| async {},
-        )
-        .await
+    /// Dropping this future still releases: the rest of the release runs on tollgate's
+    /// runtime.
+    async fn release(self) -> Result<()> {
+        self.lease.release().await
     }
 
     fn name(&self) -> &str {
-        &self.hold.target.name
+        &self.lease.get().hold.target.name
     }
 
     /// Fires when an extension finds the hold gone on a majority of servers, or when the
@@ -914,26 +976,5 @@ impl Handle for RedisHandle {
     /// semaphore tickets.
     fn fencing_token(&self) -> Option<u64> {
         self.token
-    }
-}
-
-impl Drop for RedisHandle {
-    fn drop(&mut self) {
-        self.lease_task.abort();
-        if self.released {
-            return;
-        }
-        // Without a runtime nothing can be sent: the lease expires on the servers.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hold = self.hold.clone();
-            let note = vec![hold.target.note()];
-            hold.shared.release_notes.begin(&note);
-            runtime.spawn(async move {
-                if let Err(error) = release_hold(&hold).await {
-                    tracing::warn!(%error, "release after drop failed");
-                }
-                hold.shared.release_notes.end(&note);
-            });
-        }
     }
 }

@@ -3,14 +3,16 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::runtime::spawn_release;
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type Abandoned<T> = Box<dyn FnOnce(T) -> BoxFuture<()> + Send>;
 
 /// Runs `operation` to completion whatever happens to the caller: it is polled in the
 /// caller's task (no task hop on the fast path), and if the caller drops it part-way, the
-/// rest runs on a task of its own, which hands the output to `abandoned` (to give back what
-/// the operation got). Without a runtime to finish it on, the connections' I/O is gone too,
-/// and the rest is dropped.
+/// rest runs on tollgate's runtime, counted as a release under way (see
+/// [`spawn_release`]), which hands the output to `abandoned` (to give back what the
+/// operation got).
 pub(crate) async fn run_to_completion<T, A>(
     operation: impl Future<Output = T> + Send + 'static,
     abandoned: impl FnOnce(T) -> A + Send + 'static,
@@ -29,9 +31,7 @@ where
             else {
                 return;
             };
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { abandoned(operation.await).await });
-            }
+            spawn_release(async move { abandoned(operation.await).await });
         }
     }
     let mut completing = Completing {

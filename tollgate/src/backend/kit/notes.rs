@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
 
@@ -25,6 +25,15 @@ impl<K> Default for ReleaseNotes<K> {
 }
 
 impl<K: Eq + Hash + Clone> ReleaseNotes<K> {
+    /// Notes that releases of `keys` are under way, until the note is dropped.
+    pub(crate) fn note(self: &Arc<Self>, keys: Vec<K>) -> Note<K> {
+        self.begin(&keys);
+        Note {
+            notes: self.clone(),
+            keys,
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
         self.releasing
             .lock()
@@ -65,5 +74,18 @@ impl<K: Eq + Hash + Clone> ReleaseNotes<K> {
             }
             released.await;
         }
+    }
+}
+
+/// A release under way, noted until dropped (when the release ends, however it ends).
+#[derive(Debug)]
+pub(crate) struct Note<K: Eq + Hash + Clone> {
+    notes: Arc<ReleaseNotes<K>>,
+    keys: Vec<K>,
+}
+
+impl<K: Eq + Hash + Clone> Drop for Note<K> {
+    fn drop(&mut self) {
+        self.notes.end(&self.keys);
     }
 }
