@@ -5,13 +5,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::oneshot;
+use tollgate::blocking::Blocking;
 use tollgate::{Acquire, Error, Handle};
 
-use super::support::{unique, Holder, Subject, PROMPT};
+use super::support::{
+    abandon, current_thread_runtime, free_within, outcome, unique, Holder, PlainThread, Subject,
+    ABANDON_WAYS, PROMPT,
+};
 
 const SHORT: Duration = Duration::from_millis(200);
 /// A 0.2 s timeout must be over within this.
 const SHORT_BOUND: Duration = Duration::from_millis(500);
+/// A dropped handle's release takes milliseconds; a fresh instance waits this long for it.
+const DROP_BOUND: Duration = Duration::from_secs(2);
+/// A blocking call inside a runtime answers (1 s at most, as asked) within this.
+const BLOCKING_BOUND: Duration = Duration::from_secs(2);
 
 pub async fn exclusion_between_instances<S: Subject>(subject: S) {
     let name = unique("instances");
@@ -367,6 +376,317 @@ pub async fn waiting_process_acquires_on_release<S: Subject>(subject: S) {
     waiter.release().await;
 }
 
+/// Names that differ only after a NUL byte (or by a trailing NUL) are different names: no
+/// backend may cut a name at its first NUL.
+pub async fn names_differing_after_nul_are_distinct<S: Subject>(subject: S) {
+    let base = unique("nul");
+    let names = [
+        base.clone(),
+        format!("{base}\0b"),
+        format!("{base}\0c"),
+        format!("{base}\0"),
+    ];
+    let mut handles = Vec::new();
+    for name in &names {
+        let handle = subject.make(name).try_acquire().await.unwrap();
+        handles.push(handle.unwrap_or_else(|| {
+            panic!("{name:?} collided with a name held before it, among {names:?}")
+        }));
+    }
+    for name in &names {
+        assert!(
+            subject.make(name).try_acquire().await.unwrap().is_none(),
+            "{name:?} not held"
+        );
+    }
+}
+
+/// Gives up on `handle.release()` part-way, the `round`-th way of a rotation: those of
+/// [`abandon`], and a spawned release aborted after a yield. Returns how.
+async fn abandon_release<H: Handle>(round: usize, handle: H) -> String {
+    let way = round % (ABANDON_WAYS + 1);
+    if way == ABANDON_WAYS {
+        let task = tokio::spawn(handle.release());
+        tokio::task::yield_now().await;
+        task.abort();
+        match task.await {
+            Ok(Err(error)) => panic!("round {round}: the spawned release failed: {error}"),
+            Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+            Ok(Ok(())) | Err(_) => {}
+        }
+        return "a spawned release aborted after a yield".into();
+    }
+    let (how, output) = abandon(way, handle.release()).await;
+    if let Some(Err(error)) = output {
+        panic!("round {round} ({how}): the release failed: {error}");
+    }
+    how
+}
+
+/// `release()` is cancel-safe: a release future dropped at any point still releases, for
+/// this process's later acquires and for other processes.
+pub async fn dropped_release_leaves_nothing_held<S: Subject>(subject: S) {
+    let name = unique("release-cancel");
+    let lock = subject.make(&name);
+    for round in 0..40 {
+        let handle = lock
+            .acquire_timeout(PROMPT)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: acquire: {error}"));
+        let how = abandon_release(round, handle).await;
+        if let Err(why) = free_within(&subject, &name, PROMPT).await {
+            panic!("round {round}: after a release abandoned at {how}, a fresh instance: {why}");
+        }
+    }
+    let mut holder = Holder::start(&subject.url(), &subject.child_kind(), &name).await;
+    holder.held().await;
+    holder.release().await;
+}
+
+/// Dropping a handle on a plain thread (no runtime there) releases it promptly, and releases
+/// only that hold: another hold of the same provider stays held and is not reported lost.
+pub async fn handle_dropped_on_plain_thread_is_released<S: Subject>(subject: S) {
+    let (name, other_name) = (unique("thread-drop"), unique("thread-drop-other"));
+    let drop_on_thread = |handle: <S::Primitive as Acquire>::Handle| {
+        PlainThread::spawn("dropping a handle on a plain thread", move || drop(handle)).join(PROMPT)
+    };
+
+    let handle = subject.make(&name).acquire().await.unwrap();
+    drop_on_thread(handle).await;
+    expect_free_after_drop(&subject, &name, "after a drop on a plain thread").await;
+
+    let other = subject.make(&other_name).acquire().await.unwrap();
+    let handle = subject.make(&name).acquire().await.unwrap();
+    drop_on_thread(handle).await;
+    let after = "beside another hold, after a drop on a plain thread";
+    expect_free_after_drop(&subject, &name, after).await;
+    assert!(
+        !other.loss_signal().is_lost(),
+        "dropping one handle on a plain thread lost another hold"
+    );
+    assert!(
+        subject
+            .make(&other_name)
+            .try_acquire()
+            .await
+            .unwrap()
+            .is_none(),
+        "dropping one handle on a plain thread freed another hold"
+    );
+    other.release().await.unwrap();
+}
+
+// Dropping a handle inside a current-thread runtime on another thread releases it promptly,
+// whatever that runtime does next. One case per variant, each with a provider of its own,
+// so that one variant's failure cannot spill into the next.
+
+/// Panics unless a fresh instance acquires `name` within [`DROP_BOUND`] (`after` says when).
+async fn expect_free_after_drop<S: Subject>(subject: &S, name: &str, after: &str) {
+    if let Err(why) = free_within(subject, name, DROP_BOUND).await {
+        panic!("{after}, a fresh instance: {why}");
+    }
+}
+
+/// (a) A handle dropped inside `block_on` of a current-thread runtime that keeps running.
+pub async fn handle_dropped_in_current_thread_runtime_running<S: Subject>(subject: S) {
+    let name = unique("runtime-drop-running");
+    let lock = subject.make(&name);
+    let (dropped, dropped_signal) = oneshot::channel();
+    let (done, done_signal) = oneshot::channel::<()>();
+    let mut thread = PlainThread::spawn("a running current-thread runtime", move || {
+        current_thread_runtime().block_on(async move {
+            drop(lock.acquire_timeout(PROMPT).await.expect("acquire"));
+            let _ = dropped.send(());
+            let _ = done_signal.await;
+        })
+    });
+    thread.until(dropped_signal, PROMPT).await;
+    let outcome = free_within(&subject, &name, DROP_BOUND).await;
+    let _ = done.send(());
+    thread.join(PROMPT).await;
+    if let Err(why) = outcome {
+        panic!("after a drop in a runtime that keeps running, a fresh instance: {why}");
+    }
+}
+
+/// (b) A handle dropped inside `block_on` of a current-thread runtime that is dropped
+/// (shut down) right after.
+pub async fn handle_dropped_in_current_thread_runtime_shut_down<S: Subject>(subject: S) {
+    let name = unique("runtime-drop-shutdown");
+    let lock = subject.make(&name);
+    PlainThread::spawn("a current-thread runtime dropped at once", move || {
+        let runtime = current_thread_runtime();
+        runtime.block_on(async move {
+            drop(lock.acquire_timeout(PROMPT).await.expect("acquire"));
+        });
+        drop(runtime);
+    })
+    .join(PROMPT)
+    .await;
+    expect_free_after_drop(&subject, &name, "after a drop, then the runtime's shutdown").await;
+}
+
+/// (c) A handle held by a task of a current-thread runtime when the runtime is dropped:
+/// the shutdown drops the handle.
+pub async fn handle_dropped_in_current_thread_runtime_task_at_shutdown<S: Subject>(subject: S) {
+    let name = unique("runtime-drop-task");
+    let lock = subject.make(&name);
+    let (held, held_signal) = oneshot::channel();
+    let (go, go_signal) = oneshot::channel::<()>();
+    let mut thread = PlainThread::spawn("a task holding at runtime shutdown", move || {
+        let runtime = current_thread_runtime();
+        let (task_held, task_held_signal) = oneshot::channel();
+        runtime.spawn(async move {
+            match lock.acquire_timeout(PROMPT).await {
+                Ok(handle) => {
+                    let _ = task_held.send(Ok(()));
+                    std::future::pending::<()>().await;
+                    drop(handle);
+                }
+                Err(error) => drop(task_held.send(Err(error))),
+            }
+        });
+        runtime.block_on(async move {
+            let acquired = task_held_signal.await.expect("the task ran");
+            acquired.expect("the task's acquire");
+            let _ = held.send(());
+            let _ = go_signal.await;
+        });
+        drop(runtime);
+    });
+    thread.until(held_signal, PROMPT).await;
+    assert!(
+        subject.make(&name).try_acquire().await.unwrap().is_none(),
+        "the task does not hold"
+    );
+    let _ = go.send(());
+    thread.join(PROMPT).await;
+    expect_free_after_drop(
+        &subject,
+        &name,
+        "after the runtime shut down with a task holding",
+    )
+    .await;
+}
+
+/// One child that drops its handle and returns from main, through the async or blocking API.
+async fn drop_and_return_from_main<S: Subject>(subject: &S, blocking: bool) -> Result<(), String> {
+    let name = unique("drop-return");
+    let (url, kind) = (subject.url(), subject.child_kind());
+    let mut holder = if blocking {
+        Holder::start_blocking(&url, &kind, &name).await
+    } else {
+        Holder::start(&url, &kind, &name).await
+    };
+    holder.held().await;
+    assert!(
+        subject.make(&name).try_acquire().await.unwrap().is_none(),
+        "the child does not hold"
+    );
+    holder.drop_and_return().await;
+    free_within(subject, &name, DROP_BOUND).await
+}
+
+/// A process that drops its handle and at once returns from main (its runtime dropped, the
+/// process gone) frees the hold promptly: with the async API, and with the blocking API
+/// used on a plain thread without any runtime. Nothing may wait for a lease to run out.
+pub async fn dropped_then_process_returns_from_main<S: Subject>(subject: S) {
+    let parts = [
+        (
+            "the async API",
+            outcome(drop_and_return_from_main(&subject, false)).await,
+        ),
+        (
+            "the blocking API",
+            outcome(drop_and_return_from_main(&subject, true)).await,
+        ),
+    ];
+    let failures: Vec<String> = parts
+        .into_iter()
+        .filter_map(|(part, result)| result.err().map(|why| format!("{part}: {why}")))
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "after a child dropped its handle and returned from main, a fresh instance:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Runs one blocking call inside a runtime: it must answer within [`BLOCKING_BOUND`] with
+/// `Ok`, or with `Error::InvalidArgument` (`None`); anything else fails.
+fn answers<T>(what: &str, call: impl FnOnce() -> tollgate::Result<T>) -> Option<T> {
+    let started = Instant::now();
+    let result = call();
+    let took = started.elapsed();
+    assert!(
+        took < BLOCKING_BOUND,
+        "blocking {what} inside a runtime took {took:?}"
+    );
+    match result {
+        Ok(value) => Some(value),
+        Err(error) if error.is_invalid_argument() => None,
+        Err(error) => panic!("blocking {what} inside a runtime failed: {error}"),
+    }
+}
+
+/// On a runtime's thread, after the async API opened what it needs there: the blocking API
+/// either works or refuses at once.
+async fn blocking_calls_answer<A: Acquire + Clone + 'static>(lock: A) {
+    let handle = lock.acquire_timeout(PROMPT).await.expect("async acquire");
+    handle.release().await.expect("async release");
+    let blocking = Blocking::new(lock);
+    let Some(held) = answers("try_acquire", || blocking.try_acquire()) else {
+        return;
+    };
+    let held = held.expect("the blocking try_acquire of a free lock acquired nothing");
+    answers("release", || held.release());
+    let again = answers("acquire_timeout(1 s)", || {
+        blocking.acquire_timeout(Duration::from_secs(1))
+    });
+    if let Some(again) = again {
+        answers("release", || again.release());
+    }
+}
+
+/// The blocking API never hangs inside a current-thread runtime (called on the runtime's
+/// own thread, inside `block_on`): it works or returns `Error::InvalidArgument` at once.
+pub async fn blocking_api_answers_inside_current_thread_runtime<S: Subject>(subject: S) {
+    let name = unique("blocking-current-thread");
+    let lock = subject.make(&name);
+    PlainThread::spawn(
+        "the blocking API inside a current-thread runtime",
+        move || current_thread_runtime().block_on(blocking_calls_answer(lock)),
+    )
+    .join(PROMPT * 2)
+    .await;
+    expect_free_after_drop(&subject, &name, "after the blocking calls").await;
+}
+
+/// As [`blocking_api_answers_inside_current_thread_runtime`], from a task on a
+/// multi-thread runtime of one worker (the task blocks that only worker).
+pub async fn blocking_api_answers_inside_one_worker_runtime<S: Subject>(subject: S) {
+    let name = unique("blocking-one-worker");
+    let lock = subject.make(&name);
+    PlainThread::spawn(
+        "the blocking API in a one-worker runtime's task",
+        move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("one-worker runtime");
+            runtime.block_on(async move {
+                if let Err(error) = tokio::spawn(blocking_calls_answer(lock)).await {
+                    std::panic::resume_unwind(error.into_panic());
+                }
+            })
+        },
+    )
+    .join(PROMPT * 2)
+    .await;
+    expect_free_after_drop(&subject, &name, "after the blocking calls").await;
+}
+
 /// Runs every case of the mutex suite as its own test.
 #[macro_export]
 macro_rules! mutex_suite {
@@ -378,7 +698,15 @@ macro_rules! mutex_suite {
             dropped_acquire_leaves_nothing_held, contenders_never_overlap,
             release_is_final_and_stale_release_harmless, fencing_tokens_increase_across_processes,
             loss_never_fires_on_normal_release, leaked_handle_freed_when_process_exits,
-            killed_holder_frees_the_lock, waiting_process_acquires_on_release);
+            killed_holder_frees_the_lock, waiting_process_acquires_on_release,
+            names_differing_after_nul_are_distinct, dropped_release_leaves_nothing_held,
+            handle_dropped_on_plain_thread_is_released,
+            handle_dropped_in_current_thread_runtime_running,
+            handle_dropped_in_current_thread_runtime_shut_down,
+            handle_dropped_in_current_thread_runtime_task_at_shutdown,
+            dropped_then_process_returns_from_main,
+            blocking_api_answers_inside_current_thread_runtime,
+            blocking_api_answers_inside_one_worker_runtime);
     };
     (@cases $subject:expr; $($case:ident),*) => {
         $(

@@ -1,13 +1,16 @@
 //! The reader-writer and upgradeable reader-writer contract.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rand::Rng;
 
 use tollgate::{
     Acquire, Error, Handle, ReadWriteLock, ReadWriteLockProvider, UpgradeableHandle,
     UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider,
 };
 
-use super::support::{unique, Holder, PROMPT};
+use super::support::{abandon, unique, Holder, ABANDON_WAYS, PROMPT};
 
 const SHORT: Duration = Duration::from_millis(200);
 
@@ -279,6 +282,174 @@ where
         .is_some());
 }
 
+/// How many ways [`abandon_upgrade`] knows.
+const UPGRADE_ABANDON_WAYS: usize = ABANDON_WAYS + 2;
+
+/// Gives up on an upgrade part-way while a reader holds (so it cannot succeed), the
+/// `round`-th way of a rotation: `upgrade()` abandoned each way of [`abandon`], an
+/// `upgrade_timeout` of 1–5 ms abandoned in turn, and a spawned `upgrade()` aborted after
+/// a yield. Fails if an upgrade returned anything but an `upgrade_timeout`'s own timeout.
+/// Returns the handle and how.
+async fn abandon_upgrade<H: UpgradeableHandle>(round: usize, mut handle: H) -> (H, String) {
+    let way = round % UPGRADE_ABANDON_WAYS;
+    if way < ABANDON_WAYS {
+        let (how, output) = abandon(way, handle.upgrade()).await;
+        if let Some(result) = output {
+            panic!("round {round}: upgrade() returned {result:?} (at {how}) while a reader holds");
+        }
+        return (handle, format!("upgrade() abandoned at {how}"));
+    }
+    if way == ABANDON_WAYS {
+        let timeout = Duration::from_micros(rand::thread_rng().gen_range(1_000..=5_000));
+        let (how, output) = abandon(
+            round / UPGRADE_ABANDON_WAYS,
+            handle.upgrade_timeout(timeout),
+        )
+        .await;
+        match output {
+            None | Some(Err(Error::Timeout { .. })) => {}
+            Some(other) => panic!(
+                "round {round}: upgrade_timeout({timeout:?}) returned {other:?} while a reader holds"
+            ),
+        }
+        return (
+            handle,
+            format!("upgrade_timeout({timeout:?}) abandoned at {how}"),
+        );
+    }
+    let shared = Arc::new(tokio::sync::Mutex::new(handle));
+    let task = tokio::spawn({
+        let shared = shared.clone();
+        async move { shared.lock().await.upgrade().await }
+    });
+    tokio::task::yield_now().await;
+    task.abort();
+    match task.await {
+        Ok(result) => panic!("round {round}: a spawned upgrade() returned {result:?}"),
+        Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+        Err(_) => {}
+    }
+    let handle = Arc::try_unwrap(shared)
+        .expect("the aborted task let go of the handle")
+        .into_inner();
+    (handle, "a spawned upgrade() aborted after a yield".into())
+}
+
+/// `upgrade()` is cancel-safe: dropped at any point, it keeps the upgradeable read hold and
+/// leaves nothing else waiting or held (new readers get in; writers and other upgradeable
+/// readers stay out), and a later upgrade, release and writer proceed.
+pub async fn upgrade_dropped_at_random_points<P>(provider: P)
+where
+    P: UpgradeableReadWriteLockProvider<UpgradeableReadWriteLock: Clone + 'static>,
+{
+    let name = unique("upgrade-storm");
+    let lock = provider.upgradeable_read_write_lock(&name).unwrap();
+    let mut upgradeable = lock
+        .upgradeable_reader()
+        .acquire_timeout(PROMPT)
+        .await
+        .unwrap();
+    let reader = lock.reader().acquire_timeout(PROMPT).await.unwrap();
+    for round in 0..30 {
+        let (handle, how) = abandon_upgrade(round, upgradeable).await;
+        upgradeable = handle;
+        let at = format!("round {round}, after {how}");
+        assert!(!upgradeable.is_upgraded(), "{at}: upgraded beside a reader");
+        let newcomer = tokio::time::timeout(PROMPT, lock.reader().acquire())
+            .await
+            .unwrap_or_else(|_| panic!("{at}: new readers are turned away (a wait left queued)"))
+            .unwrap();
+        assert!(
+            lock.writer().try_acquire().await.unwrap().is_none(),
+            "{at}: a writer got in"
+        );
+        assert!(
+            lock.upgradeable_reader()
+                .try_acquire()
+                .await
+                .unwrap()
+                .is_none(),
+            "{at}: a second upgradeable reader got in (the upgradeable hold is gone)"
+        );
+        newcomer.release().await.unwrap();
+    }
+    reader.release().await.unwrap();
+    tokio::time::timeout(PROMPT * 2, upgradeable.upgrade_timeout(PROMPT))
+        .await
+        .expect("upgrade_timeout hung past its timeout")
+        .expect("the upgrade succeeds once the readers are gone");
+    assert!(upgradeable.is_upgraded());
+    assert!(
+        lock.reader().try_acquire().await.unwrap().is_none(),
+        "a reader beside the upgraded hold"
+    );
+    tokio::time::timeout(PROMPT, upgradeable.release())
+        .await
+        .expect("the upgraded hold's release hung")
+        .unwrap();
+    tokio::time::timeout(PROMPT, lock.writer().acquire())
+        .await
+        .expect("a writer gets in after the release")
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+/// An upgrade abandoned (every way of the rotation) and then `release()` at once: the
+/// release does not wait behind the abandoned upgrade's wait, and a writer then gets in.
+/// Last, an `upgrade()` after an abandoned one succeeds once the reader leaves (it never
+/// gives up).
+pub async fn upgrade_dropped_then_released<P>(provider: P)
+where
+    P: UpgradeableReadWriteLockProvider<UpgradeableReadWriteLock: Clone + 'static>,
+{
+    let name = unique("upgrade-drop-release");
+    let lock = provider.upgradeable_read_write_lock(&name).unwrap();
+    for round in 0..2 * UPGRADE_ABANDON_WAYS {
+        let upgradeable = lock
+            .upgradeable_reader()
+            .acquire_timeout(PROMPT)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: upgradeable acquire: {error}"));
+        let reader = lock.reader().acquire_timeout(PROMPT).await.unwrap();
+        let (upgradeable, how) = abandon_upgrade(round, upgradeable).await;
+        tokio::time::timeout(PROMPT, upgradeable.release())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: release hung after {how}"))
+            .unwrap();
+        reader.release().await.unwrap();
+        tokio::time::timeout(PROMPT, lock.writer().acquire())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no writer got in after {how}"))
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
+    let upgradeable = lock
+        .upgradeable_reader()
+        .acquire_timeout(PROMPT)
+        .await
+        .unwrap();
+    let reader = lock.reader().acquire_timeout(PROMPT).await.unwrap();
+    let (mut upgradeable, how) = abandon_upgrade(0, upgradeable).await;
+    reader.release().await.unwrap();
+    tokio::time::timeout(PROMPT, upgradeable.upgrade())
+        .await
+        .unwrap_or_else(|_| panic!("upgrade() after {how} did not complete with no reader left"))
+        .unwrap_or_else(|error| panic!("upgrade() after {how}: {error}"));
+    assert!(upgradeable.is_upgraded());
+    tokio::time::timeout(PROMPT, upgradeable.release())
+        .await
+        .expect("the upgraded hold's release hung")
+        .unwrap();
+    tokio::time::timeout(PROMPT, lock.writer().acquire())
+        .await
+        .expect("a writer gets in after the release")
+        .unwrap();
+}
+
 /// Runs the reader-writer cases, plus the mutex suite on the write side.
 #[macro_export]
 macro_rules! read_write_suite {
@@ -321,6 +492,14 @@ macro_rules! upgradeable_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn cancelled_upgrade_keeps_read_hold() {
             $crate::conformance::rw::cancelled_upgrade_keeps_read_hold($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn upgrade_dropped_at_random_points() {
+            $crate::conformance::rw::upgrade_dropped_at_random_points($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn upgrade_dropped_then_released() {
+            $crate::conformance::rw::upgrade_dropped_then_released($provider).await;
         }
     };
 }

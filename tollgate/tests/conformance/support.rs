@@ -1,13 +1,18 @@
 //! Helpers of the shared suite: unique names, subjects, and the cross-process holder.
 
+use std::future::Future;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use rand::Rng;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout};
+use tokio::sync::oneshot;
+use tollgate::blocking::Blocking;
 use tollgate::{
-    Acquire, AnyProvider, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider,
+    Acquire, AnyAcquire, AnyProvider, Handle, LockProvider, ReadWriteLock, ReadWriteLockProvider,
     SemaphoreProvider,
 };
 
@@ -121,6 +126,16 @@ const RELEASED: &str = "TOLLGATE-HOLDER-RELEASED";
 impl Holder {
     /// Starts a child that acquires `kind` called `name` on `url` and says when it holds.
     pub async fn start(url: &str, kind: &str, name: &str) -> Holder {
+        Holder::spawn(url, kind, name, "async")
+    }
+
+    /// As [`Holder::start`], but the child uses the blocking API, on a plain thread without
+    /// any async runtime of its own.
+    pub async fn start_blocking(url: &str, kind: &str, name: &str) -> Holder {
+        Holder::spawn(url, kind, name, "blocking")
+    }
+
+    fn spawn(url: &str, kind: &str, name: &str, api: &str) -> Holder {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = tokio::process::Command::new(exe)
             .args([
@@ -133,6 +148,7 @@ impl Holder {
             .env("TOLLGATE_HOLDER_URL", url)
             .env("TOLLGATE_HOLDER_KIND", kind)
             .env("TOLLGATE_HOLDER_NAME", name)
+            .env("TOLLGATE_HOLDER_API", api)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -186,25 +202,36 @@ impl Holder {
         .unwrap_or(false)
     }
 
-    /// Asks the child to release, and waits until it has.
-    pub async fn release(mut self) {
+    async fn send(&mut self, command: &str) {
         self.stdin
-            .write_all(b"release\n")
+            .write_all(format!("{command}\n").as_bytes())
             .await
             .expect("write to holder");
         self.stdin.flush().await.expect("flush holder stdin");
+    }
+
+    /// Asks the child to release, and waits until it has.
+    pub async fn release(mut self) {
+        self.send("release").await;
         self.expect_line(RELEASED).await;
         let _ = self.child.wait().await;
     }
 
     /// Asks the child to exit without releasing (a leaked handle), and waits until it is gone.
     pub async fn exit_without_release(mut self) {
-        self.stdin
-            .write_all(b"exit\n")
-            .await
-            .expect("write to holder");
-        self.stdin.flush().await.expect("flush holder stdin");
+        self.send("exit").await;
         let status = self.child.wait().await.expect("wait for holder");
+        assert!(status.success(), "holder exited with {status}");
+    }
+
+    /// Asks the child to drop its handle (no `release().await`) and return from its main at
+    /// once, as a short program does; waits (bounded) until it has exited successfully.
+    pub async fn drop_and_return(mut self) {
+        self.send("drop-return").await;
+        let status = tokio::time::timeout(PROMPT, self.child.wait())
+            .await
+            .expect("the holder did not exit after dropping its handle")
+            .expect("wait for holder");
         assert!(status.success(), "holder exited with {status}");
     }
 
@@ -216,6 +243,10 @@ impl Holder {
 }
 
 /// The child side of [`Holder`]: runs when the test binary is started as a holder.
+///
+/// Commands on stdin: `release` (or end of input) releases and says so, `exit` exits at once
+/// without releasing, `drop-return` drops the handle and returns from here at once (the
+/// runtime is dropped and the process exits, as after returning from `#[tokio::main]`).
 pub fn holder_main() {
     let (Ok(url), Ok(kind), Ok(name)) = (
         std::env::var("TOLLGATE_HOLDER_URL"),
@@ -224,56 +255,237 @@ pub fn holder_main() {
     ) else {
         return; // Run by hand with --ignored: nothing to hold.
     };
+    if std::env::var("TOLLGATE_HOLDER_API").as_deref() == Ok("blocking") {
+        return hold_through_blocking_api(&url, &kind, &name);
+    }
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let provider = AnyProvider::from_url(&url).expect("holder URL");
-        let handle: tollgate::AnyHandle = match kind.as_str() {
-            "lock" => provider.lock(&name).expect("lock").acquire().await,
-            "read" => {
-                provider
-                    .read_write_lock(&name)
-                    .expect("rw")
-                    .reader()
-                    .acquire()
-                    .await
-            }
-            "write" => {
-                provider
-                    .read_write_lock(&name)
-                    .expect("rw")
-                    .writer()
-                    .acquire()
-                    .await
-            }
-            other => {
-                let max: u32 = other
-                    .strip_prefix("semaphore:")
-                    .and_then(|max| max.parse().ok())
-                    .unwrap_or_else(|| panic!("unknown holder kind {other}"));
-                provider
-                    .semaphore(&name, max)
-                    .expect("semaphore")
-                    .acquire()
-                    .await
-            }
-        }
-        .expect("holder acquire");
-        let token = handle
-            .fencing_token()
-            .map(|token| token.to_string())
-            .unwrap_or_default();
-        println!("{HELD} {token}");
+        let handle = holder_primitive(&provider, &kind, &name)
+            .acquire()
+            .await
+            .expect("holder acquire");
+        println!("{HELD} {}", token_text(handle.fencing_token()));
         let mut stdin = BufReader::new(tokio::io::stdin()).lines();
         loop {
-            match stdin.next_line().await.expect("holder stdin").as_deref() {
-                Some("exit") => std::process::exit(0),
-                Some("release") | None => break,
-                Some(_) => continue,
+            let line = stdin.next_line().await.expect("holder stdin");
+            match HolderCommand::parse(line.as_deref()) {
+                Some(HolderCommand::Exit) => std::process::exit(0),
+                Some(HolderCommand::DropReturn) => return drop(handle),
+                Some(HolderCommand::Release) => break,
+                None => continue,
             }
         }
         handle.release().await.expect("holder release");
         println!("{RELEASED}");
     });
+}
+
+/// [`holder_main`] through the blocking API, on this plain thread with no runtime at all.
+fn hold_through_blocking_api(url: &str, kind: &str, name: &str) {
+    assert!(
+        tokio::runtime::Handle::try_current().is_err(),
+        "the blocking holder must run outside any runtime"
+    );
+    let provider = AnyProvider::from_url(url).expect("holder URL");
+    let handle = Blocking::new(holder_primitive(&provider, kind, name))
+        .acquire()
+        .expect("holder acquire");
+    println!("{HELD} {}", token_text(handle.fencing_token()));
+    let mut stdin = std::io::stdin().lines();
+    loop {
+        let line = stdin.next().map(|line| line.expect("holder stdin"));
+        match HolderCommand::parse(line.as_deref()) {
+            Some(HolderCommand::Exit) => std::process::exit(0),
+            Some(HolderCommand::DropReturn) => return drop(handle),
+            Some(HolderCommand::Release) => break,
+            None => continue,
+        }
+    }
+    handle.release().expect("holder release");
+    println!("{RELEASED}");
+}
+
+enum HolderCommand {
+    Exit,
+    Release,
+    DropReturn,
+}
+
+impl HolderCommand {
+    /// `None` for a line that is no command; end of input means release.
+    fn parse(line: Option<&str>) -> Option<HolderCommand> {
+        match line {
+            Some("exit") => Some(HolderCommand::Exit),
+            Some("drop-return") => Some(HolderCommand::DropReturn),
+            Some("release") | None => Some(HolderCommand::Release),
+            Some(_) => None,
+        }
+    }
+}
+
+fn token_text(token: Option<u64>) -> String {
+    token.map(|token| token.to_string()).unwrap_or_default()
+}
+
+/// What a holder of `kind` acquires.
+fn holder_primitive(provider: &AnyProvider, kind: &str, name: &str) -> AnyAcquire {
+    match kind {
+        "lock" => AnyAcquire::new(provider.lock(name).expect("lock")),
+        "read" => AnyAcquire::new(provider.read_write_lock(name).expect("rw").reader()),
+        "write" => AnyAcquire::new(provider.read_write_lock(name).expect("rw").writer()),
+        other => {
+            let max: u32 = other
+                .strip_prefix("semaphore:")
+                .and_then(|max| max.parse().ok())
+                .unwrap_or_else(|| panic!("unknown holder kind {other}"));
+            AnyAcquire::new(provider.semaphore(name, max).expect("semaphore"))
+        }
+    }
+}
+
+/// Acquires `name` from a fresh instance, waiting up to `bound`, and releases it again;
+/// `Err` says why it could not (still held, an error, or a hang), and whether a child
+/// process could acquire it then (and how long after the check began: a lease running out
+/// frees a leaked hold too), to tell a hold left on the backend from a stuck provider.
+pub async fn free_within<S: Subject>(
+    subject: &S,
+    name: &str,
+    bound: Duration,
+) -> Result<(), String> {
+    let began = std::time::Instant::now();
+    let lock = subject.make(name);
+    let why = match tokio::time::timeout(bound + PROMPT, lock.acquire_timeout(bound)).await {
+        Err(_) => format!("acquire_timeout({bound:?}) hung"),
+        Ok(Err(error)) if error.is_timeout() => format!("still held after {bound:?}"),
+        Ok(Err(error)) => format!("acquire failed: {error}"),
+        Ok(Ok(handle)) => {
+            return match tokio::time::timeout(PROMPT, handle.release()).await {
+                Err(_) => Err("acquired, but its release hung".into()),
+                Ok(Err(error)) => Err(format!("acquired, but its release failed: {error}")),
+                Ok(Ok(())) => Ok(()),
+            }
+        }
+    };
+    const PROBE: Duration = Duration::from_secs(3);
+    let mut holder = Holder::start(&subject.url(), &subject.child_kind(), name).await;
+    let probe = if holder.holds_within(PROBE).await {
+        holder.release().await;
+        format!(
+            "a child process then acquired it, {:?} after the check began",
+            began.elapsed()
+        )
+    } else {
+        format!("a child process could not acquire it either within {PROBE:?}")
+    };
+    Err(format!("{why}; {probe}"))
+}
+
+/// Runs one part of a case, turning a panic in it into `Err(message)`, so that a case of
+/// several parts reports every part that failed rather than only the first.
+pub async fn outcome(part: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    match std::panic::AssertUnwindSafe(part).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(
+            match (panic.downcast_ref::<String>(), panic.downcast_ref::<&str>()) {
+                (Some(message), _) => format!("panicked: {message}"),
+                (None, Some(message)) => format!("panicked: {message}"),
+                (None, None) => "panicked".into(),
+            },
+        ),
+    }
+}
+
+/// How many ways [`abandon`] knows.
+pub const ABANDON_WAYS: usize = 5;
+
+/// Polls `future` a little and gives up on it (drops it), the `way`-th way of
+/// [`ABANDON_WAYS`]: a zero timeout, a random 0–3 ms timeout, exactly one poll
+/// (`now_or_never`), one poll in a biased `select!` against a ready future, or a `select!`
+/// against a random 0–3 ms sleep. Returns how, and the output if it completed in time.
+pub async fn abandon<F: Future>(way: usize, future: F) -> (String, Option<F::Output>) {
+    let pause = Duration::from_micros(rand::thread_rng().gen_range(0..=3_000));
+    match way % ABANDON_WAYS {
+        0 => (
+            "a zero timeout".into(),
+            tokio::time::timeout(Duration::ZERO, future).await.ok(),
+        ),
+        1 => (
+            format!("a {pause:?} timeout"),
+            tokio::time::timeout(pause, future).await.ok(),
+        ),
+        2 => ("one poll (now_or_never)".into(), future.now_or_never()),
+        3 => (
+            "one poll (a biased select against a ready future)".into(),
+            tokio::select! {
+                biased;
+                output = future => Some(output),
+                () = std::future::ready(()) => None,
+            },
+        ),
+        _ => (
+            format!("a select against a {pause:?} sleep"),
+            tokio::select! {
+                output = future => Some(output),
+                () = tokio::time::sleep(pause) => None,
+            },
+        ),
+    }
+}
+
+/// A current-thread runtime with I/O and time, as `#[tokio::main(flavor = "current_thread")]`
+/// builds.
+pub fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("current-thread runtime")
+}
+
+/// A plain std thread the async test waits for with a bound: a hang fails the test instead
+/// of hanging it, and a panic on the thread is re-raised in the test.
+pub struct PlainThread<T> {
+    what: String,
+    result: oneshot::Receiver<std::thread::Result<T>>,
+}
+
+impl<T: Send + 'static> PlainThread<T> {
+    /// Runs `body` on a new thread; `what` names it in failure messages.
+    pub fn spawn(what: impl Into<String>, body: impl FnOnce() -> T + Send + 'static) -> Self {
+        let (sender, result) = oneshot::channel();
+        std::thread::spawn(move || {
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+            let _ = sender.send(outcome);
+        });
+        PlainThread {
+            what: what.into(),
+            result,
+        }
+    }
+
+    /// Waits (up to `bound`) for what the thread sends on `step`'s sender.
+    pub async fn until<U>(&mut self, step: oneshot::Receiver<U>, bound: Duration) -> U {
+        match tokio::time::timeout(bound, step).await {
+            Ok(Ok(value)) => value,
+            // The thread dropped the sender without sending: it ended, by panicking.
+            Ok(Err(_)) => match tokio::time::timeout(PROMPT, &mut self.result).await {
+                Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+                Ok(_) => panic!("{}: the thread ended without sending", self.what),
+                Err(_) => panic!("{}: the thread panicked, then hung unwinding", self.what),
+            },
+            Err(_) => panic!("{}: hung (nothing within {bound:?})", self.what),
+        }
+    }
+
+    /// Waits (up to `bound`) for the thread's result.
+    pub async fn join(self, bound: Duration) -> T {
+        match tokio::time::timeout(bound, self.result).await {
+            Ok(Ok(Ok(value))) => value,
+            Ok(Ok(Err(panic))) => std::panic::resume_unwind(panic),
+            Ok(Err(_)) => panic!("{}: the thread vanished", self.what),
+            Err(_) => panic!("{}: hung (no result within {bound:?})", self.what),
+        }
+    }
 }
 
 /// A TCP proxy in front of a server that can be made to black-hole all traffic, as a network
