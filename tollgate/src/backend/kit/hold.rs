@@ -46,6 +46,7 @@ impl<H: Release> Shell<H> {
             .expect("a shell holds until it is released")
     }
 
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn get_mut(&mut self) -> &mut H {
         self.hold
             .as_mut()

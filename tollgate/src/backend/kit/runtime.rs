@@ -17,6 +17,10 @@ use tokio::sync::Notify;
 use crate::{Error, Result};
 
 /// How long a normal exit waits for the releases still under way.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub const EXIT_WAIT: Duration = Duration::from_secs(3);
 
 thread_local! {
@@ -78,8 +82,16 @@ impl Pending {
 
 /// One release under way, counted until dropped (when it finishes, or when its task is
 /// dropped with a runtime that shuts down).
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 struct Counted(());
 
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 impl Counted {
     fn new() -> Self {
         *PENDING.lock() += 1;
@@ -100,6 +112,10 @@ impl Drop for Counted {
 
 /// Runs `release` on tollgate's runtime, counted as a release under way until it ends. It
 /// never blocks the calling thread, and works from any thread, inside a runtime or not.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) fn spawn_release(release: impl Future<Output = ()> + Send + 'static) {
     let counted = Counted::new();
     wait_at_exit();
@@ -163,6 +179,10 @@ pub fn flush_releases_blocking(limit: Duration) -> bool {
 /// Makes a normal exit wait (bounded) for the releases under way: a program that drops a
 /// handle and returns from `main` at once would otherwise leave a leased hold (Redis) behind
 /// until its lease expires.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
 fn wait_at_exit() {
     static REGISTERED: Once = Once::new();
     REGISTERED.call_once(|| {
