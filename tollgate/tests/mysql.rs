@@ -43,6 +43,80 @@ mod semaphore {
     semaphore_suite!(provider(), url());
 }
 
+/// The edges of a hold's life (the shared `hold_life_suite!`) on callers' connections
+/// (`lock_on_connection`): every instance from [`CallerConnections::make`] locks on a
+/// connection of its own (two instances are two sessions), opened on its first acquire and
+/// closed once the instance and its handles are gone. The classic mutex cases are not run
+/// here: their 100 contenders would be 100 connections.
+mod caller_connection {
+    use super::*;
+    use conformance::support::Subject;
+    use std::sync::Arc;
+    use tokio::sync::OnceCell;
+    use tollgate::backend::mysql::{lock_on_connection, ConnectionLockHandle, SharedConnection};
+    use tollgate::Wait;
+
+    /// Makes [`OnOwnConnection`] locks; a child process holds the same name through the
+    /// pooled provider, which maps it to the same `GET_LOCK` name (`lock_name`).
+    pub struct CallerConnections;
+
+    impl Subject for CallerConnections {
+        type Primitive = OnOwnConnection;
+        fn make(&self, name: &str) -> OnOwnConnection {
+            OnOwnConnection {
+                name: name.to_owned(),
+                connection: Arc::new(OnceCell::new()),
+            }
+        }
+        fn url(&self) -> String {
+            url()
+        }
+        fn child_kind(&self) -> String {
+            "lock".into()
+        }
+    }
+
+    /// A lock by name through `lock_on_connection` on a connection of this instance (and
+    /// its clones), opened on the first acquire. The handles keep the connection, so it
+    /// closes once the instance and its handles are gone.
+    #[derive(Clone)]
+    pub struct OnOwnConnection {
+        name: String,
+        connection: Arc<OnceCell<SharedConnection>>,
+    }
+
+    impl OnOwnConnection {
+        async fn connection(&self) -> tollgate::Result<SharedConnection> {
+            let connection = self
+                .connection
+                .get_or_try_init(|| async {
+                    let opts = mysql_async::Opts::from_url(&url())
+                        .map_err(|error| Error::invalid(format!("bad test URL: {error}")))?;
+                    let conn = mysql_async::Conn::new(opts).await.map_err(|error| {
+                        Error::backend("test", "cannot open a caller connection", error)
+                    })?;
+                    Ok::<_, Error>(Arc::new(tokio::sync::Mutex::new(conn)))
+                })
+                .await?;
+            Ok(connection.clone())
+        }
+    }
+
+    impl Acquire for OnOwnConnection {
+        type Handle = ConnectionLockHandle;
+
+        fn name(&self) -> &str {
+            &self.name
+        }
+
+        async fn acquire_wait(&self, wait: Wait) -> tollgate::Result<Option<Self::Handle>> {
+            lock_on_connection(self.connection().await?, &self.name, wait).await
+        }
+    }
+
+    hold_life_suite!(caller_driven CallerConnections);
+}
+
 mod composite {
     use super::*;
     composite_suite!(provider());

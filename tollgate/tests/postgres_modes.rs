@@ -2,6 +2,8 @@
 //! inside a caller's transaction, in owned transactions, and on a caller's connection.
 #![cfg(feature = "postgres")]
 
+mod conformance;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,7 +17,13 @@ use tollgate::backend::postgres::transaction::{
 use tollgate::backend::postgres::{AdvisoryKey, PostgresProvider};
 use tollgate::{Acquire, Error, Handle, LockProvider, Wait};
 
+holder_entry!();
+
 const CONNINFO: &str = "host=127.0.0.1 port=5432 user=postgres dbname=test";
+/// The same server as a URL, for the conformance suite's child processes, which hold through
+/// the pooled provider (`AnyProvider::from_url`): its session-level lock on a name's key
+/// excludes every mode here on the same key.
+const POOLED_URL: &str = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable";
 /// A short wait that must run out.
 const SHORT: Duration = Duration::from_millis(200);
 /// How long a wait that should end at `SHORT` may take at most.
@@ -500,6 +508,16 @@ mod owned_transaction {
         TransactionLockProvider::from_url(&url()).expect("provider")
     }
 
+    /// The shared mutex suite, classic cases and the edges of a hold's life.
+    mod suite {
+        use super::*;
+        use crate::conformance::support::Locks;
+        mutex_suite!(Locks {
+            provider: provider(),
+            url: POOLED_URL.to_owned()
+        });
+    }
+
     #[tokio::test]
     async fn two_acquires_exclude_each_other_and_release_hands_over() {
         let provider = provider();
@@ -713,6 +731,81 @@ mod owned_transaction {
 
 mod caller_connection {
     use super::*;
+
+    /// The edges of a hold's life (the shared `hold_life_suite!`) on callers' connections:
+    /// every instance from [`CallerConnections::make`] locks on a connection of its own
+    /// (two instances are two sessions), opened on its first acquire and closed once the
+    /// instance and its handles are gone. The classic mutex cases are not run here: their
+    /// 100 contenders would be 100 connections.
+    mod suite {
+        use super::*;
+        use crate::conformance::support::Subject;
+        use tokio::sync::OnceCell;
+        use tollgate::backend::postgres::transaction::ConnectionLockHandle;
+
+        /// Makes [`OnOwnConnection`] locks; a child process holds the same name through the
+        /// pooled provider (same key, `pg_advisory_lock` in the same key space).
+        pub struct CallerConnections;
+
+        impl Subject for CallerConnections {
+            type Primitive = OnOwnConnection;
+            fn make(&self, name: &str) -> OnOwnConnection {
+                OnOwnConnection {
+                    name: name.to_owned(),
+                    client: Arc::new(OnceCell::new()),
+                }
+            }
+            fn url(&self) -> String {
+                POOLED_URL.to_owned()
+            }
+            fn child_kind(&self) -> String {
+                "lock".into()
+            }
+        }
+
+        /// A lock by name through `lock_name_on_connection` on a connection of this instance
+        /// (and its clones), opened on the first acquire: its `Connection` future is spawned
+        /// on the runtime of that acquire. The handles keep the client, so the connection
+        /// closes once the instance and its handles are gone.
+        #[derive(Clone)]
+        pub struct OnOwnConnection {
+            name: String,
+            client: Arc<OnceCell<Arc<Client>>>,
+        }
+
+        impl OnOwnConnection {
+            async fn client(&self) -> tollgate::Result<Arc<Client>> {
+                let client = self
+                    .client
+                    .get_or_try_init(|| async {
+                        let (client, connection) =
+                            tokio_postgres::connect(CONNINFO, tokio_postgres::NoTls)
+                                .await
+                                .map_err(|error| {
+                                    Error::backend("test", "cannot open a caller connection", error)
+                                })?;
+                        tokio::spawn(connection);
+                        Ok::<_, Error>(Arc::new(client))
+                    })
+                    .await?;
+                Ok(client.clone())
+            }
+        }
+
+        impl Acquire for OnOwnConnection {
+            type Handle = ConnectionLockHandle;
+
+            fn name(&self) -> &str {
+                &self.name
+            }
+
+            async fn acquire_wait(&self, wait: Wait) -> tollgate::Result<Option<Self::Handle>> {
+                lock_name_on_connection(self.client().await?, &self.name, false, wait).await
+            }
+        }
+
+        hold_life_suite!(caller_driven CallerConnections);
+    }
 
     async fn connection() -> Arc<Client> {
         let client = Arc::new(connect().await);

@@ -687,7 +687,8 @@ pub async fn blocking_api_answers_inside_one_worker_runtime<S: Subject>(subject:
     expect_free_after_drop(&subject, &name, "after the blocking calls").await;
 }
 
-/// Runs every case of the mutex suite as its own test.
+/// Runs every case of the mutex suite as its own test: the classic cases here, then the
+/// edges of a hold's life ([`hold_life_suite!`]).
 #[macro_export]
 macro_rules! mutex_suite {
     ($subject:expr) => {
@@ -698,15 +699,8 @@ macro_rules! mutex_suite {
             dropped_acquire_leaves_nothing_held, contenders_never_overlap,
             release_is_final_and_stale_release_harmless, fencing_tokens_increase_across_processes,
             loss_never_fires_on_normal_release, leaked_handle_freed_when_process_exits,
-            killed_holder_frees_the_lock, waiting_process_acquires_on_release,
-            names_differing_after_nul_are_distinct, dropped_release_leaves_nothing_held,
-            handle_dropped_on_plain_thread_is_released,
-            handle_dropped_in_current_thread_runtime_running,
-            handle_dropped_in_current_thread_runtime_shut_down,
-            handle_dropped_in_current_thread_runtime_task_at_shutdown,
-            dropped_then_process_returns_from_main,
-            blocking_api_answers_inside_current_thread_runtime,
-            blocking_api_answers_inside_one_worker_runtime);
+            killed_holder_frees_the_lock, waiting_process_acquires_on_release);
+        $crate::hold_life_suite!($subject);
     };
     (@cases $subject:expr; $($case:ident),*) => {
         $(
@@ -715,5 +709,34 @@ macro_rules! mutex_suite {
                 $crate::conformance::mutex::$case($subject).await;
             }
         )*
+    };
+}
+
+/// The edges of a hold's life alone, each case as its own test (part of [`mutex_suite!`]):
+/// for subjects on which the classic cases cost too much (a connection per instance) or do
+/// not apply.
+///
+/// `hold_life_suite!(caller_driven SUBJECT)` leaves out
+/// [`blocking_api_answers_inside_current_thread_runtime`]: for locks on a connection the
+/// caller opened, whose socket belongs to the runtime that opened it. That case opens it on
+/// a current-thread runtime and then blocks that runtime's only thread, so nothing can drive
+/// the connection, which is the caller's deadlock, not tollgate's (the functions' docs say
+/// so); the one-worker case still runs.
+#[macro_export]
+macro_rules! hold_life_suite {
+    ($subject:expr) => {
+        $crate::hold_life_suite!(caller_driven $subject);
+        $crate::mutex_suite!(@cases $subject;
+            blocking_api_answers_inside_current_thread_runtime);
+    };
+    (caller_driven $subject:expr) => {
+        $crate::mutex_suite!(@cases $subject;
+            names_differing_after_nul_are_distinct, dropped_release_leaves_nothing_held,
+            handle_dropped_on_plain_thread_is_released,
+            handle_dropped_in_current_thread_runtime_running,
+            handle_dropped_in_current_thread_runtime_shut_down,
+            handle_dropped_in_current_thread_runtime_task_at_shutdown,
+            dropped_then_process_returns_from_main,
+            blocking_api_answers_inside_one_worker_runtime);
     };
 }

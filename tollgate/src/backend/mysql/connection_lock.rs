@@ -21,7 +21,11 @@ pub type SharedConnection = Arc<Mutex<mysql_async::Conn>>;
 /// [`Error::Deadlock`] (it would wait for itself), and a bounded wait waits out its timeout
 /// and answers `None`.
 ///
-/// The connection is locked for the duration of the call.
+/// The connection is locked for the duration of the call. Its socket belongs to the runtime
+/// that opened it: a call made through the [blocking API](crate::blocking) from the only
+/// thread of that runtime (a current-thread runtime) waits for a socket nothing can drive,
+/// and never returns. tollgate cannot see which runtime a caller's connection belongs to;
+/// open such connections on another runtime.
 ///
 /// # Cancel safety
 /// Cancel-safe: the call runs to completion on its own task. If the future is dropped, the

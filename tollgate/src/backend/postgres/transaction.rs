@@ -1185,6 +1185,10 @@ impl Cleanup for ConnectionCleanup {
 /// - The connection is the caller's: a wait blocks every other statement sent on it
 ///   meanwhile, and [`Handle::loss_signal`] fires only if the caller keeps driving the
 ///   connection (the `Connection` future) and it closes.
+/// - Its socket belongs to the runtime that opened it: a call made through the
+///   [blocking API](crate::blocking) from the only thread of that runtime (a current-thread
+///   runtime) waits for a connection nothing can drive, and never returns. tollgate cannot
+///   see which runtime drives a caller's connection; open such connections on another runtime.
 ///
 /// Cancel requests go out unencrypted; see the [module documentation](self#tls) and
 /// [`lock_on_connection_with_tls`].
