@@ -130,9 +130,10 @@ pub struct LockArgs {
     #[arg(long)]
     pub write: bool,
 
-    /// How long to wait for the lock: 0 (one try), or a duration such as 250ms, 5s, 2m;
+    /// How long to wait for the lock: 0 (one try), seconds (5, 0.5), or a duration such as
+    /// 250ms, 5s, 2m;
     /// without it, wait as long as it takes
-    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
+    #[arg(long, value_name = "DURATION", value_parser = tollgate::parse_duration)]
     pub timeout: Option<Duration>,
 
     /// Where the locks live: local: (this machine, per-user runtime directory) or
@@ -156,14 +157,6 @@ fn parse_max(text: &str) -> Result<u32, String> {
         ));
     }
     Ok(max)
-}
-
-fn parse_timeout(text: &str) -> Result<Duration, String> {
-    if text == "0" {
-        return Ok(Duration::ZERO);
-    }
-    humantime::parse_duration(text)
-        .map_err(|error| format!("{error} (expected 0, or a duration such as 250ms, 5s, 2m)"))
 }
 
 /// Why tollgate exits with a status of its own: printed as one `tollgate: …` line.

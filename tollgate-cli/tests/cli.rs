@@ -307,6 +307,18 @@ fn timeout_200ms_gives_up_in_time_with_75() {
 }
 
 #[test]
+fn bare_seconds_are_a_timeout_too() {
+    let backend = backend();
+    let _holder = backend.hold("seconds", &[]);
+    let started = Instant::now();
+    let output = backend.run("seconds", &["--timeout", "0.3", "--", "true"]);
+    let elapsed = started.elapsed();
+    assert_not_acquired(&output, "seconds");
+    assert!(elapsed >= Duration::from_millis(300), "waited {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(3), "waited {elapsed:?}");
+}
+
+#[test]
 fn no_waiting_notice_when_stderr_is_not_a_terminal() {
     let backend = backend();
     let _holder = backend.hold("quiet", &[]);
@@ -385,7 +397,7 @@ fn usage_errors_exit_2_without_running_the_command() {
         (&["--backend", "zz://x"], "zz"),
         (&["--backend", "local:/some/path"], "takes no path"),
         (&["--backend", "file:///tmp?bogus=1"], "bogus"),
-        (&["--timeout", "5"], "--timeout"),
+        (&["--timeout", "5 parsecs"], "--timeout"),
         (&["--timeout", "soon"], "--timeout"),
         (&["--timeout=-1s"], "--timeout"),
         (&["--max", "0"], "at least 1"),

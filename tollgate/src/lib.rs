@@ -43,6 +43,7 @@ pub use any::{
     AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
     AnyUpgradeableHandle, AnyUpgradeableReader,
 };
+pub use backend::kit::options::parse_duration;
 pub use error::{BoxError, Error, Result};
 pub use handle::{flush_releases, Handle, LossNotifier, LossSignal, UpgradeableHandle};
 pub use primitive::{

@@ -6,7 +6,9 @@
 //! - [`hold`]: the hold shell: release exactly once, on drop or by a cancel-safe `release()`.
 //! - [`completion`]: operations that finish even when their caller stops waiting.
 //! - [`notes`]: releases under way per key, so this process's next acquire waits for them.
+//! - [`options`]: URL options, with one duration grammar and unknown keys named.
 
+pub(crate) mod options;
 pub(crate) mod runtime;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]

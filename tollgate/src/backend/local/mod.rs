@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::backend::kit::options::UrlOptions;
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock,
     ReadWriteLockProvider, Result, Semaphore, SemaphoreProvider, UpgradeableHandle,
@@ -258,17 +259,11 @@ impl LocalProvider {
         let parsed = url::Url::parse(url)
             .map_err(|error| Error::invalid(format!("bad local backend URL {url:?}: {error}")))?;
         let mut builder = Self::builder();
-        for (key, value) in parsed.query_pairs() {
-            match (&*key, &*value) {
-                ("group", "true" | "1") => builder = builder.group_access(true),
-                ("group", "false" | "0") => builder = builder.group_access(false),
-                _ => {
-                    return Err(Error::invalid(format!(
-                        "unknown option {key}={value} in {url:?}"
-                    )))
-                }
-            }
+        let mut options = UrlOptions::new("local", parsed.query().unwrap_or(""))?;
+        if let Some(group) = options.flag("group")? {
+            builder = builder.group_access(group);
         }
+        options.finish(&[])?;
         match parsed.scheme() {
             "local" => {
                 if !parsed.path().is_empty() {

@@ -40,6 +40,7 @@ use tokio::sync::{oneshot, Notify};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::options::UrlOptions;
 use crate::backend::kit::runtime::on_background;
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
@@ -55,6 +56,25 @@ const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
 const LONG_WAIT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
 const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
+/// The URL options of mysql_async 0.37 that apply to a single connection, handed on to it.
+const PASSED_ON: &[&str] = &[
+    "tcp_keepalive",
+    "max_allowed_packet",
+    "wait_timeout",
+    "enable_cleartext_plugin",
+    "reset_connection",
+    "tcp_nodelay",
+    "stmt_cache_size",
+    "prefer_socket",
+    "secure_auth",
+    "client_found_rows",
+    "socket",
+    "compression",
+    "require_ssl",
+    "verify_ca",
+    "verify_identity",
+    "built_in_roots",
+];
 
 fn mysql_error(message: impl Into<String>, error: mysql_async::Error) -> Error {
     Error::backend(BACKEND, message, error)
@@ -125,39 +145,22 @@ pub struct MySqlProvider {
 
 impl MySqlProvider {
     /// A builder from a URL: `mysql://user:password@host:3306/db` (or `mariadb://`), with
-    /// mysql_async's options plus `pool_size=N` and `keepalive=SECONDS`.
+    /// `pool_size=N`, `keepalive=DURATION` (as [`crate::parse_duration`] reads it: `30`,
+    /// `250ms`, `5s`) and the options of mysql_async that apply to a connection
+    /// (`require_ssl`, `verify_ca`, `compression`, `socket`, `tcp_keepalive`, …; its pool
+    /// options do not apply: tollgate pools its own connections). Any other key is an error
+    /// that names it.
     pub fn builder(url: &str) -> Result<MySqlProviderBuilder> {
         let rest = url
             .strip_prefix("mysql://")
             .or_else(|| url.strip_prefix("mariadb://"))
-            .ok_or_else(|| {
-                Error::invalid(format!("{url:?} is not a mysql:// or mariadb:// URL"))
-            })?;
+            .ok_or_else(|| Error::invalid("a MySQL URL starts with mysql:// or mariadb://"))?;
         let mut parsed = url::Url::parse(&format!("mysql://{rest}"))
             .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
-        let mut pool_size = DEFAULT_POOL_SIZE;
-        let mut keepalive = DEFAULT_KEEPALIVE;
-        let mut kept = Vec::new();
-        for (key, value) in parsed.query_pairs() {
-            match &*key {
-                "pool_size" => {
-                    pool_size = value
-                        .parse()
-                        .map_err(|_| Error::invalid(format!("pool_size={value}: not a number")))?
-                }
-                "keepalive" => {
-                    let seconds: f64 = value
-                        .parse()
-                        .ok()
-                        .filter(|seconds: &f64| seconds.is_finite() && *seconds > 0.0)
-                        .ok_or_else(|| {
-                            Error::invalid(format!("keepalive={value}: not a number of seconds"))
-                        })?;
-                    keepalive = Duration::from_secs_f64(seconds);
-                }
-                _ => kept.push((key.into_owned(), value.into_owned())),
-            }
-        }
+        let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
+        let pool_size = options.count("pool_size")?.unwrap_or(DEFAULT_POOL_SIZE);
+        let keepalive = options.duration("keepalive")?.unwrap_or(DEFAULT_KEEPALIVE);
+        let kept = options.finish(PASSED_ON)?;
         if kept.is_empty() {
             parsed.set_query(None);
         } else {

@@ -44,6 +44,7 @@ use tokio::sync::oneshot;
 
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
+use crate::backend::kit::options::UrlOptions;
 use crate::backend::kit::runtime::spawn_release;
 use crate::{
     Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock, ReadWriteLockProvider,
@@ -57,6 +58,28 @@ const BACKEND: &str = "postgres";
 const DEFAULT_POOL_SIZE: usize = 16;
 /// How long a session that holds nothing stays open by default.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The URL options tokio-postgres reads (0.7.18's `Config::param`), handed on to it;
+/// tollgate reads `sslmode` itself.
+const PASSED_ON: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
 
 /// How connections are encrypted.
 #[derive(Clone)]
@@ -169,54 +192,35 @@ impl PostgresProvider {
     /// Besides libpq's options that tokio-postgres understands, the URL may carry
     /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
     /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`,
-    /// `keepalive=SECONDS` and `idle_timeout=SECONDS` (or `never`; see
-    /// [`PostgresProviderBuilder::idle_timeout`]).
+    /// `keepalive=DURATION` and `idle_timeout=DURATION` (or `never`; see
+    /// [`PostgresProviderBuilder::idle_timeout`]); durations as [`crate::parse_duration`]
+    /// reads them (`30`, `250ms`, `5s`). Any other key is an error that names it.
     pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
         let mut pool_size = DEFAULT_POOL_SIZE;
         let mut keepalive = None;
         let mut idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
         let mut sslmode = String::from("prefer");
-        let connection_string = if url.starts_with("postgres://")
-            || url.starts_with("postgresql://")
-        {
-            let mut parsed = url::Url::parse(url)
-                .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
-            let mut kept = Vec::new();
-            for (key, value) in parsed.query_pairs() {
-                match &*key {
-                    "pool_size" => {
-                        pool_size = value.parse().map_err(|_| {
-                            Error::invalid(format!("pool_size={value}: not a number"))
-                        })?
-                    }
-                    "keepalive" => {
-                        let seconds: u64 = value.parse().map_err(|_| {
-                            Error::invalid(format!("keepalive={value}: not a number of seconds"))
-                        })?;
-                        keepalive = Some(Duration::from_secs(seconds));
-                    }
-                    "idle_timeout" if value == "never" => idle_timeout = None,
-                    "idle_timeout" => {
-                        let seconds: u64 = value.parse().map_err(|_| {
-                            Error::invalid(format!(
-                                "idle_timeout={value}: not a number of seconds or `never`"
-                            ))
-                        })?;
-                        idle_timeout = Some(Duration::from_secs(seconds));
-                    }
-                    "sslmode" => sslmode = value.into_owned(),
-                    _ => kept.push((key.into_owned(), value.into_owned())),
+        let connection_string =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let mut parsed = url::Url::parse(url)
+                    .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
+                let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
+                pool_size = options.count("pool_size")?.unwrap_or(pool_size);
+                keepalive = options.duration("keepalive")?.or(keepalive);
+                idle_timeout = options
+                    .duration_or_never("idle_timeout")?
+                    .unwrap_or(idle_timeout);
+                sslmode = options.take("sslmode").unwrap_or(sslmode);
+                let kept = options.finish(PASSED_ON)?;
+                if kept.is_empty() {
+                    parsed.set_query(None);
+                } else {
+                    parsed.query_pairs_mut().clear().extend_pairs(kept);
                 }
-            }
-            if kept.is_empty() {
-                parsed.set_query(None);
+                parsed.to_string()
             } else {
-                parsed.query_pairs_mut().clear().extend_pairs(kept);
-            }
-            parsed.to_string()
-        } else {
-            url.to_owned()
-        };
+                url.to_owned()
+            };
         let mut config: tokio_postgres::Config = connection_string
             .parse()
             .map_err(|error| Error::invalid(format!("bad postgres connection string: {error}")))?;
@@ -239,7 +243,12 @@ impl PostgresProvider {
                 });
                 Tls::Native(postgres_native_tls::MakeTlsConnector::new(connector))
             }
-            other => return Err(Error::invalid(format!("unknown sslmode {other:?}"))),
+            other => {
+                return Err(Error::invalid(format!(
+                    "postgres URL option sslmode={other:?}: expected disable, prefer, require, \
+                     verify-ca or verify-full"
+                )))
+            }
         };
         if config.get_application_name().is_none() {
             config.application_name("tollgate");

@@ -53,6 +53,7 @@ use std::time::Duration;
 
 use redis::Script;
 
+use crate::backend::kit::options::UrlOptions;
 use crate::{
     check_max_count, Acquire, Error, Lock, LockProvider, ReadWriteLockProvider, Result,
     SemaphoreProvider, Wait,
@@ -67,6 +68,8 @@ const DEFAULT_EXPIRY: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where releases are published: this, then the primitive's (first) key.
 const CHANNEL_PREFIX: &[u8] = b"tollgate:released:";
+/// The URL options the `redis` crate reads, handed on to it.
+const PASSED_ON: &[&str] = &["protocol", "db", "user", "pass"];
 
 static LOCK_ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/lock_acquire.lua")));
@@ -243,33 +246,6 @@ impl RedisProviderBuilder {
     }
 }
 
-/// Parses `250ms`, `30s`, `2m`, `1h`, or a number of seconds.
-fn parse_duration(option: &str, value: &str) -> Result<Duration> {
-    let (number, unit) = match value.find(|c: char| c.is_ascii_alphabetic()) {
-        Some(at) => value.split_at(at),
-        None => (value, "s"),
-    };
-    let scale = match unit {
-        "ms" => 0.001,
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => f64::NAN,
-    };
-    number
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .map(|number| number * scale)
-        .filter(|seconds| seconds.is_finite() && *seconds >= 0.0 && *seconds < 1e12)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "{option}={value}: not a duration (e.g. 30s, 250ms, or seconds)"
-            ))
-        })
-}
-
 /// Creates Redis locks, reader-writer locks and semaphores by name. Cheap to clone: clones
 /// share the connections.
 #[derive(Clone)]
@@ -299,10 +275,13 @@ impl std::fmt::Debug for RedisProvider {
 impl RedisProvider {
     /// A builder from a URL (see the [module docs](self)): `redis://host:6379/0`,
     /// `rediss://host/`, or `redis://h1:6379,h2:6379,h3:6379` for RedLock, with options
-    /// `expiry`, `min_validity`, `extension_cadence`, `connect_timeout` and `prefix` in the
-    /// query string. Other query options are passed to the `redis` crate.
+    /// `expiry`, `min_validity`, `extension_cadence`, `connect_timeout` (durations as
+    /// [`crate::parse_duration`] reads them: `30`, `250ms`, `5s`) and `prefix` in the query
+    /// string, and the `redis` crate's `protocol` (and `db`, `user`, `pass` for Unix
+    /// sockets). Any other key is an error that names it.
     pub fn builder(url: &str) -> Result<RedisProviderBuilder> {
-        let bad = |why: &str| Error::invalid(format!("bad redis URL {url:?}: {why}"));
+        // The URL is not quoted back: it may carry a password.
+        let bad = |why: &str| Error::invalid(format!("bad redis URL: {why}"));
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad("expected redis://host or rediss://host"))?;
@@ -325,25 +304,31 @@ impl RedisProvider {
             None => (before_fragment, ""),
         };
         let mut builder = RedisProviderBuilder::from_clients([]);
-        let mut kept = Vec::new();
-        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
-            match &*key {
-                "expiry" => builder.expiry = parse_duration(&key, &value)?,
-                "min_validity" => builder.min_validity = Some(parse_duration(&key, &value)?),
-                "extension_cadence" => {
-                    builder.extension_cadence = Some(parse_duration(&key, &value)?)
-                }
-                "connect_timeout" => builder.connect_timeout = parse_duration(&key, &value)?,
-                "prefix" => builder.key_prefix = value.into_owned(),
-                _ => kept.push((key.into_owned(), value.into_owned())),
-            }
+        let mut options = UrlOptions::new(BACKEND, query)?;
+        if let Some(expiry) = options.duration("expiry")? {
+            builder.expiry = expiry;
         }
+        builder.min_validity = options.duration("min_validity")?;
+        builder.extension_cadence = options.duration("extension_cadence")?;
+        if let Some(timeout) = options.duration("connect_timeout")? {
+            builder.connect_timeout = timeout;
+        }
+        if let Some(prefix) = options.take("prefix") {
+            builder.key_prefix = prefix;
+        }
+        let kept = options.finish(PASSED_ON)?;
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(kept)
             .finish();
-        for host in hosts.split(',') {
+        let hosts: Vec<&str> = hosts.split(',').collect();
+        for (index, host) in hosts.iter().enumerate() {
             if host.is_empty() {
                 return Err(bad("empty host"));
+            }
+            if hosts[..index].contains(host) {
+                return Err(bad(&format!(
+                    "{host} is listed twice (RedLock needs distinct servers)"
+                )));
             }
             let mut server_url = format!("{scheme}://");
             if let Some(userinfo) = userinfo {
@@ -362,7 +347,7 @@ impl RedisProvider {
             }
             let parsed = url::Url::parse(&server_url).map_err(|error| bad(&error.to_string()))?;
             let client = redis::Client::open(parsed).map_err(|error| bad(&error.to_string()))?;
-            builder.servers.push((client, host.to_owned()));
+            builder.servers.push((client, (*host).to_owned()));
         }
         Ok(builder)
     }
