@@ -40,8 +40,8 @@ pub mod primitive;
 pub use backend::local;
 
 pub use any::{
-    AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
-    AnyUpgradeableHandle, AnyUpgradeableReader,
+    AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyProviderBuilder, AnyReadWriteLock, AnyReader,
+    AnySemaphore, AnyUpgradeableHandle, AnyUpgradeableReader,
 };
 pub use error::{BoxError, Error, Result};
 pub use handle::{flush_releases, Handle, LossNotifier, LossSignal, UpgradeableHandle};
