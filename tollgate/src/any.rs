@@ -4,6 +4,9 @@
 //! Every `Any*` type implements the same traits as the concrete ones, so code written
 //! against [`LockProvider`] and [`Acquire`] works with either. The price is one allocation
 //! per acquire for the boxed future and handle.
+//!
+//! The erasure lives here alone: [`AnyProvider`] adapts any provider of the typed traits,
+//! told at construction which of them it has, so a backend implements only the typed traits.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -348,39 +351,180 @@ impl UpgradeableReadWriteLock for AnyReadWriteLock {
     }
 }
 
-/// What a backend's provider implements to be used as an [`AnyProvider`].
-pub trait DynProvider: Send + Sync + 'static {
-    /// The backend's short name, e.g. `"local"`.
-    fn backend(&self) -> &'static str;
-    /// The lock called `name`.
-    fn lock(&self, name: &str) -> Result<AnyLock>;
-    /// The semaphore called `name` with `max_count` tickets.
-    fn semaphore(&self, name: &str, max_count: u32) -> Result<AnySemaphore>;
-    /// The reader-writer lock called `name`.
-    fn read_write_lock(&self, name: &str) -> Result<AnyReadWriteLock>;
+// One object-safe trait per capability, each implemented once for every typed provider that
+// has it: the erasure lives here, and a backend only implements the typed traits.
+
+trait ErasedLocks: Send + Sync + 'static {
+    fn erased_lock(&self, name: &str) -> Result<AnyLock>;
+}
+
+impl<P: LockProvider<Lock: 'static> + 'static> ErasedLocks for P {
+    fn erased_lock(&self, name: &str) -> Result<AnyLock> {
+        Ok(AnyLock::new(LockProvider::lock(self, name)?))
+    }
+}
+
+trait ErasedSemaphores: Send + Sync + 'static {
+    fn erased_semaphore(&self, name: &str, max_count: u32) -> Result<AnySemaphore>;
+}
+
+impl<P: SemaphoreProvider<Semaphore: 'static> + 'static> ErasedSemaphores for P {
+    fn erased_semaphore(&self, name: &str, max_count: u32) -> Result<AnySemaphore> {
+        Ok(AnySemaphore::new(SemaphoreProvider::semaphore(
+            self, name, max_count,
+        )?))
+    }
+}
+
+trait ErasedReadWriteLocks: Send + Sync + 'static {
+    fn erased_read_write_lock(&self, name: &str, backend: &'static str)
+        -> Result<AnyReadWriteLock>;
+}
+
+impl<P> ErasedReadWriteLocks for P
+where
+    P: ReadWriteLockProvider<ReadWriteLock: ReadWriteLock<Read: 'static, Write: 'static>> + 'static,
+{
+    fn erased_read_write_lock(
+        &self,
+        name: &str,
+        backend: &'static str,
+    ) -> Result<AnyReadWriteLock> {
+        let lock = ReadWriteLockProvider::read_write_lock(self, name)?;
+        Ok(AnyReadWriteLock::new(lock, backend))
+    }
+}
+
+/// A provider's reader-writer locks erased with their upgradeable side: a newtype, because the
+/// blanket impl above already covers every reader-writer lock provider.
+struct Upgradeable<P>(Arc<P>);
+
+impl<P, L> ErasedReadWriteLocks for Upgradeable<P>
+where
+    P: UpgradeableReadWriteLockProvider<UpgradeableReadWriteLock = L> + 'static,
+    L: UpgradeableReadWriteLock<Read: 'static, Write: 'static, Upgradeable: 'static>,
+{
+    fn erased_read_write_lock(
+        &self,
+        name: &str,
+        backend: &'static str,
+    ) -> Result<AnyReadWriteLock> {
+        let lock = self.0.upgradeable_read_write_lock(name)?;
+        Ok(AnyReadWriteLock::upgradeable(lock, backend))
+    }
+}
+
+/// What an [`AnyProvider`] can create: locks always, the rest where the backend has them.
+struct Capabilities {
+    backend: &'static str,
+    locks: Arc<dyn ErasedLocks>,
+    semaphores: Option<Arc<dyn ErasedSemaphores>>,
+    read_write_locks: Option<Arc<dyn ErasedReadWriteLocks>>,
+}
+
+impl Capabilities {
+    fn unsupported(&self, what: &'static str) -> Error {
+        Error::Unsupported {
+            backend: self.backend,
+            what,
+        }
+    }
 }
 
 /// A provider of any backend, chosen at run time. Cheap to clone.
+///
+/// [`from_url`](AnyProvider::from_url) picks the backend from a URL; [`new`](AnyProvider::new)
+/// and [`builder`](AnyProvider::builder) erase a typed provider built in code.
 #[derive(Clone)]
-pub struct AnyProvider(Arc<dyn DynProvider>);
+pub struct AnyProvider(Arc<Capabilities>);
 
 impl std::fmt::Debug for AnyProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("AnyProvider")
-            .field(&self.0.backend())
-            .finish()
+        f.debug_tuple("AnyProvider").field(&self.0.backend).finish()
     }
 }
 
 impl AnyProvider {
-    /// Wraps a backend's provider.
-    pub fn new(provider: impl DynProvider) -> Self {
-        AnyProvider(Arc::new(provider))
+    /// Erases a typed provider with the whole contract: locks, semaphores and upgradeable
+    /// reader-writer locks. `backend` is the short name [`backend`](AnyProvider::backend)
+    /// reports and [`Error::Unsupported`] carries. For a provider with less, use
+    /// [`builder`](AnyProvider::builder).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "local")]
+    /// # fn main() -> tollgate::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use tollgate::{AnyProvider, LockProvider};
+    ///
+    /// let local = tollgate::local::LocalProvider::with_directory(dir.path())?;
+    /// let provider = AnyProvider::new("local", local);
+    /// let lock = provider.lock("reports")?;
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "local"))]
+    /// # fn main() {}
+    /// ```
+    pub fn new<P>(backend: &'static str, provider: P) -> Self
+    where
+        P: LockProvider<Lock: 'static>
+            + SemaphoreProvider<Semaphore: 'static>
+            + UpgradeableReadWriteLockProvider<
+                UpgradeableReadWriteLock: UpgradeableReadWriteLock<
+                    Read: 'static,
+                    Write: 'static,
+                    Upgradeable: 'static,
+                >,
+            > + 'static,
+    {
+        Self::builder(backend, provider)
+            .semaphores()
+            .upgradeable_read_write_locks()
+            .build()
+    }
+
+    /// Starts erasing a typed provider that offers locks, and whatever else the builder's
+    /// methods add; what is not added fails with [`Error::Unsupported`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[cfg(feature = "local")]
+    /// # fn main() -> tollgate::Result<()> {
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// use tollgate::{AnyProvider, Error, ReadWriteLockProvider};
+    ///
+    /// let local = tollgate::local::LocalProvider::with_directory(dir.path())?;
+    /// let provider = AnyProvider::builder("local", local).semaphores().build();
+    /// assert!(matches!(
+    ///     provider.read_write_lock("reports"),
+    ///     Err(Error::Unsupported { .. })
+    /// ));
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "local"))]
+    /// # fn main() {}
+    /// ```
+    pub fn builder<P>(backend: &'static str, provider: P) -> AnyProviderBuilder<P>
+    where
+        P: LockProvider<Lock: 'static> + 'static,
+    {
+        let provider = Arc::new(provider);
+        AnyProviderBuilder {
+            capabilities: Capabilities {
+                backend,
+                locks: provider.clone(),
+                semaphores: None,
+                read_write_locks: None,
+            },
+            provider,
+        }
     }
 
     /// The backend's short name, e.g. `"local"`.
     pub fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.0.backend
     }
 
     /// A provider from a URL:
@@ -389,31 +533,46 @@ impl AnyProvider {
     /// |---|---|
     /// | `local:` | same machine, per-user runtime directory |
     /// | `file:///some/dir` | same machine, lock files in `/some/dir` |
+    /// | `postgres://user@host/db`, `postgresql://…` | PostgreSQL advisory locks |
+    /// | `mysql://user@host/db`, `mariadb://…` | MySQL / MariaDB user locks (no reader-writer locks) |
     /// | `redis://host:6379/0`, `rediss://…` | Redis; `redis://h1,h2,h3` for RedLock over several |
     ///
-    /// Options go in the query string (`file:///dir?group=true`). A scheme whose backend was
-    /// not compiled in, or any malformed URL, is an [`Error::InvalidArgument`].
+    /// Options go in the query string (`file:///dir?group=true`).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidArgument`] for a scheme whose backend was not compiled in, or any
+    /// malformed URL.
     pub fn from_url(url: &str) -> Result<Self> {
         let scheme = url
             .split_once(':')
             .map(|(scheme, _)| scheme.to_ascii_lowercase());
         match scheme.as_deref() {
             #[cfg(feature = "local")]
-            Some("local" | "file") => Ok(AnyProvider::new(crate::local::LocalProvider::from_url(
-                url,
-            )?)),
+            Some("local" | "file") => {
+                use crate::backend::local::{LocalProvider, BACKEND};
+                Ok(AnyProvider::new(BACKEND, LocalProvider::from_url(url)?))
+            }
             #[cfg(feature = "postgres")]
-            Some("postgres" | "postgresql") => Ok(AnyProvider::new(
-                crate::backend::postgres::PostgresProvider::from_url(url)?,
-            )),
+            Some("postgres" | "postgresql") => {
+                use crate::backend::postgres::{PostgresProvider, BACKEND};
+                Ok(AnyProvider::new(BACKEND, PostgresProvider::from_url(url)?))
+            }
             #[cfg(feature = "mysql")]
-            Some("mysql" | "mariadb") => Ok(AnyProvider::new(
-                crate::backend::mysql::MySqlProvider::from_url(url)?,
-            )),
+            Some("mysql" | "mariadb") => {
+                use crate::backend::mysql::{MySqlProvider, BACKEND};
+                let provider = MySqlProvider::from_url(url)?;
+                Ok(AnyProvider::builder(BACKEND, provider).semaphores().build())
+            }
             #[cfg(feature = "redis")]
-            Some("redis" | "rediss") => Ok(AnyProvider::new(
-                crate::backend::redis::RedisProvider::from_url(url)?,
-            )),
+            Some("redis" | "rediss") => {
+                use crate::backend::redis::{RedisProvider, BACKEND};
+                let provider = RedisProvider::from_url(url)?;
+                Ok(AnyProvider::builder(BACKEND, provider)
+                    .semaphores()
+                    .read_write_locks()
+                    .build())
+            }
             #[cfg(not(feature = "local"))]
             Some(scheme @ ("local" | "file")) => Err(Error::invalid(format!(
                 "{scheme}: URLs need tollgate's `local` feature, which this build lacks"
@@ -428,25 +587,93 @@ impl AnyProvider {
     }
 }
 
+/// Erases a typed provider into an [`AnyProvider`], adding what it offers beyond locks; made
+/// by [`AnyProvider::builder`].
+#[must_use = "an AnyProviderBuilder does nothing until `build`"]
+pub struct AnyProviderBuilder<P> {
+    capabilities: Capabilities,
+    provider: Arc<P>,
+}
+
+impl<P> std::fmt::Debug for AnyProviderBuilder<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnyProviderBuilder")
+            .field("backend", &self.capabilities.backend)
+            .field("semaphores", &self.capabilities.semaphores.is_some())
+            .field(
+                "read_write_locks",
+                &self.capabilities.read_write_locks.is_some(),
+            )
+            .finish()
+    }
+}
+
+impl<P: 'static> AnyProviderBuilder<P> {
+    /// Offers the provider's semaphores.
+    pub fn semaphores(mut self) -> Self
+    where
+        P: SemaphoreProvider<Semaphore: 'static>,
+    {
+        self.capabilities.semaphores = Some(self.provider.clone());
+        self
+    }
+
+    /// Offers the provider's reader-writer locks, without upgradeable reads.
+    pub fn read_write_locks(mut self) -> Self
+    where
+        P: ReadWriteLockProvider<ReadWriteLock: ReadWriteLock<Read: 'static, Write: 'static>>,
+    {
+        self.capabilities.read_write_locks = Some(self.provider.clone());
+        self
+    }
+
+    /// Offers the provider's reader-writer locks with upgradeable reads.
+    pub fn upgradeable_read_write_locks(mut self) -> Self
+    where
+        P: UpgradeableReadWriteLockProvider<
+            UpgradeableReadWriteLock: UpgradeableReadWriteLock<
+                Read: 'static,
+                Write: 'static,
+                Upgradeable: 'static,
+            >,
+        >,
+    {
+        let upgradeable = Upgradeable(self.provider.clone());
+        self.capabilities.read_write_locks = Some(Arc::new(upgradeable));
+        self
+    }
+
+    /// The erased provider.
+    pub fn build(self) -> AnyProvider {
+        AnyProvider(Arc::new(self.capabilities))
+    }
+}
+
 impl LockProvider for AnyProvider {
     type Lock = AnyLock;
     fn lock(&self, name: &str) -> Result<AnyLock> {
-        self.0.lock(name)
+        self.0.locks.erased_lock(name)
     }
 }
 
 impl SemaphoreProvider for AnyProvider {
     type Semaphore = AnySemaphore;
+    /// Fails with [`Error::Unsupported`] on backends without semaphores.
     fn semaphore(&self, name: &str, max_count: u32) -> Result<AnySemaphore> {
         crate::check_max_count(name, max_count)?;
-        self.0.semaphore(name, max_count)
+        let semaphores = self.0.semaphores.as_ref();
+        let semaphores = semaphores.ok_or_else(|| self.0.unsupported("semaphores"))?;
+        semaphores.erased_semaphore(name, max_count)
     }
 }
 
 impl ReadWriteLockProvider for AnyProvider {
     type ReadWriteLock = AnyReadWriteLock;
+    /// Fails with [`Error::Unsupported`] on backends without reader-writer locks.
     fn read_write_lock(&self, name: &str) -> Result<AnyReadWriteLock> {
-        self.0.read_write_lock(name)
+        let locks = self.0.read_write_locks.as_ref();
+        let locks = locks.ok_or_else(|| self.0.unsupported("reader-writer locks"))?;
+        locks.erased_read_write_lock(name, self.0.backend)
     }
 }
 
@@ -454,13 +681,59 @@ impl UpgradeableReadWriteLockProvider for AnyProvider {
     type UpgradeableReadWriteLock = AnyReadWriteLock;
     /// Fails with [`Error::Unsupported`] on backends without upgradeable reads.
     fn upgradeable_read_write_lock(&self, name: &str) -> Result<AnyReadWriteLock> {
-        let lock = self.0.read_write_lock(name)?;
+        let lock = self.read_write_lock(name)?;
         if !lock.is_upgradeable() {
-            return Err(Error::Unsupported {
-                backend: self.0.backend(),
-                what: "upgradeable read locks",
-            });
+            return Err(self.0.unsupported("upgradeable read locks"));
         }
         Ok(lock)
+    }
+}
+
+#[cfg(all(test, feature = "local"))]
+mod tests {
+    use super::*;
+    use crate::local::LocalProvider;
+
+    fn unsupported_what<T: std::fmt::Debug>(result: Result<T>) -> &'static str {
+        match result {
+            Err(Error::Unsupported { backend, what }) => {
+                assert_eq!(backend, "test");
+                what
+            }
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn capabilities_are_what_the_builder_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let local = || LocalProvider::with_directory(dir.path()).unwrap();
+
+        let locks_only = AnyProvider::builder("test", local()).build();
+        assert!(locks_only.lock("a").is_ok());
+        assert_eq!(unsupported_what(locks_only.semaphore("a", 2)), "semaphores");
+        let what = unsupported_what(locks_only.read_write_lock("a"));
+        assert_eq!(what, "reader-writer locks");
+        let what = unsupported_what(locks_only.upgradeable_read_write_lock("a"));
+        assert_eq!(what, "reader-writer locks");
+
+        let plain = AnyProvider::builder("test", local())
+            .semaphores()
+            .read_write_locks()
+            .build();
+        assert_eq!(plain.semaphore("a", 2).unwrap().max_count(), 2);
+        assert!(!plain.read_write_lock("a").unwrap().is_upgradeable());
+        let what = unsupported_what(plain.upgradeable_read_write_lock("a"));
+        assert_eq!(what, "upgradeable read locks");
+
+        let full = AnyProvider::new("test", local());
+        assert_eq!(full.backend(), "test");
+        assert!(full
+            .upgradeable_read_write_lock("a")
+            .unwrap()
+            .is_upgradeable());
+        assert!(full
+            .semaphore("a", 0)
+            .is_err_and(|e| e.is_invalid_argument()));
     }
 }

@@ -40,8 +40,8 @@ pub mod primitive;
 pub use backend::local;
 
 pub use any::{
-    AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyReadWriteLock, AnyReader, AnySemaphore,
-    AnyUpgradeableHandle, AnyUpgradeableReader,
+    AnyAcquire, AnyHandle, AnyLock, AnyProvider, AnyProviderBuilder, AnyReadWriteLock, AnyReader,
+    AnySemaphore, AnyUpgradeableHandle, AnyUpgradeableReader,
 };
 pub use backend::kit::options::parse_duration;
 pub use error::{BoxError, Error, Result};

@@ -48,7 +48,7 @@ use crate::{
 pub use name::file_name as lock_file_name;
 use sys::Range;
 
-const BACKEND: &str = "local";
+pub(crate) const BACKEND: &str = "local";
 /// Re-checks after an event that did not lead to an acquire (see the module docs).
 const SETTLE_RECHECKS: [Duration; 4] = [
     Duration::from_millis(1),
@@ -880,25 +880,5 @@ impl UpgradeableReadWriteLockProvider for LocalProvider {
 
     fn upgradeable_read_write_lock(&self, name: &str) -> Result<LocalReadWriteLock> {
         self.read_write_lock(name)
-    }
-}
-
-impl crate::any::DynProvider for LocalProvider {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
-        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
-    }
-    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
-        Ok(crate::AnySemaphore::new(SemaphoreProvider::semaphore(
-            self, name, max_count,
-        )?))
-    }
-    fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {
-        Ok(crate::AnyReadWriteLock::upgradeable(
-            ReadWriteLockProvider::read_write_lock(self, name)?,
-            BACKEND,
-        ))
     }
 }

@@ -49,7 +49,7 @@ use crate::{
 pub use connection_lock::{lock_on_connection, ConnectionLockHandle, SharedConnection};
 pub use name::lock_name;
 
-const BACKEND: &str = "mysql";
+pub(crate) const BACKEND: &str = "mysql";
 const DEFAULT_POOL_SIZE: usize = 16;
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
 /// `GET_LOCK` has no "forever"; a wait without timeout waits a year at a time.
@@ -1074,29 +1074,6 @@ impl SemaphoreProvider for MySqlProvider {
             prefix,
             max_count,
             pool: self.pool.clone(),
-        })
-    }
-}
-
-impl crate::any::DynProvider for MySqlProvider {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
-        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
-    }
-
-    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
-        Ok(crate::AnySemaphore::new(SemaphoreProvider::semaphore(
-            self, name, max_count,
-        )?))
-    }
-
-    fn read_write_lock(&self, _name: &str) -> Result<crate::AnyReadWriteLock> {
-        Err(Error::Unsupported {
-            backend: BACKEND,
-            what: "reader-writer locks",
         })
     }
 }

@@ -54,7 +54,7 @@ use connection::{key_args, sqlstate, Connection, Mode, Pool, Use};
 pub use key::AdvisoryKey;
 pub use semaphore::PostgresSemaphore;
 
-const BACKEND: &str = "postgres";
+pub(crate) const BACKEND: &str = "postgres";
 const DEFAULT_POOL_SIZE: usize = 16;
 /// How long a session that holds nothing stays open by default.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -1099,28 +1099,5 @@ impl UpgradeableReadWriteLockProvider for PostgresProvider {
 
     fn upgradeable_read_write_lock(&self, name: &str) -> Result<PostgresReadWriteLock> {
         self.read_write_lock(name)
-    }
-}
-
-impl crate::any::DynProvider for PostgresProvider {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
-        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
-    }
-
-    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
-        Ok(crate::AnySemaphore::new(
-            crate::SemaphoreProvider::semaphore(self, name, max_count)?,
-        ))
-    }
-
-    fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {
-        Ok(crate::AnyReadWriteLock::upgradeable(
-            ReadWriteLockProvider::read_write_lock(self, name)?,
-            BACKEND,
-        ))
     }
 }

@@ -63,7 +63,7 @@ use redlock::{Kind, Server, Shared, Target};
 pub use rwlock::{RedisReadWriteLock, RedisReader, RedisWriter};
 pub use semaphore::RedisSemaphore;
 
-const BACKEND: &str = "redis";
+pub(crate) const BACKEND: &str = "redis";
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Where releases are published: this, then the primitive's (first) key.
@@ -488,29 +488,6 @@ impl SemaphoreProvider for RedisProvider {
             max_count,
             [suffixed(&base, ":tickets"), suffixed(&base, ":max")],
             channel(&base),
-        ))
-    }
-}
-
-impl crate::any::DynProvider for RedisProvider {
-    fn backend(&self) -> &'static str {
-        BACKEND
-    }
-
-    fn lock(&self, name: &str) -> Result<crate::AnyLock> {
-        Ok(crate::AnyLock::new(LockProvider::lock(self, name)?))
-    }
-
-    fn semaphore(&self, name: &str, max_count: u32) -> Result<crate::AnySemaphore> {
-        Ok(crate::AnySemaphore::new(SemaphoreProvider::semaphore(
-            self, name, max_count,
-        )?))
-    }
-
-    fn read_write_lock(&self, name: &str) -> Result<crate::AnyReadWriteLock> {
-        Ok(crate::AnyReadWriteLock::new(
-            ReadWriteLockProvider::read_write_lock(self, name)?,
-            BACKEND,
         ))
     }
 }
