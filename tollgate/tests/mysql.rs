@@ -546,3 +546,111 @@ async fn semaphore_never_over_max_under_churn() {
         }
     }
 }
+
+/// The shared session pool's edges, on MySQL's connections.
+mod pool_edges {
+    use super::*;
+    use conformance::support::drop_acquires_at_random_moments;
+
+    fn provider_of(pool_size: usize) -> MySqlProvider {
+        MySqlProvider::builder(&url())
+            .unwrap()
+            .pool_size(pool_size)
+            .build()
+            .unwrap()
+    }
+
+    /// A connection killed by the server fires the loss signal of every hold on it, and the
+    /// pool opens a fresh connection for the next acquire.
+    #[tokio::test]
+    async fn a_killed_connection_fires_loss_on_every_hold_and_is_replaced() {
+        let provider = provider_of(1);
+        let base = unique("pool-kill");
+        let locks: Vec<_> = (0..5)
+            .map(|index| provider.lock(&format!("{base}-{index}")).unwrap())
+            .collect();
+        let mut handles = Vec::new();
+        for lock in &locks {
+            handles.push(lock.try_acquire().await.unwrap().expect("a free name"));
+        }
+        assert_eq!(
+            provider.connection_count(),
+            1,
+            "one connection holds all five"
+        );
+        let mut admin = admin().await;
+        let holder: Option<u64> = admin
+            .exec_first("SELECT IS_USED_LOCK(?)", (locks[0].lock_name(),))
+            .await
+            .unwrap();
+        admin
+            .query_drop(format!("KILL CONNECTION {}", holder.expect("held")))
+            .await
+            .unwrap();
+        for handle in &handles {
+            tokio::time::timeout(PROMPT, handle.lost())
+                .await
+                .expect("every hold on the connection fires its loss signal");
+        }
+        for handle in handles {
+            handle.release().await.unwrap();
+        }
+        for lock in &locks {
+            let handle = tokio::time::timeout(PROMPT, lock.try_acquire())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("freed with the killed connection");
+            assert!(!handle.loss_signal().is_lost());
+            handle.release().await.unwrap();
+        }
+        assert_eq!(provider.connection_count(), 1);
+    }
+
+    /// Acquires dropped at random moments (opening a connection, trying, waiting in the
+    /// server, just after the grant) leave nothing held on the server and no connection
+    /// claimed: every name is free afterwards, and the pool stays within its size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acquires_dropped_at_random_moments_leave_nothing_held() {
+        let provider = provider_of(2);
+        let base = unique("pool-drop");
+        let locks: Vec<_> = (0..4)
+            .map(|index| provider.lock(&format!("{base}-{index}")).unwrap())
+            .collect();
+        // Held elsewhere, so that acquires of it wait in the server.
+        let outsider = MySqlProvider::from_url(&url()).unwrap();
+        let blocker = outsider
+            .lock(&format!("{base}-0"))
+            .unwrap()
+            .acquire()
+            .await
+            .unwrap();
+        drop_acquires_at_random_moments(&locks, || provider.connection_count() <= 2).await;
+        blocker.release().await.unwrap();
+        tollgate::flush_releases().await;
+        let mut admin = admin().await;
+        for lock in &locks {
+            tokio::time::timeout(PROMPT, async {
+                loop {
+                    let holder: Option<Option<u64>> = admin
+                        .exec_first("SELECT IS_USED_LOCK(?)", (lock.lock_name(),))
+                        .await
+                        .unwrap();
+                    if holder.flatten().is_none() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("nothing left held on the server");
+        }
+        for lock in &locks {
+            let handle = tokio::time::timeout(PROMPT, lock.try_acquire())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(handle.is_some(), "{} is free", lock.lock_name());
+        }
+    }
+}

@@ -563,3 +563,114 @@ async fn tls_sessions_encrypt_and_verify_when_asked() {
         .unwrap_err();
     assert!(error.is_backend(), "{error}");
 }
+
+/// The shared session pool's edges, on PostgreSQL's sessions (the application name tells
+/// this test's sessions apart on the server).
+mod pool_edges {
+    use super::*;
+    use conformance::support::drop_acquires_at_random_moments;
+
+    fn named_provider(application: &str, pool_size: usize) -> PostgresProvider {
+        PostgresProvider::builder(&format!("{}&application_name={application}", url()))
+            .unwrap()
+            .pool_size(pool_size)
+            .build()
+            .unwrap()
+    }
+
+    /// Advisory locks granted to this application's sessions.
+    async fn held_on_server(admin: &tokio_postgres::Client, application: &str) -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks JOIN pg_stat_activity USING (pid) \
+                 WHERE locktype = 'advisory' AND granted AND application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get(0)
+    }
+
+    /// A session ended by the server fires the loss signal of every hold on it, and the pool
+    /// opens a fresh session for the next acquire.
+    #[tokio::test]
+    async fn a_terminated_session_fires_loss_on_every_hold_and_is_replaced() {
+        let application = unique("pool-kill");
+        let provider = named_provider(&application, 1);
+        let base = unique("pool-kill");
+        let mut handles = Vec::new();
+        for index in 0..5 {
+            let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+            handles.push(lock.try_acquire().await.unwrap().expect("a free name"));
+        }
+        assert_eq!(provider.connection_count(), 1, "one session holds all five");
+        let admin = admin().await;
+        let killed: i64 = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE application_name = $1",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(killed, 1);
+        for handle in &handles {
+            tokio::time::timeout(PROMPT, handle.lost())
+                .await
+                .expect("every hold on the session fires its loss signal");
+        }
+        for handle in handles {
+            handle.release().await.unwrap();
+        }
+        // A fresh session, and the names are free again (the server freed them).
+        for index in 0..5 {
+            let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+            let handle = tokio::time::timeout(PROMPT, lock.try_acquire())
+                .await
+                .unwrap()
+                .unwrap()
+                .expect("freed with the terminated session");
+            assert!(!handle.loss_signal().is_lost());
+            handle.release().await.unwrap();
+        }
+        assert_eq!(provider.connection_count(), 1);
+    }
+
+    /// Acquires dropped at random moments (opening a session, trying, waiting in the server,
+    /// just after the grant) leave nothing held on the server and no session claimed: every
+    /// name is free afterwards, and the pool stays within its size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acquires_dropped_at_random_moments_leave_nothing_held() {
+        let application = unique("pool-drop");
+        let provider = named_provider(&application, 2);
+        let base = unique("pool-drop");
+        let names: Vec<String> = (0..4).map(|index| format!("{base}-{index}")).collect();
+        // Held elsewhere, so that acquires of it wait in the server.
+        let outsider = PostgresProvider::from_url(&url()).unwrap();
+        let blocker = outsider.lock(&names[0]).unwrap().acquire().await.unwrap();
+        let locks: Vec<_> = names
+            .iter()
+            .map(|name| provider.lock(name).unwrap())
+            .collect();
+        drop_acquires_at_random_moments(&locks, || provider.connection_count() <= 2).await;
+        blocker.release().await.unwrap();
+        tollgate::flush_releases().await;
+        let admin = admin().await;
+        tokio::time::timeout(PROMPT, async {
+            while held_on_server(&admin, &application).await > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("nothing left held on the server");
+        // Nothing left claimed in the pool either: every name is ours to take, at once.
+        for name in &names {
+            let handle = tokio::time::timeout(PROMPT, provider.lock(name).unwrap().try_acquire())
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(handle.is_some(), "{name} is free");
+        }
+    }
+}

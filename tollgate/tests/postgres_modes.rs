@@ -723,6 +723,37 @@ mod owned_transaction {
         .await;
         assert_eq!(value(&admin, &sessions).await, "1");
     }
+
+    /// Locks held at once need a session each; once they are released, only `pool_size` idle
+    /// sessions are kept and the others are closed.
+    #[tokio::test]
+    async fn idle_sessions_beyond_the_pool_size_are_closed() {
+        let application = unique("idle-limit");
+        let provider = TransactionLockProvider::from_url(&format!(
+            "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&application_name={application}&pool_size=1"
+        ))
+        .unwrap();
+        let base = unique("owned-idle");
+        let mut handles = Vec::new();
+        for index in 0..3 {
+            let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+            handles.push(lock.acquire().await.unwrap());
+        }
+        let admin = connect().await;
+        let sessions = format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'"
+        );
+        assert_eq!(value(&admin, &sessions).await, "3");
+        assert_eq!(provider.idle_connections(), 0);
+        for handle in handles {
+            handle.release().await.unwrap();
+        }
+        assert_eq!(provider.idle_connections(), 1);
+        eventually("the sessions beyond the pool size are closed", || async {
+            value(&admin, &sessions).await == "1"
+        })
+        .await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

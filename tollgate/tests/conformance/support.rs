@@ -585,3 +585,44 @@ async fn forward(
         }
     }
 }
+
+/// Acquires of `locks` (tries and bounded waits) dropped at random moments, some of the
+/// handles kept for a while; `within_size` is checked after each round (the pool stays within
+/// its size). Ends with every handle dropped and the releases flushed.
+pub async fn drop_acquires_at_random_moments<L: Acquire>(
+    locks: &[L],
+    within_size: impl Fn() -> bool,
+) {
+    use rand::SeedableRng;
+    let mut random = rand::rngs::StdRng::seed_from_u64(11);
+    let mut kept = Vec::new();
+    for _ in 0..120 {
+        let lock = &locks[random.gen_range(0..locks.len())];
+        let patience = Duration::from_micros(random.gen_range(0..8_000));
+        let (trying, keep) = (random.gen_bool(0.5), random.gen_bool(0.2));
+        let acquire = async {
+            if trying {
+                lock.try_acquire().await
+            } else {
+                match lock.acquire_timeout(Duration::from_secs(2)).await {
+                    Ok(handle) => Ok(Some(handle)),
+                    Err(error) if error.is_timeout() => Ok(None),
+                    Err(error) => Err(error),
+                }
+            }
+        };
+        if let Ok(outcome) = tokio::time::timeout(patience, acquire).await {
+            if let Some(handle) = outcome.unwrap() {
+                if keep {
+                    kept.push(handle);
+                }
+            }
+        }
+        if kept.len() > 2 {
+            drop(kept.remove(0));
+        }
+        assert!(within_size(), "the pool stays within its size");
+    }
+    drop(kept);
+    tollgate::flush_releases().await;
+}

@@ -7,6 +7,7 @@
 //! - [`completion`]: operations that finish even when their caller stops waiting.
 //! - [`notes`]: releases under way per key, so this process's next acquire waits for them.
 //! - [`options`]: URL options, with one duration grammar and unknown keys named.
+//! - [`pool`]: the multiplexed session pool of the SQL backends.
 
 pub(crate) mod options;
 pub(crate) mod runtime;
@@ -17,11 +18,7 @@ pub(crate) mod completion;
 pub(crate) mod hold;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod notes;
-
-/// How long a keepalive ping sent every `interval` may go unanswered before its connection
-/// counts as dead: twice the interval, at least a second. A network that silently drops
-/// everything would otherwise leave the ping waiting for as long as TCP retransmits.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn ping_limit(interval: std::time::Duration) -> std::time::Duration {
-    (interval * 2).max(std::time::Duration::from_secs(1))
-}
+// Each backend uses its own part of the pool (a scan marker, which sessions are pinged).
+#[cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
+pub(crate) mod pool;

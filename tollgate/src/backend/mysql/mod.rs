@@ -26,26 +26,25 @@
 //! - **Reader-writer locks are not offered**: `GET_LOCK` has no shared mode, and building one
 //!   from exclusive locks needs a check-then-write step that a crash can leave half done.
 
+mod connection;
 mod connection_lock;
 mod name;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use mysql_async::prelude::Queryable;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
-use crate::backend::kit::notes::{Note, ReleaseNotes};
+use crate::backend::kit::notes::Note;
 use crate::backend::kit::options::UrlOptions;
-use crate::backend::kit::runtime::on_background;
 use crate::{
-    check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result,
-    Semaphore, SemaphoreProvider, Wait,
+    check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossSignal, Result, Semaphore,
+    SemaphoreProvider, Wait,
 };
+use connection::{Got, Held, Pool, Reservation, Use};
 pub use connection_lock::{lock_on_connection, ConnectionLockHandle, SharedConnection};
 pub use name::lock_name;
 
@@ -121,14 +120,7 @@ impl MySqlProviderBuilder {
                 "mysql keepalive interval must be above zero",
             ));
         }
-        let pool = Pool {
-            opts: self.opts,
-            max_connections: self.pool_size,
-            keepalive: self.keepalive,
-            state: Mutex::default(),
-            changed: Notify::new(),
-            release_notes: Arc::default(),
-        };
+        let pool = connection::new_pool(self.opts, self.pool_size, self.keepalive);
         Ok(MySqlProvider {
             pool: Arc::new(pool),
             exact_names: self.exact_names,
@@ -183,8 +175,7 @@ impl MySqlProvider {
 
     /// How many connections the provider has open.
     pub fn connection_count(&self) -> usize {
-        let state = self.pool.lock();
-        state.connections.len() + state.opening
+        self.pool.session_count()
     }
 
     fn mapped(&self, name: &str) -> Result<String> {
@@ -192,440 +183,6 @@ impl MySqlProvider {
             name::exact_name(name)
         } else {
             Ok(lock_name(name))
-        }
-    }
-}
-
-/// One server connection, used by one operation at a time.
-struct Connection {
-    id: u32,
-    conn: tokio::sync::Mutex<mysql_async::Conn>,
-    state: Mutex<ConnectionState>,
-    broken: AtomicBool,
-    /// Whether tollgate's own runtime drives this connection's I/O (see [`on_background`]).
-    background: bool,
-}
-
-#[derive(Default)]
-struct ConnectionState {
-    /// Lock names claimed here: held, being tried, or being released (until `RELEASE_LOCK`
-    /// has run), with the loss notifier of each hold. Also semaphore scan markers.
-    holds: HashMap<String, Option<Arc<LossNotifier>>>,
-    /// Taken by one server-side wait, which alone may claim or forget names here.
-    dedicated: bool,
-}
-
-/// What `GET_LOCK` did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Got {
-    Taken,
-    TimedOut,
-    /// This connection holds the name already: refused, not nested.
-    HeldHere,
-}
-
-impl Connection {
-    fn lock(&self) -> MutexGuard<'_, ConnectionState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::SeqCst)
-    }
-
-    fn mark_broken(&self) {
-        self.broken.store(true, Ordering::SeqCst);
-        for notifier in self.lock().holds.values().flatten() {
-            notifier.notify_lost();
-        }
-    }
-
-    /// Claims `names` for one operation, atomically: only if none of them is claimed here
-    /// already and nobody has the connection to themselves (and, for a dedicated use, if
-    /// nothing at all is claimed here).
-    fn claim(&self, names: &[String], usage: Use) -> bool {
-        let mut state = self.lock();
-        let free = !state.dedicated
-            && (usage != Use::Dedicated || state.holds.is_empty())
-            && names.iter().all(|name| !state.holds.contains_key(name));
-        if free {
-            for name in names {
-                state.holds.insert(name.clone(), None);
-            }
-            state.dedicated = usage == Use::Dedicated;
-        }
-        free
-    }
-
-    /// Gives up claims: only once the server does not hold the names here (any more).
-    fn forget(&self, names: &[String]) {
-        let mut state = self.lock();
-        for name in names {
-            state.holds.remove(name);
-        }
-    }
-
-    /// Ends a dedicated use; the name waited for stays claimed if it was taken.
-    fn end_dedicated(&self, forget: Option<&str>) {
-        let mut state = self.lock();
-        if let Some(name) = forget {
-            state.holds.remove(name);
-        }
-        state.dedicated = false;
-    }
-
-    fn record_hold(&self, name: &str) -> LossSignal {
-        let (notifier, signal) = LossSignal::detectable();
-        if self.is_broken() {
-            notifier.notify_lost();
-        }
-        self.lock()
-            .holds
-            .insert(name.to_owned(), Some(Arc::new(notifier)));
-        signal
-    }
-
-    /// `GET_LOCK(name, seconds)`, unless this connection holds `name` already (which the
-    /// same statement checks, so that re-entrancy can never hand out a second hold).
-    /// The caller has claimed `name` here.
-    async fn get_lock(&self, name: &str, seconds: f64) -> Result<Got> {
-        let mut conn = self.conn.lock().await;
-        let result: std::result::Result<Option<Option<i64>>, _> = conn
-            .exec_first(
-                "SELECT IF(IS_USED_LOCK(?) <=> CONNECTION_ID(), -1, GET_LOCK(?, ?))",
-                (name, name, seconds),
-            )
-            .await;
-        match result {
-            Ok(Some(Some(1))) => Ok(Got::Taken),
-            Ok(Some(Some(-1))) => {
-                // With exact names, another spelling of a name claimed here (MySQL compares
-                // names case-insensitively); otherwise a claim went missing.
-                tracing::debug!(
-                    lock_name = name,
-                    connection = self.id,
-                    "GET_LOCK refused: this connection holds the lock already"
-                );
-                Ok(Got::HeldHere)
-            }
-            Ok(Some(Some(_))) => Ok(Got::TimedOut),
-            Ok(_) => Err(Error::backend(
-                BACKEND,
-                format!("GET_LOCK({name:?}) failed"),
-                std::io::Error::other("NULL"),
-            )),
-            Err(mysql_async::Error::Server(error)) if error.code == 3058 || error.code == 1213 => {
-                Err(Error::Deadlock {
-                    name: name.to_owned(),
-                })
-            }
-            Err(error) => {
-                if matches!(
-                    error,
-                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
-                ) {
-                    self.mark_broken();
-                }
-                Err(mysql_error(format!("GET_LOCK({name:?}) failed"), error))
-            }
-        }
-    }
-
-    /// Takes the first of `names` that is free, in one statement: its index, or `None` when
-    /// all are busy. A name held anywhere, this connection included, is skipped, so
-    /// re-entrancy cannot nest a hold. The caller has claimed `names` here.
-    async fn take_first_free(&self, names: &[String]) -> Result<Option<usize>> {
-        let mut sql = String::from("SELECT CASE");
-        let mut params = Vec::with_capacity(names.len() * 2);
-        for (index, name) in names.iter().enumerate() {
-            // AND stops at the first false operand: GET_LOCK runs only on a free name.
-            sql.push_str(&format!(
-                " WHEN IS_USED_LOCK(?) IS NULL AND GET_LOCK(?, 0) = 1 THEN {index}"
-            ));
-            params.push(mysql_async::Value::from(name.as_str()));
-            params.push(mysql_async::Value::from(name.as_str()));
-        }
-        sql.push_str(" END");
-        let mut conn = self.conn.lock().await;
-        let result: std::result::Result<Option<Option<u64>>, _> =
-            conn.exec_first(sql, params).await;
-        match result {
-            Ok(Some(Some(index))) => usize::try_from(index)
-                .ok()
-                .filter(|index| *index < names.len())
-                .map(Some)
-                .ok_or_else(|| {
-                    Error::backend(
-                        BACKEND,
-                        "a semaphore scan returned no ticket it asked for",
-                        std::io::Error::other(format!("index {index}")),
-                    )
-                }),
-            Ok(_) => Ok(None),
-            Err(error) => {
-                if matches!(
-                    error,
-                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
-                ) {
-                    self.mark_broken();
-                }
-                Err(mysql_error("a semaphore scan failed", error))
-            }
-        }
-    }
-
-    /// `RELEASE_LOCK(name)`; a connection that is gone has released everything already.
-    async fn release_lock(&self, name: &str) -> Result<()> {
-        if self.is_broken() {
-            return Ok(());
-        }
-        let mut conn = self.conn.lock().await;
-        let result: std::result::Result<Option<Option<i64>>, _> =
-            conn.exec_first("SELECT RELEASE_LOCK(?)", (name,)).await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(_) if self.is_broken() => Ok(()),
-            Err(error) => {
-                if matches!(
-                    error,
-                    mysql_async::Error::Io(_) | mysql_async::Error::Driver(_)
-                ) {
-                    self.mark_broken();
-                    return Ok(());
-                }
-                Err(mysql_error(format!("RELEASE_LOCK({name:?}) failed"), error))
-            }
-        }
-    }
-}
-
-/// Connections and their multiplexing (see the module docs).
-struct Pool {
-    opts: mysql_async::Opts,
-    max_connections: usize,
-    keepalive: Duration,
-    state: Mutex<PoolState>,
-    changed: Notify,
-    /// Names whose release after a drop is still on its way to the server, so that this
-    /// process's next acquire of the same name waits for it instead of finding it busy.
-    release_notes: Arc<ReleaseNotes<String>>,
-}
-
-impl std::fmt::Debug for Pool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool")
-            .field("max_connections", &self.max_connections)
-            .finish()
-    }
-}
-
-#[derive(Default)]
-struct PoolState {
-    connections: Vec<Arc<Connection>>,
-    opening: usize,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Use {
-    /// Beside other holds, for a lock name: if every connection the pool may have claims the
-    /// name already, this process holds or tries it, and the name is busy.
-    Shared,
-    /// Beside other holds, for a semaphore's scan marker: a connection that claims it is
-    /// scanning, and the next scan waits for it rather than find the semaphore busy.
-    Scan,
-    /// Alone, for one server-side wait.
-    Dedicated,
-}
-
-impl Pool {
-    fn lock(&self) -> MutexGuard<'_, PoolState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Waits until no release of `names` after a drop is under way in this process.
-    async fn wait_for_releases(&self, names: &[String]) {
-        self.release_notes.wait(names).await;
-    }
-
-    /// A connection with `names` reserved on it; `None` (shared use only) when every
-    /// connection the pool may have already holds one of the names in this process.
-    async fn connection_for(
-        self: &Arc<Self>,
-        names: &[String],
-        usage: Use,
-    ) -> Result<Option<Arc<Connection>>> {
-        loop {
-            let changed = self.changed.notified();
-            tokio::pin!(changed);
-            changed.as_mut().enable();
-            let open_new = {
-                let mut state = self.lock();
-                state
-                    .connections
-                    .retain(|connection| !connection.is_broken());
-                // The busiest connection that can take the names; the claim re-checks, as a
-                // semaphore scan claims its tickets outside the pool lock. Work on tollgate's
-                // runtime uses only connections it drives: the others are served only while
-                // their caller's runtime runs.
-                let background = on_background();
-                let mut candidates: Vec<(usize, &Arc<Connection>)> = state
-                    .connections
-                    .iter()
-                    .filter_map(|connection| {
-                        let inner = connection.lock();
-                        let fit = (connection.background || !background)
-                            && !inner.dedicated
-                            && names.iter().all(|name| !inner.holds.contains_key(name))
-                            && (usage != Use::Dedicated || inner.holds.is_empty());
-                        fit.then_some((inner.holds.len(), connection))
-                    })
-                    .collect();
-                candidates.sort_by_key(|(holds, _)| std::cmp::Reverse(*holds));
-                if let Some(connection) = candidates
-                    .into_iter()
-                    .map(|(_, connection)| connection)
-                    .find(|connection| connection.claim(names, usage))
-                {
-                    return Ok(Some(connection.clone()));
-                }
-                if state.connections.len() + state.opening < self.max_connections {
-                    state.opening += 1;
-                    true
-                } else if usage == Use::Shared
-                    && state.connections.iter().any(|connection| {
-                        let inner = connection.lock();
-                        names.iter().any(|name| inner.holds.contains_key(name))
-                    })
-                {
-                    return Ok(None);
-                } else {
-                    false
-                }
-            };
-            if !open_new {
-                changed.await;
-                continue;
-            }
-            // Counted as opening until done, even if this future is dropped meanwhile.
-            struct Opening<'a> {
-                pool: &'a Pool,
-                done: bool,
-            }
-            impl Drop for Opening<'_> {
-                fn drop(&mut self) {
-                    if !self.done {
-                        self.pool.lock().opening -= 1;
-                        self.pool.changed.notify_waiters();
-                    }
-                }
-            }
-            let mut opening = Opening {
-                pool: self,
-                done: false,
-            };
-            let opened = self.open().await;
-            let mut state = self.lock();
-            state.opening -= 1;
-            opening.done = true;
-            let connection = match opened {
-                Ok(connection) => connection,
-                Err(error) => {
-                    drop(state);
-                    self.changed.notify_waiters();
-                    return Err(error);
-                }
-            };
-            // Nobody else knows the new connection yet: the claim cannot fail.
-            let claimed = connection.claim(names, usage);
-            debug_assert!(claimed);
-            state.connections.push(connection.clone());
-            return Ok(Some(connection));
-        }
-    }
-
-    async fn open(self: &Arc<Self>) -> Result<Arc<Connection>> {
-        let conn = mysql_async::Conn::new(self.opts.clone())
-            .await
-            .map_err(|error| mysql_error("cannot connect", error))?;
-        let connection = Arc::new(Connection {
-            id: conn.id(),
-            conn: tokio::sync::Mutex::new(conn),
-            state: Mutex::default(),
-            broken: AtomicBool::new(false),
-            background: on_background(),
-        });
-        let watched = Arc::downgrade(&connection);
-        let pool = Arc::downgrade(self);
-        let interval = self.keepalive;
-        // The connection's I/O is served by the runtime it was opened on, which also runs
-        // this task: when that runtime shuts down, it drops the task, and the connection
-        // counts as gone (its server session still ends only when the last user lets go).
-        let runtime_ended = RuntimeEnded(Arc::downgrade(&connection));
-        tokio::spawn(async move {
-            let _runtime_ended = runtime_ended;
-            let mut ticks = tokio::time::interval(interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                let Some(connection) = watched.upgrade() else {
-                    return;
-                };
-                if connection.is_broken() {
-                    return;
-                }
-                let idle = {
-                    let state = connection.lock();
-                    state.dedicated || state.holds.is_empty()
-                };
-                if idle {
-                    continue;
-                }
-                let limit = crate::backend::kit::ping_limit(interval);
-                let ping = async { connection.conn.lock().await.ping().await.is_ok() };
-                let alive = tokio::time::timeout(limit, ping).await.unwrap_or_else(|_| {
-                    tracing::warn!(?limit, "mysql keepalive got no answer");
-                    false
-                });
-                if !alive {
-                    connection.mark_broken();
-                    if let Some(pool) = pool.upgrade() {
-                        pool.changed.notify_waiters();
-                    }
-                    return;
-                }
-            }
-        });
-        Ok(connection)
-    }
-
-    /// Ends a dedicated connection's wait the hard way: `KILL` it from another connection.
-    async fn kill(&self, connection: &Connection) {
-        connection.mark_broken();
-        match mysql_async::Conn::new(self.opts.clone()).await {
-            Ok(mut killer) => {
-                if let Err(error) = killer.query_drop(format!("KILL {}", connection.id)).await {
-                    tracing::debug!(%error, "KILL of a waiting connection failed");
-                }
-                let _ = killer.disconnect().await;
-            }
-            Err(error) => tracing::warn!(%error, "cannot connect to KILL a waiting connection"),
-        }
-        self.changed.notify_waiters();
-    }
-}
-
-/// Marks a connection broken when the task that holds it is dropped by its runtime's
-/// shutdown (or ends).
-struct RuntimeEnded(std::sync::Weak<Connection>);
-
-impl Drop for RuntimeEnded {
-    fn drop(&mut self) {
-        if let Some(connection) = self.0.upgrade() {
-            connection.mark_broken();
         }
     }
 }
@@ -645,7 +202,7 @@ struct Hold {
     lock_name: String,
     /// What a release is noted under: the lock name, or the semaphore's prefix.
     release_note: String,
-    connection: Arc<Connection>,
+    held: Held,
     pool: Arc<Pool>,
 }
 
@@ -659,20 +216,22 @@ impl std::fmt::Debug for MySqlHandle {
 }
 
 impl MySqlHandle {
+    /// The handle of `lock_name`, granted on the reservation's connection (which claims
+    /// that name alone).
     fn new(
         name: Arc<str>,
         lock_name: String,
         release_note: String,
-        connection: Arc<Connection>,
-        pool: Arc<Pool>,
+        reservation: Reservation,
     ) -> Self {
-        let loss = connection.record_hold(&lock_name);
+        let pool = reservation.pool().clone();
+        let (held, loss) = reservation.into_held(&lock_name, Use::Shared);
         MySqlHandle {
             hold: Shell::new(Hold {
                 name: name.clone(),
                 lock_name,
                 release_note,
-                connection,
+                held,
                 pool,
             }),
             name,
@@ -683,11 +242,10 @@ impl MySqlHandle {
 
 /// `RELEASE_LOCK`, then the claim goes: never before the server has released, so that the
 /// connection cannot take the name again for someone else by re-entrancy meanwhile. If the
-/// server refused the release, the name stays claimed for good.
-async fn release(connection: &Connection, pool: &Pool, lock_name: &str) -> Result<()> {
-    connection.release_lock(lock_name).await?;
-    connection.forget(&[lock_name.to_owned()]);
-    pool.changed.notify_waiters();
+/// server refused the release, the connection is in doubt and retired (dropping `held`).
+async fn release(held: Held, lock_name: &str) -> Result<()> {
+    held.session().release_lock(lock_name).await?;
+    held.released();
     Ok(())
 }
 
@@ -699,13 +257,11 @@ impl Release for Hold {
     }
 
     fn note(&self) -> Note<String> {
-        self.pool
-            .release_notes
-            .note(vec![self.release_note.clone()])
+        self.pool.note(vec![self.release_note.clone()])
     }
 
     async fn release(self) -> Result<()> {
-        release(&self.connection, &self.pool, &self.lock_name).await
+        release(self.held, &self.lock_name).await
     }
 }
 
@@ -754,27 +310,22 @@ impl MySqlLock {
 
     /// One `GET_LOCK(name, 0)` on a shared connection.
     async fn try_once(&self) -> Result<Option<MySqlHandle>> {
-        let names = [self.lock_name.clone()];
-        let Some(connection) = self.pool.connection_for(&names, Use::Shared).await? else {
+        let names = vec![self.lock_name.clone()];
+        let Some(reservation) = self.pool.reserve(names, Use::Shared).await? else {
             return Ok(None);
         };
-        let (pool, lock_name, name) =
-            (self.pool.clone(), self.lock_name.clone(), self.name.clone());
+        let (lock_name, name) = (self.lock_name.clone(), self.name.clone());
         run_to_completion(
             async move {
-                match connection.get_lock(&lock_name, 0.0).await {
+                match reservation.session().get_lock(&lock_name, 0.0).await {
                     Ok(Got::Taken) => Ok(Some(MySqlHandle::new(
                         name,
                         lock_name.clone(),
                         lock_name,
-                        connection,
-                        pool,
+                        reservation,
                     ))),
-                    other => {
-                        connection.forget(&[lock_name]);
-                        pool.changed.notify_waiters();
-                        other.map(|_| None)
-                    }
+                    // Not taken: the reservation goes.
+                    other => other.map(|_| None),
                 }
             },
             give_back,
@@ -806,20 +357,20 @@ async fn wait_dedicated(
     release_note: &str,
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Option<MySqlHandle>> {
-    let names = [lock_name.to_owned()];
-    let dedicated = pool.connection_for(&names, Use::Dedicated);
-    let connection = match deadline {
+    let names = vec![lock_name.to_owned()];
+    let dedicated = pool.reserve(names, Use::Dedicated);
+    let reservation = match deadline {
         None => dedicated.await?,
         Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
-            Ok(connection) => connection?,
+            Ok(reservation) => reservation?,
             Err(_) => return Ok(None),
         },
     };
-    let Some(connection) = connection else {
+    let Some(reservation) = reservation else {
         return Ok(None);
     };
     let (sender, receiver) = oneshot::channel::<Result<Option<MySqlHandle>>>();
-    let (pool, lock_name, name) = (pool.clone(), lock_name.to_owned(), name.clone());
+    let (lock_name, name) = (lock_name.to_owned(), name.clone());
     let release_note = release_note.to_owned();
     tokio::spawn(async move {
         let mut sender = sender;
@@ -831,10 +382,10 @@ async fn wait_dedicated(
                     .as_secs_f64(),
             };
             let waited = tokio::select! {
-                result = connection.get_lock(&lock_name, seconds) => result,
+                result = reservation.session().get_lock(&lock_name, seconds) => result,
                 () = sender.closed() => {
                     // Nobody waits any more: end the wait, and whatever it got, for good.
-                    pool.kill(&connection).await;
+                    connection::kill(&reservation).await;
                     return;
                 }
             };
@@ -844,33 +395,27 @@ async fn wait_dedicated(
             }
         };
         let message = match outcome {
-            Ok(Got::Taken) => {
-                // Now shared, with the name claimed for the handle.
-                connection.end_dedicated(None);
-                Ok(Some(MySqlHandle::new(
-                    name,
-                    lock_name,
-                    release_note,
-                    connection,
-                    pool.clone(),
-                )))
-            }
+            // Now shared, with the name claimed for the handle.
+            Ok(Got::Taken) => Ok(Some(MySqlHandle::new(
+                name,
+                lock_name,
+                release_note,
+                reservation,
+            ))),
             Ok(Got::HeldHere) => {
-                // The connection had nothing claimed, yet holds the name: keep it claimed so
-                // that nobody takes it here again, and say so.
-                connection.end_dedicated(None);
+                // The connection had nothing claimed, yet holds the name: it is in doubt,
+                // and closes (freeing the name) once retired.
+                reservation.retire();
+                drop(reservation);
                 Err(Error::backend(
                     BACKEND,
                     format!("GET_LOCK({lock_name:?}) on a connection that holds it already"),
                     std::io::Error::other("unexpected re-entrant hold"),
                 ))
             }
-            other => {
-                connection.end_dedicated(Some(&lock_name));
-                other.map(|_| None)
-            }
+            // Not taken: the reservation goes.
+            other => other.map(|_| None),
         };
-        pool.changed.notify_waiters();
         if let Err(Ok(Some(handle))) = sender.send(message) {
             let _ = handle.release().await;
         }
@@ -938,11 +483,7 @@ impl MySqlSemaphore {
         /// Tickets tried per statement.
         const SCAN_BATCH: u32 = 64;
         let marker = format!("{}scan", self.prefix);
-        let Some(connection) = self
-            .pool
-            .connection_for(std::slice::from_ref(&marker), Use::Scan)
-            .await?
-        else {
+        let Some(mut reservation) = self.pool.reserve(vec![marker], Use::Scan).await? else {
             return Ok(None);
         };
         let semaphore = self.clone();
@@ -954,38 +495,36 @@ impl MySqlSemaphore {
                     let end = start.saturating_add(SCAN_BATCH).min(semaphore.max_count);
                     let mut claimed: Vec<String> = (start..end)
                         .map(|index| semaphore.ticket(index))
-                        .filter(|ticket| {
-                            connection.claim(std::slice::from_ref(ticket), Use::Shared)
-                        })
+                        .filter(|ticket| reservation.claim(ticket.clone()))
                         .collect();
                     start = end;
                     if claimed.is_empty() {
                         continue;
                     }
+                    let connection = reservation.session().clone();
                     match connection.take_first_free(&claimed).await {
                         Ok(Some(index)) => {
                             let ticket = claimed.swap_remove(index);
-                            connection.forget(&claimed);
-                            // Recorded (still claimed) before the marker goes.
+                            reservation.unclaim(&claimed);
+                            // Held (still claimed) before the marker's claim goes.
                             outcome = Ok(Some(MySqlHandle::new(
                                 semaphore.name.clone(),
-                                ticket,
+                                ticket.clone(),
                                 semaphore.prefix.clone(),
-                                connection.clone(),
-                                semaphore.pool.clone(),
+                                reservation.split_off(&[ticket]),
                             )));
                             break;
                         }
-                        Ok(None) => connection.forget(&claimed),
+                        Ok(None) => reservation.unclaim(&claimed),
                         Err(error) => {
-                            connection.forget(&claimed);
+                            reservation.unclaim(&claimed);
                             outcome = Err(error);
                             break;
                         }
                     }
                 }
-                connection.forget(&[marker]);
-                semaphore.pool.changed.notify_waiters();
+                // The marker's claim goes with the reservation.
+                drop(reservation);
                 outcome
             },
             give_back,

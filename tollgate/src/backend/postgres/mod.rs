@@ -50,7 +50,7 @@ use crate::{
     Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock, ReadWriteLockProvider,
     Result, UpgradeableHandle, UpgradeableReadWriteLock, UpgradeableReadWriteLockProvider, Wait,
 };
-use connection::{key_args, sqlstate, Connection, Mode, Pool, Use};
+use connection::{key_args, sqlstate, Connection, Held, Mode, Pool, Reservation, Use};
 pub use key::AdvisoryKey;
 pub use semaphore::PostgresSemaphore;
 
@@ -154,7 +154,7 @@ impl PostgresProviderBuilder {
         if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
             return Err(Error::invalid("postgres idle timeout must be above zero"));
         }
-        let pool = Pool::new(
+        let pool = connection::new_pool(
             self.config,
             self.tls,
             self.pool_size,
@@ -180,7 +180,7 @@ pub struct PostgresProvider {
 impl std::fmt::Debug for PostgresProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresProvider")
-            .field("connections", &self.pool.connection_count())
+            .field("connections", &self.pool.session_count())
             .finish()
     }
 }
@@ -270,7 +270,7 @@ impl PostgresProvider {
 
     /// How many sessions the provider has open.
     pub fn connection_count(&self) -> usize {
-        self.pool.connection_count()
+        self.pool.session_count()
     }
 
     /// The lock on an explicit key rather than a name (its name is the key in hex).
@@ -355,33 +355,33 @@ fn try_all_sql(steps: &[Step]) -> String {
 }
 
 /// Undoes a try whose future was dropped while the query was in flight: the server may have
-/// granted the lock, and nobody would know.
+/// granted the lock, and nobody would know. The keys stay claimed until that is undone.
 struct TryGuard<'a> {
-    named: Arc<Named>,
-    connection: Arc<Connection>,
+    reservation: Option<Reservation>,
     steps: &'a [Step],
-    armed: bool,
+}
+
+impl TryGuard<'_> {
+    /// The try's statement has ended: the reservation is the caller's again.
+    fn finished(mut self) -> Reservation {
+        self.reservation.take().expect("a try finishes once")
+    }
 }
 
 impl Drop for TryGuard<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(reservation) = self.reservation.take() else {
             return;
-        }
-        let (named, connection, steps) = (
-            self.named.clone(),
-            self.connection.clone(),
-            self.steps.to_vec(),
-        );
-        let note = named.pool.note(Named::keys(&steps));
+        };
+        let steps = self.steps.to_vec();
+        let note = reservation.pool().note(Named::keys(&steps));
         spawn_release(async move {
             let _note = note;
             // Queries run in order on a session, so this runs after the interrupted try.
             for &(key, mode) in steps.iter().rev() {
-                let _ = connection.unlock_if_held(key, mode).await;
+                let _ = reservation.session().unlock_if_held(key, mode).await;
             }
-            connection.forget(&Named::keys(&steps));
-            named.pool.notify_change();
+            drop(reservation);
         });
     }
 }
@@ -405,16 +405,15 @@ impl Named {
         self.pool.wait_for_releases(&keys).await;
         if !keep_dedicated {
             // The fast path: one try on a shared session.
-            let Some(connection) = self.pool.connection_for(&keys, Use::Shared).await? else {
+            let Some(reservation) = self.pool.reserve(keys, Use::Shared).await? else {
                 return self
                     .acquire_dedicated(steps, wait, deadline, keep_dedicated)
                     .await;
             };
-            let mut interrupted = TryGuard {
-                named: self.clone(),
-                connection: connection.clone(),
+            let connection = reservation.session().clone();
+            let trying = TryGuard {
+                reservation: Some(reservation),
                 steps: &steps,
-                armed: true,
             };
             let outcome = match steps.as_slice() {
                 &[(key, mode)] => connection.try_lock(key, mode).await,
@@ -423,18 +422,14 @@ impl Named {
                     .await
                     .map(|value| value.as_deref() == Some("t")),
             };
-            interrupted.armed = false;
-            drop(interrupted);
+            let reservation = trying.finished();
             match outcome {
                 Ok(true) => {
-                    return Ok(Some(self.hold(connection, steps)));
+                    return Ok(Some(self.hold(reservation, Use::Shared, steps)));
                 }
-                Ok(false) => {
-                    connection.forget(&keys);
-                    self.pool.notify_change();
-                }
+                // Not granted: the reservation goes.
+                Ok(false) => {}
                 Err(error) => {
-                    connection.forget(&keys);
                     return Err(Error::backend(
                         BACKEND,
                         format!("cannot try-lock {:?}", self.name),
@@ -462,15 +457,15 @@ impl Named {
             return Ok(None);
         }
         let keys = Self::keys(&steps);
-        let dedicated = self.pool.connection_for(&keys, Use::Dedicated);
-        let connection = match deadline {
+        let dedicated = self.pool.reserve(keys.clone(), Use::Dedicated);
+        let reservation = match deadline {
             None => dedicated.await?,
             Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
-                Ok(connection) => connection?,
+                Ok(reservation) => reservation?,
                 Err(_) => return Ok(None),
             },
         };
-        let Some(connection) = connection else {
+        let Some(reservation) = reservation else {
             return Err(Error::backend(
                 BACKEND,
                 "no session for a wait",
@@ -479,7 +474,6 @@ impl Named {
         };
         let (mut sender, receiver) = oneshot::channel();
         let named = self.clone();
-        let waiting = connection.clone();
         let phase = Arc::new(std::sync::Mutex::new(WaitPhase::Running));
         let mut abandoned = Abandon {
             phase: phase.clone(),
@@ -495,7 +489,7 @@ impl Named {
             };
             let mut cancelled = false;
             let outcome = wait_in_server(
-                &waiting,
+                reservation.session(),
                 &named.name,
                 &steps,
                 deadline,
@@ -504,23 +498,24 @@ impl Named {
             )
             .await;
             if cancelled {
-                named.pool.retire(&waiting);
+                reservation.retire();
             }
             match outcome {
                 Ok(true) => {
-                    let hold = named.hold(waiting.clone(), steps.clone());
-                    if !keep_dedicated {
-                        waiting.undedicate();
-                        named.pool.notify_change();
-                    }
+                    let usage = if keep_dedicated {
+                        Use::Dedicated
+                    } else {
+                        Use::Shared
+                    };
+                    let hold = named.hold(reservation, usage, steps);
                     if let Err(Ok(Some(hold))) = sender.send(Ok(Some(hold))) {
                         // Nobody wants it any more: give it back.
                         let _ = hold.release().await;
                     }
                 }
                 other => {
-                    waiting.forget(&Self::keys(&steps));
-                    named.pool.notify_change();
+                    // Nothing stays held: the reservation goes.
+                    drop(reservation);
                     let _ = sender.send(other.map(|_| None));
                 }
             }
@@ -543,12 +538,19 @@ impl Named {
         keys
     }
 
-    fn hold(self: &Arc<Self>, connection: Arc<Connection>, steps: Vec<Step>) -> Shell<Hold> {
+    /// The hold of `steps`, granted on the reservation's session, which stays dedicated to
+    /// it if `usage` says so.
+    fn hold(
+        self: &Arc<Self>,
+        reservation: Reservation,
+        usage: Use,
+        steps: Vec<Step>,
+    ) -> Shell<Hold> {
         let primary = steps.last().map_or(self.key, |(key, _)| *key);
-        let loss = connection.record_hold(primary);
+        let (held, loss) = reservation.into_held(&primary, usage);
         Shell::new(Hold {
             named: self.clone(),
-            connection,
+            held,
             steps,
             loss,
             operation: Arc::new(tokio::sync::Mutex::new(())),
@@ -688,7 +690,7 @@ fn upgrade_key(key: AdvisoryKey) -> AdvisoryKey {
 /// Advisory locks one handle holds on one session.
 struct Hold {
     named: Arc<Named>,
-    connection: Arc<Connection>,
+    held: Held,
     steps: Vec<Step>,
     loss: LossSignal,
     /// Serialises this hold's own work on its session (an upgrade, its cleanup, the release).
@@ -704,7 +706,8 @@ impl std::fmt::Debug for Hold {
     }
 }
 
-async fn release_steps(named: &Named, connection: &Connection, steps: &[Step]) -> Result<()> {
+async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> {
+    let connection = held.session().clone();
     let mut first_error = None;
     if !connection.is_broken() {
         for &(key, mode) in steps.iter().rev() {
@@ -731,8 +734,7 @@ async fn release_steps(named: &Named, connection: &Connection, steps: &[Step]) -
             tracing::debug!(%error, "NOTIFY after release failed");
         }
     }
-    connection.forget(&Named::keys(steps));
-    named.pool.notify_change();
+    held.released();
     first_error.map_or(Ok(()), Err)
 }
 
@@ -749,7 +751,7 @@ impl Release for Hold {
 
     async fn release(self) -> Result<()> {
         let _serial = self.operation.clone().lock_owned().await;
-        release_steps(&self.named, &self.connection, &self.steps).await
+        release_steps(&self.named, self.held, &self.steps).await
     }
 }
 
@@ -1021,7 +1023,7 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
         let key = hold.named.key;
         let serial = hold.operation.clone().lock_owned().await;
         let (mut sender, receiver) = oneshot::channel::<Result<Option<Grant>>>();
-        let connection = hold.connection.clone();
+        let connection = hold.held.session().clone();
         let name = hold.named.name.clone();
         let operation = hold.operation.clone();
         let pool = hold.named.pool.clone();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
-use super::connection::{Connection, Mode, Use};
+use super::connection::{Connection, Mode, Reservation, Use};
 use super::{Named, PostgresHandle, PostgresProvider, BACKEND};
 use crate::{check_max_count, Acquire, Error, Result, Semaphore, SemaphoreProvider, Wait};
 
@@ -77,7 +77,7 @@ impl PostgresSemaphore {
     fn held_tickets(&self, connection: &Connection) -> Vec<i64> {
         let end = self.base + i64::from(self.max_count);
         connection
-            .held_keys()
+            .claimed_keys()
             .into_iter()
             .filter_map(|key| match key {
                 super::AdvisoryKey::Single(key) if (self.base..end).contains(&key) => {
@@ -91,15 +91,12 @@ impl PostgresSemaphore {
     /// One scan: the first free ticket, taken, or `None`.
     async fn try_once(&self) -> Result<Option<PostgresHandle>> {
         let marker = self.marker();
-        let Some(connection) = self
-            .named
-            .pool
-            .connection_for(&[marker], Use::Shared)
-            .await?
+        let Some(mut reservation) = self.named.pool.reserve(vec![marker], Use::Shared).await?
         else {
             // Every session is busy scanning this semaphore: as good as no ticket now.
             return Ok(None);
         };
+        let connection = reservation.session().clone();
         let skip = self.held_tickets(&connection);
         let skip = skip
             .iter()
@@ -117,27 +114,20 @@ impl PostgresSemaphore {
             base = self.base,
             max = self.max_count,
         );
-        let mut interrupted = ScanGuard {
+        let scanning = ScanGuard {
             semaphore: self,
-            connection: connection.clone(),
+            reservation: Some(reservation),
             skip: skip.clone(),
-            armed: true,
         };
         let outcome = connection.query_value(&sql).await;
-        interrupted.armed = false;
-        drop(interrupted);
+        reservation = scanning.finished();
+        // In every case below, the marker's claim goes with the reservation.
         let ticket = match outcome {
             Ok(Some(ticket)) => ticket.parse::<i64>().map_err(|error| {
                 Error::backend(BACKEND, format!("unexpected ticket {ticket:?}"), error)
             })?,
-            Ok(None) => {
-                connection.forget(&[marker]);
-                self.named.pool.notify_change();
-                return Ok(None);
-            }
+            Ok(None) => return Ok(None),
             Err(error) => {
-                connection.forget(&[marker]);
-                self.named.pool.notify_change();
                 return Err(Error::backend(
                     BACKEND,
                     format!("cannot scan semaphore {:?}", self.named.name),
@@ -146,12 +136,14 @@ impl PostgresSemaphore {
             }
         };
         let key = super::AdvisoryKey::Single(self.base + ticket);
-        connection.reserve_more(&[key]);
-        connection.forget(&[marker]);
-        self.named.pool.notify_change();
-        Ok(Some(PostgresHandle::new(
-            self.named.hold(connection, vec![(key, Mode::Exclusive)]),
-        )))
+        // Held before the marker's claim goes.
+        reservation.claim(key);
+        let ticket = reservation.split_off(&[key]);
+        Ok(Some(PostgresHandle::new(self.named.hold(
+            ticket,
+            Use::Shared,
+            vec![(key, Mode::Exclusive)],
+        ))))
     }
 }
 
@@ -159,24 +151,29 @@ impl PostgresSemaphore {
 /// the server gave this session (beyond those it already held) is given back.
 struct ScanGuard<'a> {
     semaphore: &'a PostgresSemaphore,
-    connection: Arc<Connection>,
+    reservation: Option<Reservation>,
     skip: String,
-    armed: bool,
+}
+
+impl ScanGuard<'_> {
+    /// The scan's statement has ended: the reservation is the caller's again.
+    fn finished(mut self) -> Reservation {
+        self.reservation.take().expect("a scan finishes once")
+    }
 }
 
 impl Drop for ScanGuard<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(reservation) = self.reservation.take() else {
             return;
-        }
-        let (connection, named) = (self.connection.clone(), self.semaphore.named.clone());
+        };
         let (base, max, skip, marker) = (
             self.semaphore.base,
             self.semaphore.max_count,
             self.skip.clone(),
             self.semaphore.marker(),
         );
-        let note = named.pool.note(vec![marker]);
+        let note = reservation.pool().note(vec![marker]);
         crate::backend::kit::runtime::spawn_release(async move {
             let _note = note;
             let sql = format!(
@@ -188,9 +185,8 @@ impl Drop for ScanGuard<'_> {
                    AND key - {base} <> ALL('{{{skip}}}'::bigint[])"
             );
             // Runs after the interrupted scan: queries on one session run in order.
-            let _ = connection.query_value(&sql).await;
-            connection.forget(&[marker]);
-            named.pool.notify_change();
+            let _ = reservation.session().query_value(&sql).await;
+            drop(reservation);
         });
     }
 }

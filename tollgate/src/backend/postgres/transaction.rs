@@ -49,7 +49,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
@@ -64,8 +64,9 @@ use super::key::AdvisoryKey;
 use super::{PostgresProviderBuilder, Tls, BACKEND};
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
-use crate::backend::kit::runtime::{background, on_background, spawn_release};
-use crate::{Acquire, Error, Handle, Lock, LockProvider, LossNotifier, LossSignal, Result, Wait};
+use crate::backend::kit::pool::{self, Use};
+use crate::backend::kit::runtime::{background, spawn_release};
+use crate::{Acquire, Error, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 
 /// How often a [`ConnectionLockHandle`] looks whether the caller's connection has closed.
 const CONNECTION_WATCH_INTERVAL: Duration = Duration::from_millis(500);
@@ -583,11 +584,7 @@ impl TransactionLockProvider {
             return Err(Error::invalid("postgres pool size must be at least 1"));
         }
         Ok(TransactionLockProvider {
-            sessions: Arc::new(Sessions::new(
-                builder.config,
-                builder.tls,
-                builder.pool_size,
-            )),
+            sessions: Arc::new(sessions(builder.config, builder.tls, builder.pool_size)),
             allow_hashing: builder.allow_hashing,
         })
     }
@@ -596,7 +593,7 @@ impl TransactionLockProvider {
     /// `ssl_mode` must not be `Require`), keeping up to 16 idle connections.
     pub fn new(config: tokio_postgres::Config) -> Self {
         TransactionLockProvider {
-            sessions: Arc::new(Sessions::new(config, Tls::Plain, super::DEFAULT_POOL_SIZE)),
+            sessions: Arc::new(sessions(config, Tls::Plain, super::DEFAULT_POOL_SIZE)),
             allow_hashing: true,
         }
     }
@@ -612,7 +609,7 @@ impl TransactionLockProvider {
 
     /// How many idle connections are kept for the next acquire.
     pub fn idle_connections(&self) -> usize {
-        self.sessions.idle().len()
+        self.sessions.idle_count()
     }
 }
 
@@ -630,77 +627,53 @@ impl LockProvider for TransactionLockProvider {
     }
 }
 
-/// Connections for owned transactions.
-struct Sessions {
+/// The protocol of the owned transactions' sessions.
+struct Owned {
     config: tokio_postgres::Config,
     tls: Tls,
-    max_idle: usize,
-    idle: Mutex<Vec<Session>>,
-    releases: Arc<ReleaseNotes<AdvisoryKey>>,
 }
 
-impl std::fmt::Debug for Sessions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("hosts", &self.config.get_hosts())
-            .field("idle", &self.idle().len())
-            .field("max_idle", &self.max_idle)
-            .finish()
-    }
+/// Sessions for owned transactions, each dedicated to one transaction at a time.
+type Sessions = pool::Pool<Owned>;
+type Reservation = pool::Reservation<Owned>;
+type Held = pool::Held<Owned>;
+
+/// As many sessions as transactions are held (each holds one), and up to `max_idle` idle ones
+/// kept for reuse. No keepalive: an open transaction is watched by its connection.
+fn sessions(config: tokio_postgres::Config, tls: Tls, max_idle: usize) -> Sessions {
+    Sessions::new(
+        Owned { config, tls },
+        pool::Settings {
+            max_sessions: usize::MAX,
+            holds_per_session: usize::MAX,
+            max_idle: Some(max_idle),
+            keepalive: None,
+            idle_timeout: None,
+        },
+    )
 }
 
-impl Sessions {
-    fn new(config: tokio_postgres::Config, tls: Tls, max_idle: usize) -> Self {
-        Sessions {
-            config,
-            tls,
-            max_idle,
-            idle: Mutex::new(Vec::new()),
-            releases: Arc::default(),
-        }
-    }
+/// One connection of a [`TransactionLockProvider`].
+struct Session {
+    client: Client,
+    canceller: Canceller,
+}
 
-    fn idle(&self) -> MutexGuard<'_, Vec<Session>> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
+impl pool::Protocol for Owned {
+    type Key = AdvisoryKey;
+    type Session = Session;
 
-    /// An idle session, or a new one. Work on tollgate's runtime takes only sessions it
-    /// drives: the others are served only while their caller's runtime runs.
-    async fn session(&self) -> Result<Session> {
-        let background = on_background();
-        let found = {
-            let mut idle = self.idle();
-            idle.retain(Session::usable);
-            idle.iter()
-                .rposition(|session| session.background || !background)
-                .map(|at| idle.remove(at))
-        };
-        match found {
-            Some(session) => Ok(session),
-            None => self.open().await,
-        }
-    }
+    const BACKEND: &'static str = BACKEND;
 
-    fn give_back(&self, session: Session) {
-        let mut idle = self.idle();
-        if session.usable() && idle.len() < self.max_idle {
-            idle.push(session);
-        }
-    }
-
-    async fn open(&self) -> Result<Session> {
-        let watch = Arc::new(SessionWatch::default());
-        let client = match &self.tls {
+    async fn open(&self) -> Result<(Session, Option<pool::Ended>)> {
+        let (client, driver) = match &self.tls {
             Tls::Plain => {
                 let (client, connection) = self
                     .config
                     .connect(NoTls)
                     .await
                     .map_err(|error| backend_error("cannot connect", error))?;
-                SessionWatch::spawn(watch.clone(), connection);
-                client
+                (client, tokio::spawn(connection))
             }
             Tls::Native(connector) => {
                 let (client, connection) = self
@@ -708,116 +681,59 @@ impl Sessions {
                     .connect(connector.clone())
                     .await
                     .map_err(|error| backend_error("cannot connect", error))?;
-                SessionWatch::spawn(watch.clone(), connection);
-                client
+                (client, tokio::spawn(connection))
             }
         };
-        Ok(Session {
-            canceller: Canceller::for_tls(client.cancel_token(), &self.tls),
-            client,
-            watch,
-            background: on_background(),
-        })
-    }
-}
-
-/// One connection of a [`TransactionLockProvider`].
-struct Session {
-    client: Client,
-    canceller: Canceller,
-    watch: Arc<SessionWatch>,
-    /// Whether tollgate's own runtime drives the connection.
-    background: bool,
-}
-
-impl Session {
-    fn usable(&self) -> bool {
-        !self.client.is_closed() && !self.watch.ended()
-    }
-}
-
-/// Knows when a session's connection ends, and fires the loss signal of the hold on it.
-#[derive(Default)]
-struct SessionWatch {
-    state: Mutex<WatchState>,
-}
-
-#[derive(Default)]
-struct WatchState {
-    ended: bool,
-    hold: Option<LossNotifier>,
-}
-
-impl SessionWatch {
-    fn lock(&self) -> MutexGuard<'_, WatchState> {
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// Drives the connection; when it ends (closed, killed, broken), marks the session ended.
-    fn spawn<F>(watch: Arc<SessionWatch>, connection: F)
-    where
-        F: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
-    {
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
+        let ended: pool::Ended = Box::pin(async move {
+            if let Ok(Err(error)) = driver.await {
                 tracing::debug!(%error, "postgres connection of an owned transaction ended");
             }
-            let mut state = watch.lock();
-            state.ended = true;
-            if let Some(hold) = state.hold.take() {
-                hold.notify_lost();
-            }
         });
+        let session = Session {
+            canceller: Canceller::for_tls(client.cancel_token(), &self.tls),
+            client,
+        };
+        Ok((session, Some(ended)))
     }
 
-    fn ended(&self) -> bool {
-        self.lock().ended
+    fn is_closed(session: &Session) -> bool {
+        session.client.is_closed()
     }
 
-    /// Fires `notifier` when the session ends (at once if it has).
-    fn arm(&self, notifier: LossNotifier) {
-        let mut state = self.lock();
-        if state.ended {
-            notifier.notify_lost();
-        } else {
-            state.hold = Some(notifier);
-        }
+    async fn ping(session: &Session) -> bool {
+        session.client.simple_query("SELECT 1").await.is_ok()
     }
 
-    fn disarm(&self) {
-        self.lock().hold = None;
-    }
+    fn abandon(_session: &Session) {}
 }
 
 /// Ends a session's transaction (`ROLLBACK`, retried if a stray cancel request interrupts
-/// it) and keeps the session for reuse if `reuse`. A session that cannot roll back is
-/// closed, which ends its transaction in the server.
-async fn end_transaction(
-    session: Session,
-    sessions: &Sessions,
-    reuse: bool,
-) -> Result<(), tokio_postgres::Error> {
-    session.watch.disarm();
-    if !session.usable() {
-        // The session ended, and its transaction with it.
+/// it). A session that ended has ended its transaction too.
+async fn end_transaction(session: &pool::Pooled<Owned>) -> Result<(), tokio_postgres::Error> {
+    if session.is_broken() {
         return Ok(());
     }
-    for attempt in 1..=CLEANUP_ATTEMPTS {
+    let mut attempt = 1;
+    loop {
         match session.client.batch_execute("ROLLBACK").await {
-            Ok(()) => {
-                if reuse {
-                    sessions.give_back(session);
-                }
-                return Ok(());
-            }
+            Ok(()) => return Ok(()),
             Err(error) if error.is_closed() => return Ok(()),
-            Err(error) if sqlstate(&error) == Some("57014") && attempt < CLEANUP_ATTEMPTS => {}
+            Err(error) if sqlstate(&error) == Some("57014") && attempt < CLEANUP_ATTEMPTS => {
+                attempt += 1
+            }
             Err(error) => return Err(error),
         }
     }
-    Ok(())
+}
+
+/// Ends the reservation's transaction, and gives the session back for reuse if `reuse`. A
+/// session that cannot roll back is closed, which ends its transaction in the server.
+async fn end_reserved(reservation: Reservation, reuse: bool) -> Result<(), tokio_postgres::Error> {
+    let ended = end_transaction(reservation.session()).await;
+    if ended.is_err() || !reuse {
+        reservation.retire();
+    }
+    ended
 }
 
 /// An exclusive advisory lock held by a transaction tollgate owns; from
@@ -838,21 +754,20 @@ impl TransactionLock {
 
 /// What a dropped acquire of a [`TransactionLock`] leaves to clean up.
 struct OwnedCleanup {
-    session: Session,
-    sessions: Arc<Sessions>,
+    reservation: Reservation,
     key: AdvisoryKey,
 }
 
 impl Cleanup for OwnedCleanup {
     fn note_release(&self) -> Option<PendingRelease> {
-        Some(Box::new(self.sessions.releases.note(vec![self.key])))
+        Some(Box::new(self.reservation.pool().note(vec![self.key])))
     }
 
     async fn after(self, running: Running) {
         // A session that was sent a cancel request is not reused: the request may still be on
         // its way and would interrupt the next user's statement.
         let reuse = !running.cancelled;
-        if let Err(error) = end_transaction(self.session, &self.sessions, reuse).await {
+        if let Err(error) = end_reserved(self.reservation, reuse).await {
             tracing::warn!(%error, "rollback after an abandoned acquire failed");
         }
     }
@@ -882,13 +797,15 @@ impl Acquire for TransactionLock {
         let deadline = wait.deadline();
         let sessions = &self.sessions;
         sessions
-            .releases
-            .wait(std::slice::from_ref(&self.key))
+            .wait_for_releases(std::slice::from_ref(&self.key))
             .await;
         let args = key_args(self.key);
         let mut attempt = 1;
-        let (session, running, server_wait) = loop {
-            let session = sessions.session().await?;
+        let (reservation, running, server_wait) = loop {
+            let reservation = sessions
+                .reserve(vec![self.key], Use::Dedicated)
+                .await?
+                .ok_or_else(|| other_error("no session for a transaction", "pool had none"))?;
             let server_wait = ServerWait::new(wait, deadline);
             let sql = match server_wait {
                 ServerWait::Try => format!("BEGIN; SELECT pg_try_advisory_xact_lock({args})"),
@@ -896,8 +813,8 @@ impl Acquire for TransactionLock {
                     "BEGIN; SET LOCAL lock_timeout = {ms}; SELECT pg_advisory_xact_lock({args})"
                 ),
             };
-            match Running::start(&session.client, &sql).await {
-                Ok(running) => break (session, running, server_wait),
+            match Running::start(&reservation.session().client, &sql).await {
+                Ok(running) => break (reservation, running, server_wait),
                 // An idle connection that closed a moment ago: take another.
                 Err(error) if error.is_closed() && attempt < CLEANUP_ATTEMPTS => attempt += 1,
                 Err(error) => {
@@ -905,15 +822,15 @@ impl Acquire for TransactionLock {
                 }
             }
         };
-        let canceller = (server_wait != ServerWait::Try).then(|| session.canceller.clone());
+        let canceller =
+            (server_wait != ServerWait::Try).then(|| reservation.session().canceller.clone());
         let cleanup = OwnedCleanup {
-            session,
-            sessions: sessions.clone(),
+            reservation,
             key: self.key,
         };
         let mut guard = Guard::new(running, canceller, cleanup);
         guard.finish().await;
-        let (running, OwnedCleanup { session, .. }) = guard.disarm();
+        let (running, OwnedCleanup { reservation, .. }) = guard.disarm();
         let acquired = match running.error {
             None if server_wait == ServerWait::Try => running.row(0) == Some("t"),
             None => true,
@@ -921,23 +838,22 @@ impl Acquire for TransactionLock {
             // was granted in a race with the timeout.
             Some(error) if sqlstate(&error) == Some("55P03") => false,
             Some(error) => {
-                let _ = end_transaction(session, sessions, true).await;
+                let _ = end_reserved(reservation, true).await;
                 return Err(wait_error(&self.name, error));
             }
         };
         if !acquired {
-            end_transaction(session, sessions, true)
+            end_reserved(reservation, true)
                 .await
                 .map_err(|error| backend_error("cannot roll back after a timeout", error))?;
             return Ok(None);
         }
-        let (notifier, loss) = LossSignal::detectable();
-        session.watch.arm(notifier);
+        let (held, loss) = reservation.into_held(&self.key, Use::Dedicated);
         Ok(Some(TransactionLockHandle {
             hold: Shell::new(OwnedHold {
                 name: self.name.clone(),
                 key: self.key,
-                session,
+                held,
                 sessions: sessions.clone(),
             }),
             loss,
@@ -960,7 +876,7 @@ pub struct TransactionLockHandle {
 struct OwnedHold {
     name: String,
     key: AdvisoryKey,
-    session: Session,
+    held: Held,
     sessions: Arc<Sessions>,
 }
 
@@ -972,13 +888,16 @@ impl Release for OwnedHold {
     }
 
     fn note(&self) -> Note<AdvisoryKey> {
-        self.sessions.releases.note(vec![self.key])
+        self.sessions.note(vec![self.key])
     }
 
+    /// A session that cannot roll back is retired (dropping `held`), which closes it.
     async fn release(self) -> Result<()> {
-        end_transaction(self.session, &self.sessions, true)
+        end_transaction(self.held.session())
             .await
-            .map_err(|error| backend_error(format!("cannot release {:?}", self.name), error))
+            .map_err(|error| backend_error(format!("cannot release {:?}", self.name), error))?;
+        self.held.released();
+        Ok(())
     }
 }
 
