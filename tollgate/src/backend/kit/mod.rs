@@ -8,9 +8,11 @@
 //! - [`notes`]: releases under way per key, so this process's next acquire waits for them.
 //! - [`options`]: URL options, with one duration grammar and unknown keys named.
 //! - [`pool`]: the multiplexed session pool of the SQL backends.
+//! - [`wait`]: the one wait loop and its jittered, capped backoff.
 
 pub(crate) mod options;
 pub(crate) mod runtime;
+pub(crate) mod wait;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod completion;

@@ -45,7 +45,15 @@ pub(crate) struct UrlOptions {
 
 // Each backend reads its own few kinds of value; a build with some backends left out does not
 // use them all.
-#[allow(dead_code)]
+#[cfg_attr(
+    not(all(
+        feature = "local",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis"
+    )),
+    allow(dead_code)
+)]
 impl UrlOptions {
     /// The options of `query` (`key=value&…`, percent-encoded, without the `?`). A key given
     /// twice is an error: which one would win is not obvious.

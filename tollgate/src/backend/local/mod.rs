@@ -38,7 +38,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use crate::backend::kit;
 use crate::backend::kit::options::UrlOptions;
+use crate::backend::kit::wait::{Attempt, Contender, Schedule};
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossSignal, ReadWriteLock,
     ReadWriteLockProvider, Result, Semaphore, SemaphoreProvider, UpgradeableHandle,
@@ -338,56 +340,79 @@ impl Drop for HeldFile {
     }
 }
 
-/// The wait loop every local primitive shares: run `attempt`, and while it reports "busy",
-/// sleep until the lock file reports a change (or a re-check is due, or the wait ends), then
-/// run it again. `Ok(false)` when the wait ran out.
+/// How every local primitive waits: run `attempt`, and while it reports "busy", sleep until
+/// the lock file reports a change (or a re-check is due, or the wait ends), then run it again
+/// (the shared wait loop). `Ok(false)` when the wait ran out.
 async fn wait_for(
     path: &Path,
     wait: Wait,
-    mut attempt: impl FnMut() -> Result<bool> + Send,
+    attempt: impl FnMut() -> Result<bool> + Send,
 ) -> Result<bool> {
-    let deadline = wait.deadline();
-    let mut registration: Option<watch::Registration> = None;
-    let mut watching = false;
-    let mut settle = 0;
-    loop {
-        if attempt()? {
-            return Ok(true);
-        }
-        if deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
-            return Ok(false);
-        }
-        if !watching {
-            watching = true;
-            match watch::register(path) {
-                Ok(new) => registration = Some(new),
-                Err(error) => tracing::warn!(
-                    path = %path.display(), %error,
+    let mut contender = FileWaits { path, attempt };
+    Ok(
+        kit::wait::wait_for(&mut contender, wait.deadline(), &mut Rechecks::default())
+            .await?
+            .is_some(),
+    )
+}
+
+/// A wait on a lock file, as the shared wait loop runs it.
+struct FileWaits<'a, A> {
+    path: &'a Path,
+    attempt: A,
+}
+
+impl<A: FnMut() -> Result<bool> + Send> Contender for FileWaits<'_, A> {
+    type Held = ();
+    type Wake = watch::Registration;
+
+    async fn attempt(&mut self) -> Result<Attempt<()>> {
+        Ok(if (self.attempt)()? {
+            Attempt::Taken(())
+        } else {
+            Attempt::Busy { retry_within: None }
+        })
+    }
+
+    async fn subscribe(
+        &mut self,
+        _deadline: Option<tokio::time::Instant>,
+    ) -> Option<watch::Registration> {
+        match watch::register(self.path) {
+            Ok(registration) => Some(registration),
+            Err(error) => {
+                tracing::warn!(
+                    path = %self.path.display(), %error,
                     "cannot watch lock file; falling back to re-checking"
-                ),
+                );
+                None
             }
-            // The watch is in place now: try once more so that no release is missed.
-            continue;
         }
-        let recheck = match (registration.is_some(), settle) {
-            (true, 0) => QUIET_RECHECK,
-            (true, n) => SETTLE_RECHECKS[n - 1],
-            // Without inotify, re-check on a capped backoff.
-            (false, n) => SETTLE_RECHECKS[n.min(SETTLE_RECHECKS.len() - 1)],
+    }
+}
+
+/// When a waiter re-checks its lock file: quietly once a second while watching, on the settle
+/// schedule after a change (a release can show as several events), and on the settle schedule
+/// as a capped backoff without inotify.
+#[derive(Default)]
+struct Rechecks {
+    settle: usize,
+}
+
+impl Schedule for Rechecks {
+    fn pause(&mut self, watching: bool) -> Duration {
+        let (pause, next) = match (watching, self.settle) {
+            (true, 0) => (QUIET_RECHECK, 0),
+            (true, n) if n < SETTLE_RECHECKS.len() => (SETTLE_RECHECKS[n - 1], n + 1),
+            (true, n) => (SETTLE_RECHECKS[n - 1], 0),
+            (false, n) => (SETTLE_RECHECKS[n.min(SETTLE_RECHECKS.len() - 1)], n + 1),
         };
-        let until = tokio::time::Instant::now() + recheck;
-        let until = deadline.map_or(until, |deadline| deadline.min(until));
-        tokio::select! {
-            () = async { registration.as_mut().expect("checked by the guard").changed().await },
-                if registration.is_some() => settle = 1,
-            () = tokio::time::sleep_until(until) => {
-                settle = match (registration.is_some(), settle) {
-                    (true, n) if n > 0 && n < SETTLE_RECHECKS.len() => n + 1,
-                    (true, _) => 0,
-                    (false, n) => n + 1,
-                };
-            }
-        }
+        self.settle = next;
+        pause
+    }
+
+    fn woken(&mut self) {
+        self.settle = 1;
     }
 }
 

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use crate::backend::kit::wait::Wake;
+
 const EVENTS: u32 =
     libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB | libc::IN_DONT_FOLLOW;
 /// How often the thread looks for unused watches (and whether it can exit).
@@ -54,14 +56,16 @@ pub struct Registration {
     events: watch::Receiver<u64>,
 }
 
-impl Registration {
-    /// Completes when an event arrived on the file since the last call (or since
-    /// registering). Events that arrive between calls are not lost.
-    pub async fn changed(&mut self) {
-        if self.events.changed().await.is_err() {
-            // The entry cannot go away while we are registered; never spin if it did.
-            std::future::pending::<()>().await;
-        }
+/// Wakes when an event arrived on the file since the last arm (or since registering).
+impl Wake for Registration {
+    fn arm(&mut self) {
+        self.events.arm();
+    }
+
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        // The entry cannot go away while we are registered; if it did, this never completes
+        // (never a spin).
+        self.events.woken()
     }
 }
 

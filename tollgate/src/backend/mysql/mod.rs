@@ -21,7 +21,7 @@
 //!   contract (not re-entrant, cancel-safe).
 //! - **Semaphores**: ticket `i` is a user lock of its own; a try takes the first free ticket.
 //!   There is no release notification in MySQL: between scans a waiter waits in the server
-//!   on one ticket (so a release of that ticket hands it over at once) for a backoff interval
+//!   on one ticket (so a release of that ticket hands it over at once) for a jittered backoff interval
 //!   growing from 10 ms to 500 ms, and waiters spread over the tickets.
 //! - **Reader-writer locks are not offered**: `GET_LOCK` has no shared mode, and building one
 //!   from exclusive locks needs a check-then-write step that a crash can leave half done.
@@ -40,6 +40,7 @@ use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::options::UrlOptions;
+use crate::backend::kit::wait::{wait_for, Attempt, Backoff, Contender, NoWake, Paused};
 use crate::{
     check_max_count, Acquire, Error, Handle, Lock, LockProvider, LossSignal, Result, Semaphore,
     SemaphoreProvider, Wait,
@@ -541,7 +542,7 @@ impl Acquire for MySqlSemaphore {
     }
 
     /// Takes a ticket, waiting as `wait` says: between scans of all tickets, it waits in the
-    /// server on one ticket (taking that ticket if it frees), for a backoff interval that
+    /// server on one ticket (taking that ticket if it frees), for a jittered backoff interval that
     /// grows from 10 ms to 500 ms.
     ///
     /// # Cancel safety
@@ -552,35 +553,62 @@ impl Acquire for MySqlSemaphore {
         self.pool
             .wait_for_releases(std::slice::from_ref(&self.prefix))
             .await;
-        let mut backoff = FIRST_BACKOFF;
         // Spread waiters over the tickets (within this process too), and move on each round.
         static WAITERS: AtomicU32 = AtomicU32::new(0);
-        let mut round = std::process::id().wrapping_add(WAITERS.fetch_add(1, Ordering::Relaxed));
-        loop {
-            if let Some(handle) = self.try_once().await? {
-                return Ok(Some(handle));
-            }
-            let now = tokio::time::Instant::now();
-            if deadline.is_some_and(|deadline| now >= deadline) {
-                return Ok(None);
-            }
-            let ticket = round % self.max_count;
-            round = round.wrapping_add(1);
-            let until = now + backoff;
-            let until = deadline.map_or(until, |deadline| deadline.min(until));
-            let waited = wait_dedicated(
-                &self.pool,
-                &self.name,
-                &self.ticket(ticket),
-                &self.prefix,
-                Some(until),
-            )
-            .await?;
-            if let Some(handle) = waited {
-                return Ok(Some(handle));
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-        }
+        let round = std::process::id().wrapping_add(WAITERS.fetch_add(1, Ordering::Relaxed));
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        wait_for(
+            &mut TicketWaits {
+                semaphore: self,
+                round,
+            },
+            deadline,
+            &mut backoff,
+        )
+        .await
+    }
+}
+
+/// A wait for a ticket, as the shared wait loop runs it: its pauses wait in the server on
+/// one ticket, a different one each round.
+struct TicketWaits<'a> {
+    semaphore: &'a MySqlSemaphore,
+    round: u32,
+}
+
+impl Contender for TicketWaits<'_> {
+    type Held = MySqlHandle;
+    type Wake = NoWake;
+
+    async fn attempt(&mut self) -> Result<Attempt<MySqlHandle>> {
+        Ok(match self.semaphore.try_once().await? {
+            Some(handle) => Attempt::Taken(handle),
+            None => Attempt::Busy { retry_within: None },
+        })
+    }
+
+    async fn subscribe(&mut self, _deadline: Option<tokio::time::Instant>) -> Option<NoWake> {
+        // Releases are not announced; the pause below is the wake-up.
+        None
+    }
+
+    async fn pause(
+        &mut self,
+        _wake: Option<&mut NoWake>,
+        until: tokio::time::Instant,
+    ) -> Result<Paused<MySqlHandle>> {
+        let semaphore = self.semaphore;
+        let ticket = self.round % semaphore.max_count;
+        self.round = self.round.wrapping_add(1);
+        let waited = wait_dedicated(
+            &semaphore.pool,
+            &semaphore.name,
+            &semaphore.ticket(ticket),
+            &semaphore.prefix,
+            Some(until),
+        )
+        .await?;
+        Ok(waited.map_or(Paused::Elapsed, Paused::Taken))
     }
 }
 

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::{Tls, BACKEND};
+use crate::backend::kit::wait::Wake;
 use crate::{Error, Result};
 
 /// The listening session and who waits on which channel.
@@ -32,13 +33,15 @@ pub(crate) struct Subscription {
     notifications: watch::Receiver<u64>,
 }
 
-impl Subscription {
-    /// Completes when a notification arrived since the last call (or since subscribing), or
-    /// the listening session ended (so the waiter re-checks rather than waits in vain).
-    pub(crate) async fn notified(&mut self) {
-        if self.notifications.changed().await.is_err() {
-            std::future::pending::<()>().await;
-        }
+/// Wakes on a notification on the channel, or when the listening session ended (so the waiter
+/// re-checks rather than waits in vain).
+impl Wake for Subscription {
+    fn arm(&mut self) {
+        self.notifications.arm();
+    }
+
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.notifications.woken()
     }
 }
 

@@ -11,8 +11,12 @@ use std::time::Duration;
 
 use sha1::{Digest, Sha1};
 
+use tokio::time::Instant;
+
 use super::connection::{Connection, Mode, Reservation, Use};
+use super::listener::Subscription;
 use super::{Named, PostgresHandle, PostgresProvider, BACKEND};
+use crate::backend::kit::wait::{wait_for, Attempt, Backoff, Contender};
 use crate::{check_max_count, Acquire, Error, Result, Semaphore, SemaphoreProvider, Wait};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
@@ -207,40 +211,38 @@ impl Acquire for PostgresSemaphore {
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<PostgresHandle>> {
         let deadline = wait.deadline();
         self.named.pool.wait_for_releases(&[self.marker()]).await;
-        let mut subscription = None;
-        let mut backoff = FIRST_BACKOFF;
-        loop {
-            if let Some(handle) = self.try_once().await? {
-                return Ok(Some(handle));
-            }
-            let now = tokio::time::Instant::now();
-            if deadline.is_some_and(|deadline| now >= deadline) {
-                return Ok(None);
-            }
-            if subscription.is_none() {
-                let channel = self
-                    .named
-                    .semaphore
-                    .as_ref()
-                    .map(|(_, channel)| channel.as_str())
-                    .unwrap_or_default();
-                match self.listener.subscribe(channel).await {
-                    Ok(new) => subscription = Some(new),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot LISTEN; waiting by re-scanning only")
-                    }
-                }
-                // Subscribed now: scan once more so that no release is missed.
-                continue;
-            }
-            let jitter = Duration::from_micros(
-                u64::from(std::process::id() ^ now.elapsed().subsec_nanos()) % 5_000,
-            );
-            let until = now + backoff + jitter;
-            let until = deadline.map_or(until, |deadline| deadline.min(until));
-            tokio::select! {
-                () = async { subscription.as_mut().expect("subscribed above").notified().await } => {}
-                () = tokio::time::sleep_until(until) => backoff = (backoff * 2).min(MAX_BACKOFF),
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
+        wait_for(&mut Scans(self), deadline, &mut backoff).await
+    }
+}
+
+/// A wait for a ticket, as the shared wait loop runs it.
+struct Scans<'a>(&'a PostgresSemaphore);
+
+impl Contender for Scans<'_> {
+    type Held = PostgresHandle;
+    type Wake = Subscription;
+
+    async fn attempt(&mut self) -> Result<Attempt<PostgresHandle>> {
+        Ok(match self.0.try_once().await? {
+            Some(handle) => Attempt::Taken(handle),
+            None => Attempt::Busy { retry_within: None },
+        })
+    }
+
+    async fn subscribe(&mut self, _deadline: Option<Instant>) -> Option<Subscription> {
+        let channel = self
+            .0
+            .named
+            .semaphore
+            .as_ref()
+            .map(|(_, channel)| channel.as_str())
+            .unwrap_or_default();
+        match self.0.listener.subscribe(channel).await {
+            Ok(subscription) => Some(subscription),
+            Err(error) => {
+                tracing::warn!(%error, "cannot LISTEN; waiting by re-scanning only");
+                None
             }
         }
     }

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::backend::kit::wait::{Backoff, Schedule, Wake};
 
 /// How long a subscription or a pub/sub connection attempt may take before the connection is
 /// given up and opened again.
@@ -26,7 +28,7 @@ enum Command {
 }
 
 /// Per channel, what wakes its waiters and how many they are.
-type ChannelMap = HashMap<Vec<u8>, (Arc<Notify>, usize)>;
+type ChannelMap = HashMap<Vec<u8>, (watch::Sender<u64>, usize)>;
 
 /// Channels that waiters of this process wait on, with how many wait on each.
 #[derive(Default)]
@@ -40,14 +42,14 @@ impl Channels {
     }
 
     fn wake(&self, channel: &[u8]) {
-        if let Some((notify, _)) = self.lock().get(channel) {
-            notify.notify_waiters();
+        if let Some((wakes, _)) = self.lock().get(channel) {
+            wakes.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
 
     fn wake_all(&self) {
-        for (notify, _) in self.lock().values() {
-            notify.notify_waiters();
+        for (wakes, _) in self.lock().values() {
+            wakes.send_modify(|count| *count = count.wrapping_add(1));
         }
     }
 }
@@ -63,13 +65,18 @@ pub(crate) struct Listener {
 pub(crate) struct Subscription {
     listener: Arc<Listener>,
     channel: Vec<u8>,
-    notify: Arc<Notify>,
+    wakes: watch::Receiver<u64>,
 }
 
-impl Subscription {
-    /// Completes on the next release published on the channel (enable it before trying).
-    pub(crate) fn notified(&self) -> tokio::sync::futures::Notified<'_> {
-        self.notify.notified()
+/// Wakes on a release published on the channel, or after the listener reconnected (releases
+/// may have been missed meanwhile).
+impl Wake for Subscription {
+    fn arm(&mut self) {
+        self.wakes.arm();
+    }
+
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.wakes.woken()
     }
 }
 
@@ -135,18 +142,18 @@ impl Listener {
     /// is missed, and a hung server (which never confirms) holds nothing up while the others
     /// answer.
     pub(crate) async fn subscribe(self: &Arc<Self>, channel: &[u8]) -> Subscription {
-        let notify = {
+        let wakes = {
             let mut channels = self.channels.lock();
             let entry = channels
                 .entry(channel.to_vec())
-                .or_insert_with(|| (Arc::new(Notify::new()), 0));
+                .or_insert_with(|| (watch::channel(0).0, 0));
             entry.1 += 1;
-            entry.0.clone()
+            entry.0.subscribe()
         };
         let subscription = Subscription {
             listener: self.clone(),
             channel: channel.to_vec(),
-            notify,
+            wakes,
         };
         // Later waiters on the same channel also wait for confirmation: commands to a task
         // run in order, so theirs is answered after the first subscription is in place.
@@ -177,12 +184,12 @@ async fn run(
 ) {
     // Subscriptions on this server, counted per channel.
     let mut counts: HashMap<Vec<u8>, usize> = HashMap::new();
-    let mut reconnect = FIRST_RECONNECT;
+    let mut reconnect = Backoff::new(FIRST_RECONNECT, MAX_RECONNECT);
     loop {
         let connected = tokio::time::timeout(PUBSUB_TIMEOUT, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = connected else {
             // Down: answer at once (waiters poll meanwhile) until it is time to retry.
-            let retry = tokio::time::sleep(reconnect);
+            let retry = tokio::time::sleep(reconnect.pause(false));
             tokio::pin!(retry);
             loop {
                 tokio::select! {
@@ -193,10 +200,9 @@ async fn run(
                     },
                 }
             }
-            reconnect = (reconnect * 2).min(MAX_RECONNECT);
             continue;
         };
-        reconnect = FIRST_RECONNECT;
+        reconnect = Backoff::new(FIRST_RECONNECT, MAX_RECONNECT);
         let (mut sink, mut stream) = pubsub.split();
         let known: Vec<Vec<u8>> = counts.keys().cloned().collect();
         if !known.is_empty()

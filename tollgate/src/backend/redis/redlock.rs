@@ -18,11 +18,15 @@ use redis::Script;
 use tokio::time::Instant;
 
 use super::listener::Listener;
+use super::listener::Subscription;
 use super::{Lease, BACKEND};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
 use crate::backend::kit::runtime::{background, on_background, spawn_release};
+use crate::backend::kit::wait::{
+    wait_for, Attempt as WaitAttempt, Backoff, Contender, Schedule, Wake,
+};
 use crate::{Error, Handle, LossNotifier, LossSignal, Result, Wait};
 
 /// The first fallback pause between tries while no release notification arrives.
@@ -108,7 +112,7 @@ impl Opened {
 
 struct Down {
     until: Instant,
-    pause: Duration,
+    backoff: Backoff,
     error: String,
 }
 
@@ -173,12 +177,13 @@ impl Server {
             Ok(connection) => connection,
             Err(error) => {
                 let mut down = self.down();
-                let pause = down.as_ref().map_or(FIRST_RECONNECT_PAUSE, |down| {
-                    (down.pause * 2).min(MAX_RECONNECT_PAUSE)
-                });
+                let mut backoff = down.as_ref().map_or(
+                    Backoff::new(FIRST_RECONNECT_PAUSE, MAX_RECONNECT_PAUSE),
+                    |down| down.backoff,
+                );
                 *down = Some(Down {
-                    until: Instant::now() + pause,
-                    pause,
+                    until: Instant::now() + backoff.pause(false),
+                    backoff,
                     error: error.to_string(),
                 });
                 return Err(error);
@@ -356,13 +361,6 @@ pub(crate) fn random_id() -> String {
         hasher.finish()
     };
     format!("{:016x}{:016x}", word(), word())
-}
-
-/// `duration` scaled by a random factor in [0.5, 1.5).
-fn jitter(duration: Duration) -> Duration {
-    let random = RandomState::new().build_hasher().finish();
-    let factor = 0.5 + (random % 1024) as f64 / 1024.0;
-    duration.mul_f64(factor)
 }
 
 fn lease_ms(lease: Duration) -> Vec<u8> {
@@ -696,65 +694,77 @@ pub(crate) async fn acquire_wait(
         armed: true,
     });
     let waiter = mark.as_ref().map(|mark| mark.waiter.clone());
-    if let Attempt::Taken(handle) = attempt(shared, target, waiter.as_deref()).await? {
-        disarm(&mut mark);
-        return Ok(Some(handle));
-    }
-    if !waits || deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-        give_up(&mut mark).await;
-        return Ok(None);
-    }
-    // Queue behind this process's other waiters for the same thing, then subscribe to its
-    // releases (bounded by the deadline; the attempt above was the one real attempt a bounded
-    // wait owes).
-    let queued = before(deadline, async {
-        let turn = shared.turn(target).await;
-        (turn, shared.listener.subscribe(&target.channel).await)
-    });
-    let Some((_turn, subscription)) = queued.await else {
-        give_up(&mut mark).await;
-        return Ok(None);
-    };
     let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
-    let mut backoff = FIRST_BACKOFF.min(cap);
-    // The first round tries again at once: a release may have come before the subscription.
-    let mut pause = Duration::ZERO;
-    loop {
-        let notified = subscription.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if !pause.is_zero() {
-            let mut until = Instant::now() + jitter(pause);
-            if let Some(deadline) = deadline {
-                until = until.min(deadline);
-            }
-            tokio::select! {
-                () = &mut notified => {}
-                () = tokio::time::sleep_until(until) => backoff = (backoff * 2).min(cap),
-            }
+    let mut backoff = Backoff::new(FIRST_BACKOFF, cap);
+    let mut contender = Waiting {
+        shared,
+        target,
+        waiter: waiter.as_deref(),
+    };
+    match wait_for(&mut contender, deadline, &mut backoff).await? {
+        Some(handle) => {
+            disarm(&mut mark);
+            Ok(Some(handle))
         }
-        // Wake-ups from here on count for the next round.
-        let notified = subscription.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let hint = match attempt(shared, target, waiter.as_deref()).await? {
-            Attempt::Taken(handle) => {
-                disarm(&mut mark);
-                return Ok(Some(handle));
-            }
-            Attempt::Busy { hint } => hint,
-        };
-        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+        None => {
             give_up(&mut mark).await;
-            return Ok(None);
+            Ok(None)
         }
-        pause = if futures_util::FutureExt::now_or_never(notified.as_mut()).is_some() {
-            // Released while we tried: try again at once.
-            Duration::ZERO
-        } else {
-            // Never sleep past the current hold's expiry: a crashed holder frees it then.
-            backoff.min(hint.map_or(backoff, |hint| hint + Duration::from_millis(1)))
-        };
+    }
+}
+
+/// A wait for `target`, as the shared wait loop runs it.
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    target: &'a Arc<Target>,
+    waiter: Option<&'a str>,
+}
+
+/// Wake-ups for a waiter: its turn among this process's waiters for the same target, and the
+/// target's release channel.
+struct Queued {
+    _turn: Turn,
+    subscription: Subscription,
+}
+
+impl Wake for Queued {
+    fn arm(&mut self) {
+        self.subscription.arm();
+    }
+
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.subscription.woken()
+    }
+}
+
+impl Contender for Waiting<'_> {
+    type Held = RedisHandle;
+    type Wake = Queued;
+
+    async fn attempt(&mut self) -> Result<WaitAttempt<RedisHandle>> {
+        Ok(
+            match attempt(self.shared, self.target, self.waiter).await? {
+                Attempt::Taken(handle) => WaitAttempt::Taken(handle),
+                // Never sleep past the current hold's expiry: a crashed holder frees it then.
+                Attempt::Busy { hint } => WaitAttempt::Busy {
+                    retry_within: hint.map(|hint| hint + Duration::from_millis(1)),
+                },
+            },
+        )
+    }
+
+    /// Queues behind this process's other waiters for the same thing, then subscribes to its
+    /// releases (bounded by the deadline).
+    async fn subscribe(&mut self, deadline: Option<Instant>) -> Option<Queued> {
+        let queued = before(deadline, async {
+            let turn = self.shared.turn(self.target).await;
+            let subscription = self.shared.listener.subscribe(&self.target.channel).await;
+            Queued {
+                _turn: turn,
+                subscription,
+            }
+        });
+        queued.await
     }
 }
 
