@@ -6,13 +6,11 @@
 //! The hash covers the exact name, so names that clean to the same prefix (or differ only in
 //! case) still get different files, and no name can reach outside the directory.
 
-use sha2::{Digest, Sha512};
+use crate::backend::kit::names::{sha512_base32, HASH_CHARS};
 
 const SUFFIX: &str = ".lock";
-const HASH_CHARS: usize = 32;
 const MAX_FILE_NAME: usize = 64;
 const MAX_PREFIX: usize = MAX_FILE_NAME - HASH_CHARS - SUFFIX.len();
-const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 
 /// The lock file name for `name` (not a path: no directory part, never `.` or `..`).
 pub fn file_name(name: &str) -> String {
@@ -24,27 +22,9 @@ pub fn file_name(name: &str) -> String {
             '_'
         }
     }));
-    file.push_str(&hash(name));
+    file.push_str(&sha512_base32(name.as_bytes()));
     file.push_str(SUFFIX);
     file
-}
-
-fn hash(name: &str) -> String {
-    let digest = Sha512::digest(name.as_bytes());
-    let mut out = String::with_capacity(HASH_CHARS);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    let mut bytes = digest.iter();
-    while out.len() < HASH_CHARS {
-        if bits < 5 {
-            // 32 chars x 5 bits = 160 bits, well inside SHA-512's 512.
-            buffer |= u32::from(*bytes.next().unwrap_or(&0)) << bits;
-            bits += 8;
-        }
-        out.push(char::from(BASE32[(buffer & 31) as usize]));
-        buffer >>= 5;
-        bits -= 5;
-    }
-    out
 }
 
 #[cfg(test)]

@@ -635,7 +635,10 @@ impl SemaphoreProvider for MySqlProvider {
 
     fn semaphore(&self, name: &str, max_count: u32) -> Result<MySqlSemaphore> {
         check_max_count(name, max_count)?;
-        let prefix = format!("tollgate_s_{}_", name::hash(name.as_bytes()));
+        let prefix = format!(
+            "tollgate_s_{}_",
+            crate::backend::kit::names::sha512_base32(name.as_bytes()).to_lowercase()
+        );
         Ok(MySqlSemaphore {
             name: name.into(),
             prefix,

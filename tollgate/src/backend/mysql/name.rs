@@ -7,14 +7,12 @@
 //! characters of the SHA-512 of the exact name, 64 characters at most. Since the hash covers
 //! the exact name, `"ABC"` and `"abc"` stay different locks.
 
-use sha2::{Digest, Sha512};
+use crate::backend::kit::names::{sha512_base32, HASH_CHARS};
 
 use crate::{Error, Result};
 
 /// The longest name `GET_LOCK` accepts, in characters.
 pub const MAX_LENGTH: usize = 64;
-const HASH_CHARS: usize = 32;
-const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// The `GET_LOCK` name for `name`.
 pub fn lock_name(name: &str) -> String {
@@ -36,7 +34,7 @@ pub fn lock_name(name: &str) -> String {
         .filter(|&c| c != '\0')
         .take(MAX_LENGTH - HASH_CHARS)
         .collect();
-    mapped.push_str(&hash(name.as_bytes()));
+    mapped.push_str(&sha512_base32(name.as_bytes()).to_lowercase());
     mapped
 }
 
@@ -56,24 +54,6 @@ pub fn exact_name(name: &str) -> Result<String> {
         )));
     }
     Ok(name.to_owned())
-}
-
-/// 32 lower-case base32 characters (bits taken low-first) of the SHA-512 of `bytes`.
-pub(crate) fn hash(bytes: &[u8]) -> String {
-    let digest = Sha512::digest(bytes);
-    let mut out = String::with_capacity(HASH_CHARS);
-    let (mut buffer, mut bits) = (0u32, 0u32);
-    let mut bytes = digest.iter();
-    while out.len() < HASH_CHARS {
-        if bits < 5 {
-            buffer |= u32::from(*bytes.next().unwrap_or(&0)) << bits;
-            bits += 8;
-        }
-        out.push(char::from(BASE32[(buffer & 31) as usize]));
-        buffer >>= 5;
-        bits -= 5;
-    }
-    out
 }
 
 #[cfg(test)]
