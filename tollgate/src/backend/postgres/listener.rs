@@ -9,6 +9,7 @@ use tokio::sync::watch;
 use tokio_postgres::{AsyncMessage, Client};
 
 use super::{Tls, BACKEND};
+use crate::backend::kit::runtime::background;
 use crate::backend::kit::wait::Wake;
 use crate::{Error, Result};
 
@@ -114,28 +115,33 @@ impl Listener {
         if let Some(client) = session.as_ref().filter(|client| !client.is_closed()) {
             return Ok(client.clone());
         }
-        let unreachable = |error| Error::backend(BACKEND, "cannot connect the listener", error);
-        let weak = Arc::downgrade(self);
-        let client = match &self.tls {
-            Tls::Plain => {
-                let (client, connection) = self
-                    .config
-                    .connect(tokio_postgres::NoTls)
-                    .await
-                    .map_err(unreachable)?;
-                tokio::spawn(deliver(connection, weak));
-                client
-            }
-            Tls::Native(connector) => {
-                let (client, connection) = self
-                    .config
-                    .connect(connector.clone())
-                    .await
-                    .map_err(unreachable)?;
-                tokio::spawn(deliver(connection, weak));
-                client
-            }
-        };
+        // On tollgate's own runtime, socket and driver both: no caller's runtime (one that
+        // stalls, or shuts down) holds up or ends the notifications of every waiter.
+        let (config, tls, weak) = (self.config.clone(), self.tls.clone(), Arc::downgrade(self));
+        let client = background()?
+            .spawn(async move {
+                let unreachable =
+                    |error| Error::backend(BACKEND, "cannot connect the listener", error);
+                let client = match tls {
+                    Tls::Plain => {
+                        let (client, connection) = config
+                            .connect(tokio_postgres::NoTls)
+                            .await
+                            .map_err(unreachable)?;
+                        tokio::spawn(deliver(connection, weak));
+                        client
+                    }
+                    Tls::Native(connector) => {
+                        let (client, connection) =
+                            config.connect(connector).await.map_err(unreachable)?;
+                        tokio::spawn(deliver(connection, weak));
+                        client
+                    }
+                };
+                Ok::<_, Error>(client)
+            })
+            .await
+            .map_err(|error| Error::backend(BACKEND, "the listener's connect stopped", error))??;
         let client = Arc::new(client);
         // Channels subscribed while there was no session.
         let channels: Vec<String> = self.channels().keys().cloned().collect();

@@ -14,6 +14,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::backend::kit::runtime::background;
 use crate::backend::kit::wait::{Backoff, Schedule, Wake};
 
 /// How long a subscription or a pub/sub connection attempt may take before the connection is
@@ -118,7 +119,9 @@ impl Listener {
                 *slot = None;
             }
             if slot.is_none() {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                // On tollgate's own runtime: no caller's runtime (one that stalls, or shuts
+                // down) holds up or ends the notifications of every waiter.
+                let Ok(runtime) = background() else {
                     continue;
                 };
                 let (sender, receiver) = mpsc::unbounded_channel();
