@@ -1,0 +1,184 @@
+//! Waiting for a Redis primitive: the shared wait loop over this backend's attempts, with
+//! this process's waiters queued per target and woken by release notifications, and a waiting
+//! writer's mark withdrawn however the wait ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::super::listener::Subscription;
+use super::{
+    attempt, lease_ms, random_id, script_args, Attempt, RedisHandle, Shared, Target, Turn,
+};
+use crate::backend::kit::runtime::spawn_release;
+use crate::backend::kit::wait::{wait_for, Attempt as WaitAttempt, Backoff, Contender, Wake};
+use crate::{Result, Wait};
+
+/// The first fallback pause between tries while no release notification arrives.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+/// The longest fallback pause (also bounded by a quarter of the lease, so that a waiting
+/// writer renews its mark in time).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Withdraws a waiting writer's mark on every server (best effort: it expires by itself).
+async fn abandon(shared: &Shared, target: &Target, waiter: &str) {
+    let Some(script) = target.kind.abandon else {
+        return;
+    };
+    let ttl = lease_ms(shared.lease.expiry);
+    let args = script_args(b"", &ttl, target, Some(waiter.as_bytes()));
+    let limit = shared.lease.expiry;
+    let runs = shared.servers.iter().map(|server| {
+        let args = &args;
+        async move {
+            let _ =
+                tokio::time::timeout(limit, server.run::<i64>(script, &target.keys, args)).await;
+        }
+    });
+    futures_util::future::join_all(runs).await;
+}
+
+/// Withdraws the waiting mark when a wait ends without the hold, however it ends.
+struct WaitingMark {
+    shared: Arc<Shared>,
+    target: Arc<Target>,
+    waiter: String,
+    armed: bool,
+}
+
+impl Drop for WaitingMark {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (shared, target, waiter) = (
+            self.shared.clone(),
+            self.target.clone(),
+            std::mem::take(&mut self.waiter),
+        );
+        spawn_release(async move { abandon(&shared, &target, &waiter).await });
+    }
+}
+
+/// Acquires `target`, waiting as `wait` says: tries, then waits for a release notification
+/// on the target's channel, with a jittered, capped backoff (never past the current hold's
+/// expiry) as the fallback for lost notifications and crashed holders.
+pub(crate) async fn acquire_wait(
+    shared: &Arc<Shared>,
+    target: &Arc<Target>,
+    wait: Wait,
+) -> Result<Option<RedisHandle>> {
+    let deadline = wait.deadline();
+    // A hold of ours that was just dropped is still being released: wait for that first.
+    shared
+        .release_notes
+        .wait(std::slice::from_ref(&target.note()))
+        .await;
+    let waits = wait != Wait::NO_WAIT;
+    let mut mark = (waits && target.kind.abandon.is_some()).then(|| WaitingMark {
+        shared: shared.clone(),
+        target: target.clone(),
+        waiter: random_id(),
+        armed: true,
+    });
+    let waiter = mark.as_ref().map(|mark| mark.waiter.clone());
+    let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
+    let mut backoff = Backoff::new(FIRST_BACKOFF, cap);
+    let mut contender = Waiting {
+        shared,
+        target,
+        waiter: waiter.as_deref(),
+    };
+    match wait_for(&mut contender, deadline, &mut backoff).await? {
+        Some(handle) => {
+            disarm(&mut mark);
+            Ok(Some(handle))
+        }
+        None => {
+            give_up(&mut mark).await;
+            Ok(None)
+        }
+    }
+}
+
+/// A wait for `target`, as the shared wait loop runs it.
+struct Waiting<'a> {
+    shared: &'a Arc<Shared>,
+    target: &'a Arc<Target>,
+    waiter: Option<&'a str>,
+}
+
+/// Wake-ups for a waiter: its turn among this process's waiters for the same target, and the
+/// target's release channel.
+struct Queued {
+    _turn: Turn,
+    subscription: Subscription,
+}
+
+impl Wake for Queued {
+    fn arm(&mut self) {
+        self.subscription.arm();
+    }
+
+    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
+        self.subscription.woken()
+    }
+}
+
+impl Contender for Waiting<'_> {
+    type Held = RedisHandle;
+    type Wake = Queued;
+
+    async fn attempt(&mut self) -> Result<WaitAttempt<RedisHandle>> {
+        Ok(
+            match attempt(self.shared, self.target, self.waiter).await? {
+                Attempt::Taken(handle) => WaitAttempt::Taken(handle),
+                // Never sleep past the current hold's expiry: a crashed holder frees it then.
+                Attempt::Busy { hint } => WaitAttempt::Busy {
+                    retry_within: hint.map(|hint| hint + Duration::from_millis(1)),
+                },
+            },
+        )
+    }
+
+    /// Queues behind this process's other waiters for the same thing, then subscribes to its
+    /// releases (bounded by the deadline).
+    async fn subscribe(&mut self, deadline: Option<Instant>) -> Option<Queued> {
+        let queued = before(deadline, async {
+            let turn = self.shared.turn(self.target).await;
+            let subscription = self.shared.listener.subscribe(&self.target.channel).await;
+            Queued {
+                _turn: turn,
+                subscription,
+            }
+        });
+        queued.await
+    }
+}
+
+/// `future`'s output, or `None` if `deadline` comes first.
+async fn before<T>(
+    deadline: Option<Instant>,
+    future: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(future.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+    }
+}
+
+/// A wait that timed out withdraws its waiting mark before returning, so that this process's
+/// next read sees it gone.
+async fn give_up(mark: &mut Option<WaitingMark>) {
+    if let Some(mark) = mark {
+        abandon(&mark.shared, &mark.target, &mark.waiter).await;
+        mark.armed = false;
+    }
+}
+
+fn disarm(mark: &mut Option<WaitingMark>) {
+    if let Some(mark) = mark {
+        mark.armed = false;
+    }
+}
