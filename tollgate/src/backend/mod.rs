@@ -1,4 +1,5 @@
-//! The backends, each behind its cargo feature, on the shared layer in [`kit`].
+//! The backends, each behind its cargo feature, on the shared layer in `kit` (private: the
+//! hold shell, the runtime, the session pool, the wait loop, URL options).
 
 #[cfg(feature = "local")]
 pub mod local;
