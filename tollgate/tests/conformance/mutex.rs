@@ -401,6 +401,45 @@ pub async fn names_differing_after_nul_are_distinct<S: Subject>(subject: S) {
     }
 }
 
+/// An acquire future dropped at any point of its wait — at its first poll, mid-wait, and
+/// in the race with the release that would grant it — leaves nothing held: a storm of drops
+/// at random moments around a hand-off, with bounded and unbounded waits.
+pub async fn acquire_dropped_at_random_points<S: Subject>(subject: S) {
+    let name = unique("acquire-storm");
+    let (holding, waiting) = (subject.make(&name), subject.make(&name));
+    for round in 0..40 {
+        let held = holding
+            .acquire_timeout(PROMPT)
+            .await
+            .unwrap_or_else(|error| panic!("round {round}: acquire: {error}"));
+        let pause = Duration::from_micros(rand::random::<u64>() % 4_000);
+        let release = async {
+            tokio::time::sleep(pause).await;
+            held.release().await
+        };
+        let wait = async {
+            if round % 2 == 0 {
+                abandon(round / 2, waiting.acquire()).await
+            } else {
+                abandon(round / 2, waiting.acquire_timeout(PROMPT)).await
+            }
+        };
+        let (released, (how, got)) = tokio::join!(release, wait);
+        released.unwrap_or_else(|error| panic!("round {round}: release: {error}"));
+        match got {
+            Some(Ok(handle)) => handle
+                .release()
+                .await
+                .unwrap_or_else(|error| panic!("round {round}: release of the grant: {error}")),
+            Some(Err(error)) => panic!("round {round} ({how}): the acquire failed: {error}"),
+            None => {}
+        }
+        if let Err(why) = free_within(&subject, &name, PROMPT).await {
+            panic!("round {round}: after an acquire abandoned at {how}, {pause:?} before the release: {why}");
+        }
+    }
+}
+
 /// Gives up on `handle.release()` part-way, the `round`-th way of a rotation: those of
 /// [`abandon`], and a spawned release aborted after a yield. Returns how.
 async fn abandon_release<H: Handle>(round: usize, handle: H) -> String {
@@ -732,6 +771,7 @@ macro_rules! hold_life_suite {
     (caller_driven $subject:expr) => {
         $crate::mutex_suite!(@cases $subject;
             names_differing_after_nul_are_distinct, dropped_release_leaves_nothing_held,
+            acquire_dropped_at_random_points,
             handle_dropped_on_plain_thread_is_released,
             handle_dropped_in_current_thread_runtime_running,
             handle_dropped_in_current_thread_runtime_shut_down,

@@ -40,8 +40,8 @@ impl<K: Eq + Hash + Clone> ReleaseNotes<K> {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Notes that releases of `keys` are under way (called from `Drop`).
-    pub(crate) fn begin(&self, keys: &[K]) {
+    /// Notes that releases of `keys` are under way.
+    fn begin(&self, keys: &[K]) {
         let mut releasing = self.lock();
         for key in keys {
             *releasing.entry(key.clone()).or_default() += 1;
@@ -49,7 +49,7 @@ impl<K: Eq + Hash + Clone> ReleaseNotes<K> {
     }
 
     /// Notes that releases of `keys` are done.
-    pub(crate) fn end(&self, keys: &[K]) {
+    fn end(&self, keys: &[K]) {
         let mut releasing = self.lock();
         for key in keys {
             if let Some(count) = releasing.get_mut(key) {

@@ -305,16 +305,6 @@ impl<P: Protocol> Pool<P> {
         self.release_notes.note(keys)
     }
 
-    /// Notes that releases of `keys` are under way (called from `Drop`).
-    pub(crate) fn begin_release(&self, keys: &[P::Key]) {
-        self.release_notes.begin(keys);
-    }
-
-    /// Notes that releases of `keys` are done.
-    pub(crate) fn end_release(&self, keys: &[P::Key]) {
-        self.release_notes.end(keys);
-    }
-
     /// Waits until no release of `keys` is under way in this process.
     pub(crate) async fn wait_for_releases(&self, keys: &[P::Key]) {
         self.release_notes.wait(keys).await;

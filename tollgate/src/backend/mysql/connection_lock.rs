@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use mysql_async::prelude::Queryable;
-use tokio::sync::{oneshot, Mutex, OwnedMutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 use super::{lock_name, BACKEND, LONG_WAIT_SECONDS};
+use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
 use crate::backend::kit::hold::{Release, Shell};
 use crate::{Error, Handle, LossSignal, Result, Wait};
 
@@ -28,9 +29,9 @@ pub type SharedConnection = Arc<Mutex<mysql_async::Conn>>;
 /// open such connections on another runtime.
 ///
 /// # Cancel safety
-/// Cancel-safe: the call runs to completion on its own task. If the future is dropped, the
-/// wait is ended with `KILL QUERY` from a second connection and a lock granted in the race is
-/// released before the connection is handed back.
+/// Cancel-safe: the call runs to completion. If the future is dropped, the rest runs on
+/// tollgate's runtime: the wait is ended with `KILL QUERY` from a second connection and a
+/// lock granted in the race is released before the connection is handed back.
 pub async fn lock_on_connection(
     connection: SharedConnection,
     name: &str,
@@ -39,45 +40,15 @@ pub async fn lock_on_connection(
     let deadline = wait.deadline();
     let mapped = lock_name(name);
     let guard = connection.clone().lock_owned().await;
-    let (mut sender, receiver) = oneshot::channel::<Result<bool>>();
     let task_name = mapped.clone();
-    tokio::spawn(async move {
-        let mut guard = guard;
-        let (id, opts) = (guard.id(), guard.opts().clone());
-        let mut taking = Box::pin(take(&mut guard, &task_name, wait, deadline));
-        let finished = tokio::select! {
-            outcome = &mut taking => Some(outcome),
-            () = sender.closed() => None,
-        };
-        let outcome = match finished {
-            Some(outcome) => {
-                drop(taking);
-                outcome
-            }
-            None => {
-                // Nobody waits any more: interrupt the statement and let it finish (a dropped
-                // statement would leave the connection unusable)...
-                kill_query(id, opts).await;
-                let _ = taking.await;
-                // ...then give back a lock granted in the race.
-                if held_here(&mut guard, &task_name).await.unwrap_or(false) {
-                    let _ = release(&mut guard, &task_name).await;
-                }
-                return;
-            }
-        };
-        if let Err(Ok(true)) = sender.send(outcome) {
-            // Taken, but nobody wants it any more.
-            let _ = release(&mut guard, &task_name).await;
-        }
-    });
-    let taken = receiver.await.unwrap_or_else(|_| {
-        Err(Error::backend(
-            BACKEND,
-            "the lock task ended unexpectedly",
-            std::io::Error::other("task lost"),
-        ))
-    })?;
+    // If the caller goes, the operation gives back what it got itself (on the connection
+    // it still has locked): nothing is left for the abandon step.
+    let taken = run_interruptible(
+        move |caller| take_or_give_back(guard, task_name, wait, deadline, caller),
+        || (),
+        |_| async {},
+    )
+    .await?;
     Ok(taken.then(|| ConnectionLockHandle {
         hold: Shell::new(Hold {
             name: name.to_owned(),
@@ -85,6 +56,45 @@ pub async fn lock_on_connection(
             connection,
         }),
     }))
+}
+
+/// [`take`] on the caller's connection. If the caller goes meanwhile, the statement is
+/// interrupted with `KILL QUERY` (repeated while it runs: a request that arrives before the
+/// statement has started is lost), and a lock granted in the race is released.
+async fn take_or_give_back(
+    mut guard: OwnedMutexGuard<mysql_async::Conn>,
+    lock_name: String,
+    wait: Wait,
+    deadline: Option<tokio::time::Instant>,
+    mut caller: Caller,
+) -> Result<bool> {
+    let (id, opts) = (guard.id(), guard.opts().clone());
+    let outcome = {
+        let taking = take(&mut guard, &lock_name, wait, deadline);
+        tokio::pin!(taking);
+        tokio::select! {
+            outcome = &mut taking => outcome,
+            () = caller.gone() => {
+                interrupt_until_done(taking, || kill_query(id, opts.clone())).await
+            }
+        }
+    };
+    if !caller.is_gone() {
+        return outcome;
+    }
+    // Nobody wants it any more. A `KILL QUERY` sent as the statement ended can interrupt
+    // this check too, so it is tried again.
+    for _ in 0..3 {
+        match held_here(&mut guard, &lock_name).await {
+            Ok(true) => {
+                let _ = release(&mut guard, &lock_name).await;
+                break;
+            }
+            Ok(false) => break,
+            Err(error) => tracing::debug!(%error, "checking a lock after an interrupt failed"),
+        }
+    }
+    Ok(false)
 }
 
 async fn held_here(conn: &mut mysql_async::Conn, lock_name: &str) -> Result<bool> {

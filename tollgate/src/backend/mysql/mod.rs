@@ -34,9 +34,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
-use crate::backend::kit::completion::run_to_completion;
+use crate::backend::kit::completion::{run_interruptible, run_to_completion, Caller};
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::options::UrlOptions;
@@ -370,64 +368,69 @@ async fn wait_dedicated(
     let Some(reservation) = reservation else {
         return Ok(None);
     };
-    let (sender, receiver) = oneshot::channel::<Result<Option<MySqlHandle>>>();
     let (lock_name, name) = (lock_name.to_owned(), name.clone());
     let release_note = release_note.to_owned();
-    tokio::spawn(async move {
-        let mut sender = sender;
-        let outcome = loop {
-            let seconds = match deadline {
-                None => LONG_WAIT_SECONDS,
-                Some(deadline) => deadline
-                    .saturating_duration_since(tokio::time::Instant::now())
-                    .as_secs_f64(),
-            };
-            let waited = tokio::select! {
-                result = reservation.session().get_lock(&lock_name, seconds) => result,
-                () = sender.closed() => {
-                    // Nobody waits any more: end the wait, and whatever it got, for good.
-                    connection::kill(&reservation).await;
-                    return;
-                }
-            };
-            match waited {
-                Ok(Got::TimedOut) if deadline.is_none() => continue,
-                other => break other,
+    let (pool, noted) = (pool.clone(), vec![release_note.clone()]);
+    run_interruptible(
+        move |caller| wait_on(reservation, name, lock_name, release_note, deadline, caller),
+        move || pool.note(noted),
+        give_back,
+    )
+    .await
+}
+
+/// `GET_LOCK(lock_name, seconds)` on the dedicated connection `reservation`, repeated while
+/// an unbounded wait times out. If the caller goes, the connection is killed: that ends the
+/// wait, and whatever it got, for good.
+async fn wait_on(
+    reservation: Reservation,
+    name: Arc<str>,
+    lock_name: String,
+    release_note: String,
+    deadline: Option<tokio::time::Instant>,
+    mut caller: Caller,
+) -> Result<Option<MySqlHandle>> {
+    let outcome = loop {
+        let seconds = match deadline {
+            None => LONG_WAIT_SECONDS,
+            Some(deadline) => deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .as_secs_f64(),
+        };
+        let waited = tokio::select! {
+            result = reservation.session().get_lock(&lock_name, seconds) => result,
+            () = caller.gone() => {
+                connection::kill(&reservation).await;
+                return Ok(None);
             }
         };
-        let message = match outcome {
-            // Now shared, with the name claimed for the handle.
-            Ok(Got::Taken) => Ok(Some(MySqlHandle::new(
-                name,
-                lock_name,
-                release_note,
-                reservation,
-            ))),
-            Ok(Got::HeldHere) => {
-                // The connection had nothing claimed, yet holds the name: it is in doubt,
-                // and closes (freeing the name) once retired.
-                reservation.retire();
-                drop(reservation);
-                Err(Error::backend(
-                    BACKEND,
-                    format!("GET_LOCK({lock_name:?}) on a connection that holds it already"),
-                    std::io::Error::other("unexpected re-entrant hold"),
-                ))
-            }
-            // Not taken: the reservation goes.
-            other => other.map(|_| None),
-        };
-        if let Err(Ok(Some(handle))) = sender.send(message) {
-            let _ = handle.release().await;
+        match waited {
+            Ok(Got::TimedOut) if deadline.is_none() => continue,
+            other => break other,
         }
-    });
-    receiver.await.unwrap_or_else(|_| {
-        Err(Error::backend(
-            BACKEND,
-            "the wait task ended unexpectedly",
-            std::io::Error::other("task lost"),
-        ))
-    })
+    };
+    match outcome {
+        // Now shared, with the name claimed for the handle.
+        Ok(Got::Taken) => Ok(Some(MySqlHandle::new(
+            name,
+            lock_name,
+            release_note,
+            reservation,
+        ))),
+        Ok(Got::HeldHere) => {
+            // The connection had nothing claimed, yet holds the name: it is in doubt, and
+            // closes (freeing the name) once retired.
+            reservation.retire();
+            drop(reservation);
+            Err(Error::backend(
+                BACKEND,
+                format!("GET_LOCK({lock_name:?}) on a connection that holds it already"),
+                std::io::Error::other("unexpected re-entrant hold"),
+            ))
+        }
+        // Not taken: the reservation goes.
+        other => other.map(|_| None),
+    }
 }
 
 impl Acquire for MySqlLock {

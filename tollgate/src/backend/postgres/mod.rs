@@ -40,8 +40,7 @@ pub mod transaction;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-
+use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::options::UrlOptions;
@@ -445,7 +444,9 @@ impl Named {
             .await
     }
 
-    /// The slow path: waits in the server on a session of its own.
+    /// The slow path: waits in the server on a session of its own. The wait runs as an
+    /// interruptible operation: a dropped future cancels it in the server, gives back what
+    /// was granted in the race, and counts as a release under way until that is done.
     async fn acquire_dedicated(
         self: &Arc<Self>,
         steps: Vec<Step>,
@@ -472,63 +473,50 @@ impl Named {
                 std::io::Error::other("pool returned no dedicated session"),
             ));
         };
-        let (mut sender, receiver) = oneshot::channel();
-        let named = self.clone();
-        let phase = Arc::new(std::sync::Mutex::new(WaitPhase::Running));
-        let mut abandoned = Abandon {
-            phase: phase.clone(),
-            pool: self.pool.clone(),
-            keys,
-            armed: true,
+        let (named, pool) = (self.clone(), self.pool.clone());
+        let usage = if keep_dedicated {
+            Use::Dedicated
+        } else {
+            Use::Shared
         };
-        tokio::spawn(async move {
-            let _finished = Finish {
-                phase,
-                pool: named.pool.clone(),
-                keys: Self::keys(&steps),
-            };
-            let mut cancelled = false;
-            let outcome = wait_in_server(
-                reservation.session(),
-                &named.name,
-                &steps,
-                deadline,
-                &mut sender,
-                &mut cancelled,
-            )
-            .await;
-            if cancelled {
-                reservation.retire();
-            }
-            match outcome {
-                Ok(true) => {
-                    let usage = if keep_dedicated {
-                        Use::Dedicated
-                    } else {
-                        Use::Shared
-                    };
-                    let hold = named.hold(reservation, usage, steps);
-                    if let Err(Ok(Some(hold))) = sender.send(Ok(Some(hold))) {
-                        // Nobody wants it any more: give it back.
-                        let _ = hold.release().await;
-                    }
+        run_interruptible(
+            move |caller| named.wait_dedicated(reservation, steps, deadline, usage, caller),
+            move || pool.note(keys),
+            |outcome| async move {
+                if let Ok(Some(hold)) = outcome {
+                    // Nobody wants it any more: give it back.
+                    let _ = hold.release().await;
                 }
-                other => {
-                    // Nothing stays held: the reservation goes.
-                    drop(reservation);
-                    let _ = sender.send(other.map(|_| None));
-                }
-            }
-        });
-        let result = receiver.await;
-        abandoned.armed = false;
-        result.unwrap_or_else(|_| {
-            Err(Error::backend(
-                BACKEND,
-                "the wait task ended unexpectedly",
-                std::io::Error::other("task lost"),
-            ))
-        })
+            },
+        )
+        .await
+    }
+
+    /// Waits in the server on the dedicated session `reservation` for every step; the hold
+    /// when all were granted (on a session that stays dedicated to it if `usage` says so).
+    async fn wait_dedicated(
+        self: Arc<Self>,
+        reservation: Reservation,
+        steps: Vec<Step>,
+        deadline: Option<tokio::time::Instant>,
+        usage: Use,
+        mut caller: Caller,
+    ) -> Result<Option<Shell<Hold>>> {
+        let session = reservation.session();
+        let outcome = wait_in_server(
+            &self.pool,
+            session,
+            &self.name,
+            &steps,
+            deadline,
+            &mut caller,
+        )
+        .await;
+        match outcome {
+            Ok(true) => Ok(Some(self.hold(reservation, usage, steps))),
+            // Nothing stays held: the reservation goes.
+            other => other.map(|_| None),
+        }
     }
 
     /// The keys a release of `steps` is noted under in this process.
@@ -559,22 +547,33 @@ impl Named {
 }
 
 /// Waits in the server for every step in turn: `Ok(true)` when all are held, `Ok(false)`
-/// when the time ran out, an error otherwise; in both of those, nothing stays held. If
-/// `sender` closes (the acquire future was dropped), the query is cancelled on the server
-/// and whatever was granted meanwhile is released: `Ok(false)`; `cancelled` then says that a
-/// cancel request went to the server (see [`Pool::retire`]).
-async fn wait_in_server<T>(
-    connection: &Connection,
+/// when the time ran out, an error otherwise; in both of those, nothing stays held. If the
+/// caller goes (the acquire future was dropped), the query is cancelled on the server and
+/// whatever was granted meanwhile is released: `Ok(false)`. A session that was sent a cancel
+/// request is retired (see [`Pool::retire`]).
+async fn wait_in_server(
+    pool: &Pool,
+    connection: &Arc<Connection>,
     name: &str,
     steps: &[Step],
     deadline: Option<tokio::time::Instant>,
-    sender: &mut oneshot::Sender<T>,
-    cancelled: &mut bool,
+    caller: &mut Caller,
 ) -> Result<bool> {
+    let mut cancelled = false;
     let mut taken: Vec<Step> = Vec::new();
     let mut outcome = Ok(true);
     for &(key, mode) in steps {
-        match wait_one(connection, name, key, mode, deadline, sender, cancelled).await {
+        match wait_one(
+            connection,
+            name,
+            key,
+            mode,
+            deadline,
+            caller,
+            &mut cancelled,
+        )
+        .await
+        {
             Ok(true) => taken.push((key, mode)),
             other => {
                 outcome = other;
@@ -582,7 +581,7 @@ async fn wait_in_server<T>(
             }
         }
     }
-    if !matches!(outcome, Ok(true)) || sender.is_closed() {
+    if !matches!(outcome, Ok(true)) || caller.is_gone() {
         for &(key, mode) in taken.iter().rev() {
             let _ = connection.unlock(key, mode).await;
         }
@@ -590,22 +589,25 @@ async fn wait_in_server<T>(
             outcome = Ok(false);
         }
     }
+    if cancelled {
+        pool.retire(connection);
+    }
     outcome
 }
 
 /// One `pg_advisory_lock` under `lock_timeout`: `Ok(true)` when granted (even if the grant
 /// raced with the timeout or with our cancel), `Ok(false)` when not.
-async fn wait_one<T>(
+async fn wait_one(
     connection: &Connection,
     name: &str,
     key: AdvisoryKey,
     mode: Mode,
     deadline: Option<tokio::time::Instant>,
-    sender: &mut oneshot::Sender<T>,
+    caller: &mut Caller,
     cancelled: &mut bool,
 ) -> Result<bool> {
     loop {
-        if sender.is_closed() {
+        if caller.is_gone() {
             // Nobody waits any more, and nothing was sent: nothing to cancel.
             return Ok(false);
         }
@@ -627,9 +629,9 @@ async fn wait_one<T>(
         let result = tokio::select! {
             biased;
             result = &mut query => result,
-            () = sender.closed() => {
+            () = caller.gone() => {
                 *cancelled = true;
-                cancel_until_done(connection, query.as_mut()).await
+                interrupt_until_done(query.as_mut(), || connection.cancel_query()).await
             }
         };
         let error = match result {
@@ -653,25 +655,6 @@ async fn wait_one<T>(
                 error,
             )),
         };
-    }
-}
-
-/// Cancels the statement `query` is running until it ends, and returns its outcome. A cancel
-/// request travels on a connection of its own and may reach the server before the statement
-/// does, which ignores it: then the statement would wait unbounded in the server (queued
-/// ahead of later requests), so the request is repeated, with a growing pause, until the
-/// statement ends.
-async fn cancel_until_done<T>(
-    connection: &Connection,
-    mut query: std::pin::Pin<&mut impl std::future::Future<Output = T>>,
-) -> T {
-    let mut pause = std::time::Duration::from_millis(20);
-    loop {
-        connection.cancel_query().await;
-        if let Ok(outcome) = tokio::time::timeout(pause, query.as_mut()).await {
-            return outcome;
-        }
-        pause = (pause * 2).min(std::time::Duration::from_secs(1));
     }
 }
 
@@ -752,59 +735,6 @@ impl Release for Hold {
     async fn release(self) -> Result<()> {
         let _serial = self.operation.clone().lock_owned().await;
         release_steps(&self.named, self.held, &self.steps).await
-    }
-}
-
-/// Where a server-side wait stands, between the acquire future and the task that waits.
-enum WaitPhase {
-    Running,
-    /// The acquire future was dropped; the task's cleanup is a release under way.
-    Abandoned,
-    Finished,
-}
-
-/// In the acquire future: if it is dropped mid-wait, the task's cleanup (cancel, unlock what
-/// was granted) counts as a release under way, so this process's next acquire waits for it.
-struct Abandon {
-    phase: Arc<std::sync::Mutex<WaitPhase>>,
-    pool: Arc<Pool>,
-    keys: Vec<AdvisoryKey>,
-    armed: bool,
-}
-
-impl Drop for Abandon {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let mut phase = self
-            .phase
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if matches!(*phase, WaitPhase::Running) {
-            *phase = WaitPhase::Abandoned;
-            self.pool.begin_release(&self.keys);
-        }
-    }
-}
-
-/// In the waiting task: ends the release note of an abandoned wait once cleanup is done.
-struct Finish {
-    phase: Arc<std::sync::Mutex<WaitPhase>>,
-    pool: Arc<Pool>,
-    keys: Vec<AdvisoryKey>,
-}
-
-impl Drop for Finish {
-    fn drop(&mut self) {
-        let mut phase = self
-            .phase
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if matches!(*phase, WaitPhase::Abandoned) {
-            self.pool.end_release(&self.keys);
-        }
-        *phase = WaitPhase::Finished;
     }
 }
 
@@ -1022,29 +952,17 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
         let deadline = wait.deadline();
         let key = hold.named.key;
         let serial = hold.operation.clone().lock_owned().await;
-        let (mut sender, receiver) = oneshot::channel::<Result<Option<Grant>>>();
         let connection = hold.held.session().clone();
         let name = hold.named.name.clone();
         let operation = hold.operation.clone();
-        let pool = hold.named.pool.clone();
-        tokio::spawn(async move {
+        let (pool, note_pool) = (hold.named.pool.clone(), hold.named.pool.clone());
+        let waiting = move |mut caller: Caller| async move {
             let steps = [(key, Mode::Exclusive)];
-            let mut cancelled = false;
-            let outcome = wait_in_server(
-                &connection,
-                &name,
-                &steps,
-                deadline,
-                &mut sender,
-                &mut cancelled,
-            )
-            .await;
-            if cancelled {
-                pool.retire(&connection);
-            }
+            let outcome =
+                wait_in_server(&pool, &connection, &name, &steps, deadline, &mut caller).await;
             // Release our turn on the session before a grant's cleanup may need it.
             drop(serial);
-            let message = outcome.map(|granted| {
+            outcome.map(|granted| {
                 granted.then(|| Grant {
                     pool,
                     connection: connection.clone(),
@@ -1052,16 +970,15 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
                     operation,
                     taken: false,
                 })
-            });
-            let _ = sender.send(message);
-        });
-        let grant = receiver.await.unwrap_or_else(|_| {
-            Err(Error::backend(
-                BACKEND,
-                "the upgrade task ended unexpectedly",
-                std::io::Error::other("task lost"),
-            ))
-        })?;
+            })
+        };
+        // A grant nobody took gives the exclusive lock back when it is dropped.
+        let grant = run_interruptible(
+            waiting,
+            move || note_pool.note(vec![key]),
+            |grant| async move { drop(grant) },
+        )
+        .await?;
         let Some(mut grant) = grant else {
             return Ok(false);
         };

@@ -62,6 +62,7 @@ use tokio_postgres::{
 use super::connection::{granted_condition, key_args, sqlstate, Mode};
 use super::key::AdvisoryKey;
 use super::{PostgresProviderBuilder, Tls, BACKEND};
+use crate::backend::kit::completion::interrupt_until_done;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
 use crate::backend::kit::pool::{self, Use};
@@ -265,8 +266,7 @@ impl Running {
 
     /// Cancels the statement on the server until it has ended. The first request waits
     /// until [`CANCEL_DELAY`] after the statement was sent, unless the statement ends
-    /// first. A cancel request that reaches the server before the statement does is ignored,
-    /// so it is repeated, with growing pauses, while the statement runs.
+    /// first; then requests repeat while it runs (see [`interrupt_until_done`]).
     async fn cancel_until_finished(&mut self, canceller: &Canceller) {
         if self.finish().now_or_never().is_some() {
             return;
@@ -275,15 +275,10 @@ impl Running {
         if tokio::time::timeout_at(settle, self.finish()).await.is_ok() {
             return;
         }
-        let mut pause = Duration::from_millis(100);
-        while !self.done {
-            self.cancelled = true;
-            canceller.cancel().await;
-            if tokio::time::timeout(pause, self.finish()).await.is_ok() {
-                return;
-            }
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
+        self.cancelled = true;
+        let finishing = self.finish();
+        tokio::pin!(finishing);
+        interrupt_until_done(finishing, || canceller.cancel()).await;
     }
 }
 
