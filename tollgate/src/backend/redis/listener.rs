@@ -8,6 +8,7 @@
 //! backoff; after it reconnects every waiter is woken, since releases may have been missed.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -191,78 +192,121 @@ async fn run(
     loop {
         let connected = tokio::time::timeout(PUBSUB_TIMEOUT, client.get_async_pubsub()).await;
         let Ok(Ok(pubsub)) = connected else {
-            // Down: answer at once (waiters poll meanwhile) until it is time to retry.
-            let retry = tokio::time::sleep(reconnect.pause(false));
-            tokio::pin!(retry);
-            loop {
-                tokio::select! {
-                    () = &mut retry => break,
-                    command = commands.recv() => match command {
-                        None => return,
-                        Some(command) => count(&mut counts, command),
-                    },
-                }
+            if while_down(reconnect.pause(false), &mut commands, &mut counts)
+                .await
+                .is_break()
+            {
+                return;
             }
             continue;
         };
         reconnect = Backoff::new(FIRST_RECONNECT, MAX_RECONNECT);
-        let (mut sink, mut stream) = pubsub.split();
-        let known: Vec<Vec<u8>> = counts.keys().cloned().collect();
-        if !known.is_empty()
-            && !matches!(
-                tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(known)).await,
-                Ok(Ok(()))
-            )
+        if while_connected(pubsub, &channels, &mut commands, &mut counts)
+            .await
+            .is_break()
         {
-            continue;
+            return;
         }
-        // Releases may have been published while this connection was down.
-        channels.wake_all();
-        loop {
-            tokio::select! {
-                command = commands.recv() => {
-                    let Some(command) = command else { return };
-                    let ok = match command {
-                        Command::Subscribe(channel, ack) => {
-                            let count = counts.entry(channel.clone()).or_default();
-                            *count += 1;
-                            let ok = *count > 1 || matches!(
-                                tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(&channel)).await,
-                                Ok(Ok(()))
-                            );
-                            let _ = ack.send(());
-                            ok
-                        }
-                        Command::Unsubscribe(channel) => match counts.get_mut(&channel) {
-                            Some(count) if *count > 1 => {
-                                *count -= 1;
-                                true
-                            }
-                            Some(_) => {
-                                counts.remove(&channel);
-                                matches!(
-                                    tokio::time::timeout(PUBSUB_TIMEOUT, sink.unsubscribe(&channel))
-                                        .await,
-                                    Ok(Ok(()))
-                                )
-                            }
-                            None => true,
-                        },
-                    };
-                    if !ok {
-                        break;
+    }
+}
+
+/// While the server is down, for `pause`: applies commands to the counts alone, answering
+/// subscriptions at once (waiters poll meanwhile). Breaks when the listener is gone, continues
+/// when it is time to retry.
+async fn while_down(
+    pause: Duration,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    counts: &mut HashMap<Vec<u8>, usize>,
+) -> ControlFlow<()> {
+    let retry = tokio::time::sleep(pause);
+    tokio::pin!(retry);
+    loop {
+        tokio::select! {
+            () = &mut retry => return ControlFlow::Continue(()),
+            command = commands.recv() => match command {
+                None => return ControlFlow::Break(()),
+                Some(command) => count(counts, command),
+            },
+        }
+    }
+}
+
+/// On a fresh connection: subscribes to every channel counted, wakes every waiter, then runs
+/// commands and wakes waiters on messages until the connection fails (continues, to open it
+/// again) or the listener is gone (breaks).
+async fn while_connected(
+    pubsub: redis::aio::PubSub,
+    channels: &Channels,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    counts: &mut HashMap<Vec<u8>, usize>,
+) -> ControlFlow<()> {
+    let (mut sink, mut stream) = pubsub.split();
+    let known: Vec<Vec<u8>> = counts.keys().cloned().collect();
+    if !known.is_empty()
+        && !matches!(
+            tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(known)).await,
+            Ok(Ok(()))
+        )
+    {
+        return ControlFlow::Continue(());
+    }
+    // Releases may have been published while this connection was down.
+    channels.wake_all();
+    loop {
+        tokio::select! {
+            command = commands.recv() => {
+                let Some(command) = command else { return ControlFlow::Break(()) };
+                if !forward(&mut sink, counts, command).await {
+                    return ControlFlow::Continue(());
+                }
+            }
+            message = stream.next() => match message {
+                Some(message) => {
+                    if let Ok(channel) = message.get_channel::<Vec<u8>>() {
+                        channels.wake(&channel);
                     }
                 }
-                message = stream.next() => match message {
-                    Some(message) => {
-                        if let Ok(channel) = message.get_channel::<Vec<u8>>() {
-                            channels.wake(&channel);
-                        }
-                    }
-                    None => break,
-                },
-            }
+                None => return ControlFlow::Continue(()),
+            },
         }
+    }
+}
+
+/// Applies a command to the per-channel counts and, for a channel's first subscription or
+/// its last unsubscription, to the server (answering a subscription once done); false when
+/// the server did not confirm it in time (an error, or no answer), so that the connection is
+/// opened again.
+async fn forward(
+    sink: &mut redis::aio::PubSubSink,
+    counts: &mut HashMap<Vec<u8>, usize>,
+    command: Command,
+) -> bool {
+    match command {
+        Command::Subscribe(channel, ack) => {
+            let count = counts.entry(channel.clone()).or_default();
+            *count += 1;
+            let ok = *count > 1
+                || matches!(
+                    tokio::time::timeout(PUBSUB_TIMEOUT, sink.subscribe(&channel)).await,
+                    Ok(Ok(()))
+                );
+            let _ = ack.send(());
+            ok
+        }
+        Command::Unsubscribe(channel) => match counts.get_mut(&channel) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                true
+            }
+            Some(_) => {
+                counts.remove(&channel);
+                matches!(
+                    tokio::time::timeout(PUBSUB_TIMEOUT, sink.unsubscribe(&channel)).await,
+                    Ok(Ok(()))
+                )
+            }
+            None => true,
+        },
     }
 }
 

@@ -225,63 +225,126 @@ async fn attempt(
     .await
 }
 
+/// One attempt's tries on the servers: a fresh owner id, the acquire script on every server,
+/// then a handle if a majority granted it with enough validity left, or else the outcome of
+/// the refusals and failures (after giving back whatever was taken).
 async fn attempt_on_servers(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     waiter: Option<&str>,
 ) -> Result<Attempt> {
     let lease = shared.lease;
-    let servers = shared.servers.len();
-    let quorum = shared.quorum();
     let owner = random_id();
     let ttl = lease_ms(lease.expiry);
     let args = script_args(owner.as_bytes(), &ttl, target, waiter.map(str::as_bytes));
     let started = Instant::now();
     let budget = lease.attempt_budget();
+    let tally = acquire_on_servers(shared, target, &args, budget).await;
+    let elapsed = started.elapsed();
+    let validity = lease
+        .expiry
+        .checked_sub(elapsed + lease.drift())
+        .unwrap_or_default();
+    if tally.taken >= shared.quorum() && tally.other_max.is_none() && validity >= lease.min_validity
+    {
+        let deadline = started + lease.expiry.saturating_sub(lease.drift());
+        let token = target.kind.fenced.then_some(tally.token);
+        return Ok(Attempt::Taken(RedisHandle::new(
+            shared.clone(),
+            target.clone(),
+            owner,
+            token,
+            deadline,
+        )));
+    }
+    give_back(shared, target, owner, &tally.answered);
+    tally.busy_or_error(target, shared.servers.len(), shared.quorum())
+}
+
+/// What the servers said to one attempt, as far as they were heard before the outcome was
+/// decided.
+#[derive(Default)]
+struct Tally {
+    /// Per server, whether it refused (so that it holds nothing of this attempt's).
+    answered: Vec<bool>,
+    taken: usize,
+    refused: usize,
+    failed: usize,
+    /// The largest of the granting servers' clocks, in microseconds.
+    token: u64,
+    /// The shortest time left on the current hold among the refusals that told it.
+    hint: Option<Duration>,
+    /// The max count a semaphore is in use with, when a server refused over it.
+    other_max: Option<i64>,
+    first_error: Option<Error>,
+}
+
+/// Runs the acquire script on every server at once, each bounded by `budget`, and tallies the
+/// replies until the outcome is decided; the servers still to answer are then given up on.
+async fn acquire_on_servers(
+    shared: &Shared,
+    target: &Target,
+    args: &[&[u8]],
+    budget: Duration,
+) -> Tally {
+    let servers = shared.servers.len();
+    let quorum = shared.quorum();
     let mut pending: FuturesUnordered<_> = shared
         .servers
         .iter()
         .enumerate()
-        .map(|(index, server)| {
-            let args = &args;
-            async move {
-                let reply = tokio::time::timeout(
-                    budget,
-                    server.run::<Vec<i64>>(target.kind.acquire, &target.keys, args),
-                )
-                .await;
-                (index, reply)
-            }
+        .map(|(index, server)| async move {
+            let reply = tokio::time::timeout(
+                budget,
+                server.run::<Vec<i64>>(target.kind.acquire, &target.keys, args),
+            )
+            .await;
+            (index, reply)
         })
         .collect();
-    let mut answered = vec![false; servers];
-    let (mut taken, mut refused, mut failed) = (0, 0, 0);
-    let mut token = 0u64;
-    let mut hint: Option<Duration> = None;
-    let mut other_max = None;
-    let mut first_error = None;
+    let mut tally = Tally {
+        answered: vec![false; servers],
+        ..Tally::default()
+    };
     while let Some((index, reply)) = pending.next().await {
-        let server = &shared.servers[index];
+        tally.count(&shared.servers[index], index, reply, budget);
+        if tally.decided(servers, quorum) {
+            break;
+        }
+    }
+    tally
+}
+
+impl Tally {
+    /// Counts the reply of the server at `index`: a grant, a refusal, or a failure (an
+    /// unexpected reply, an error, or no answer within `budget`).
+    fn count(
+        &mut self,
+        server: &Server,
+        index: usize,
+        reply: std::result::Result<redis::RedisResult<Vec<i64>>, tokio::time::error::Elapsed>,
+        budget: Duration,
+    ) {
         let error = match reply {
             Ok(Ok(values)) => match parse_reply(&values) {
                 Some(Reply::Taken { micros }) => {
-                    taken += 1;
-                    token = token.max(micros);
+                    self.taken += 1;
+                    self.token = self.token.max(micros);
                     None
                 }
                 Some(Reply::Busy { hint: busy }) => {
-                    answered[index] = true;
-                    refused += 1;
-                    hint = match (hint, busy) {
+                    self.answered[index] = true;
+                    self.refused += 1;
+                    self.hint = match (self.hint, busy) {
                         (Some(a), Some(b)) => Some(a.min(b)),
                         (a, b) => a.or(b),
                     };
                     None
                 }
                 Some(Reply::OtherMax(stored)) => {
-                    answered[index] = true;
-                    refused += 1;
-                    other_max = Some(stored);
+                    self.answered[index] = true;
+                    self.refused += 1;
+                    self.other_max = Some(stored);
                     None
                 }
                 None => Some(server_error(
@@ -298,67 +361,72 @@ async fn attempt_on_servers(
             )),
         };
         if let Some(error) = error {
-            failed += 1;
-            first_error.get_or_insert(error);
+            self.failed += 1;
+            self.first_error.get_or_insert(error);
         }
+    }
+
+    /// Whether the outcome is decided, out of `servers` with a majority of `quorum`.
+    fn decided(&self, servers: usize, quorum: usize) -> bool {
         // Stop as soon as the outcome is decided. A mix of refusals and failures is not
         // decided yet: whether the failures alone outvote the quorum (an error, which must
         // not pass for "held elsewhere") depends on the servers still to answer.
         let minority = servers - quorum;
-        if taken >= quorum || refused > minority || failed > minority {
-            break;
+        self.taken >= quorum || self.refused > minority || self.failed > minority
+    }
+
+    /// The outcome of an attempt that did not take the hold: an error for a semaphore in use
+    /// with another max count, or when failures outvoted the quorum; else busy, with the
+    /// shortest hint the refusals gave.
+    fn busy_or_error(self, target: &Target, servers: usize, quorum: usize) -> Result<Attempt> {
+        let Tally {
+            failed,
+            hint,
+            other_max,
+            first_error,
+            ..
+        } = self;
+        if let Some(stored) = other_max {
+            return Err(Error::invalid(format!(
+                "semaphore {:?} is in use with max count {stored}, not {}; every user of a \
+                 semaphore must give the same max count",
+                target.name,
+                String::from_utf8_lossy(target.extra.first().map_or(&[][..], Vec::as_slice)),
+            )));
         }
+        if failed > servers - quorum {
+            let error = first_error.unwrap_or_else(|| Error::invalid("no servers"));
+            return Err(match error {
+                Error::Backend {
+                    message, source, ..
+                } if servers > 1 => Error::Backend {
+                    backend: BACKEND,
+                    message: format!(
+                        "{failed} of {servers} servers failed while acquiring {:?}; \
+                         first: {message}",
+                        target.name
+                    ),
+                    source,
+                },
+                other => other,
+            });
+        }
+        Ok(Attempt::Busy { hint })
     }
-    drop(pending);
-    let elapsed = started.elapsed();
-    let validity = lease
-        .expiry
-        .checked_sub(elapsed + lease.drift())
-        .unwrap_or_default();
-    if taken >= quorum && other_max.is_none() && validity >= lease.min_validity {
-        let deadline = started + lease.expiry.saturating_sub(lease.drift());
-        let token = target.kind.fenced.then_some(token);
-        return Ok(Attempt::Taken(RedisHandle::new(
-            shared.clone(),
-            target.clone(),
-            owner,
-            token,
-            deadline,
-        )));
-    }
-    // Give back whatever this attempt may have taken: everywhere but where it was refused.
-    let rollback: Vec<usize> = (0..servers).filter(|&index| !answered[index]).collect();
+}
+
+/// Gives back whatever an attempt by `owner` may have taken, on a task of its own: releases
+/// everywhere but where it was refused (`answered`).
+fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered: &[bool]) {
+    let rollback: Vec<usize> = (0..answered.len())
+        .filter(|&index| !answered[index])
+        .collect();
     if !rollback.is_empty() {
         let (shared, target) = (shared.clone(), target.clone());
         tokio::spawn(async move {
             release_on(&shared, &target, &owner, &rollback, shared.lease.expiry).await;
         });
     }
-    if let Some(stored) = other_max {
-        return Err(Error::invalid(format!(
-            "semaphore {:?} is in use with max count {stored}, not {}; every user of a \
-             semaphore must give the same max count",
-            target.name,
-            String::from_utf8_lossy(target.extra.first().map_or(&[][..], Vec::as_slice)),
-        )));
-    }
-    if failed > servers - quorum {
-        let error = first_error.unwrap_or_else(|| Error::invalid("no servers"));
-        return Err(match error {
-            Error::Backend {
-                message, source, ..
-            } if servers > 1 => Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "{failed} of {servers} servers failed while acquiring {:?}; first: {message}",
-                    target.name
-                ),
-                source,
-            },
-            other => other,
-        });
-    }
-    Ok(Attempt::Busy { hint })
 }
 
 /// Runs the release script on the given servers, each on a task of its own; returns once

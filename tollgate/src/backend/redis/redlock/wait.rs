@@ -39,25 +39,49 @@ async fn abandon(shared: &Shared, target: &Target, waiter: &str) {
     futures_util::future::join_all(runs).await;
 }
 
-/// Withdraws the waiting mark when a wait ends without the hold, however it ends.
-struct WaitingMark {
+/// A waiting writer's mark on the servers.
+struct Mark {
     shared: Arc<Shared>,
     target: Arc<Target>,
     waiter: String,
-    armed: bool,
 }
+
+/// Withdraws the waiting mark, if it still holds one, when a wait ends without the hold,
+/// however it ends.
+struct WaitingMark(Option<Mark>);
 
 impl Drop for WaitingMark {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if let Some(Mark {
+            shared,
+            target,
+            waiter,
+        }) = self.0.take()
+        {
+            spawn_release(async move { abandon(&shared, &target, &waiter).await });
         }
-        let (shared, target, waiter) = (
-            self.shared.clone(),
-            self.target.clone(),
-            std::mem::take(&mut self.waiter),
-        );
-        spawn_release(async move { abandon(&shared, &target, &waiter).await });
+    }
+}
+
+impl WaitingMark {
+    /// The waiter's id, if it has a mark.
+    fn waiter(&self) -> Option<&str> {
+        self.0.as_ref().map(|mark| mark.waiter.as_str())
+    }
+
+    /// The wait got the hold: its mark is not withdrawn (the acquire script cleared it where
+    /// it took the hold).
+    fn disarm(&mut self) {
+        self.0.take();
+    }
+
+    /// A wait that timed out withdraws its waiting mark before returning, so that this
+    /// process's next read sees it gone.
+    async fn give_up(&mut self) {
+        if let Some(mark) = &self.0 {
+            abandon(&mark.shared, &mark.target, &mark.waiter).await;
+        }
+        self.0.take();
     }
 }
 
@@ -76,27 +100,25 @@ pub(crate) async fn acquire_wait(
         .wait(std::slice::from_ref(&target.note()))
         .await;
     let waits = wait != Wait::NO_WAIT;
-    let mut mark = (waits && target.kind.abandon.is_some()).then(|| WaitingMark {
+    let mut mark = WaitingMark((waits && target.kind.abandon.is_some()).then(|| Mark {
         shared: shared.clone(),
         target: target.clone(),
         waiter: random_id(),
-        armed: true,
-    });
-    let waiter = mark.as_ref().map(|mark| mark.waiter.clone());
+    }));
     let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
     let mut backoff = Backoff::new(FIRST_BACKOFF, cap);
     let mut contender = Waiting {
         shared,
         target,
-        waiter: waiter.as_deref(),
+        waiter: mark.waiter(),
     };
     match wait_for(&mut contender, deadline, &mut backoff).await? {
         Some(handle) => {
-            disarm(&mut mark);
+            mark.disarm();
             Ok(Some(handle))
         }
         None => {
-            give_up(&mut mark).await;
+            mark.give_up().await;
             Ok(None)
         }
     }
@@ -165,20 +187,5 @@ async fn before<T>(
     match deadline {
         None => Some(future.await),
         Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
-    }
-}
-
-/// A wait that timed out withdraws its waiting mark before returning, so that this process's
-/// next read sees it gone.
-async fn give_up(mark: &mut Option<WaitingMark>) {
-    if let Some(mark) = mark {
-        abandon(&mark.shared, &mark.target, &mark.waiter).await;
-        mark.armed = false;
-    }
-}
-
-fn disarm(mark: &mut Option<WaitingMark>) {
-    if let Some(mark) = mark {
-        mark.armed = false;
     }
 }
