@@ -21,7 +21,7 @@ use super::{Lease, BACKEND};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
-use crate::backend::kit::runtime::background;
+use crate::backend::kit::runtime::{background, spawn_release};
 use crate::{Error, Handle, LossNotifier, LossSignal, Result};
 
 mod wait;
@@ -415,15 +415,16 @@ impl Tally {
     }
 }
 
-/// Gives back whatever an attempt by `owner` may have taken, on a task of its own: releases
-/// everywhere but where it was refused (`answered`).
+/// Gives back whatever an attempt by `owner` may have taken, on tollgate's runtime and
+/// counted as a release under way (flushed at exit): releases everywhere but where it was
+/// refused (`answered`).
 fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered: &[bool]) {
     let rollback: Vec<usize> = (0..answered.len())
         .filter(|&index| !answered[index])
         .collect();
     if !rollback.is_empty() {
         let (shared, target) = (shared.clone(), target.clone());
-        tokio::spawn(async move {
+        spawn_release(async move {
             release_on(&shared, &target, &owner, &rollback, shared.lease.expiry).await;
         });
     }
