@@ -315,6 +315,26 @@ impl<P: Protocol> Pool<P> {
         self.changed.notify_waiters();
     }
 
+    /// A session of its own (see [`Use::Dedicated`]) with `keys` claimed on it, for a wait
+    /// in the server: `None` when `deadline` passes before one is free.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe, as [`Pool::reserve`].
+    pub(crate) async fn reserve_dedicated(
+        self: &Arc<Self>,
+        keys: Vec<P::Key>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<Reservation<P>>> {
+        let dedicated = self.reserve(keys, Use::Dedicated);
+        match deadline {
+            None => dedicated.await,
+            Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
+                Ok(reservation) => reservation,
+                Err(_) => Ok(None),
+            },
+        }
+    }
+
     /// A session with `keys` claimed on it for `usage`: the busiest that fits, or a new one
     /// while the pool may open one. `None` only for [`Use::Shared`] (see there); otherwise
     /// waits for a session to become usable.

@@ -161,7 +161,7 @@ pub(crate) trait Contender: Send {
 }
 
 /// Runs `contender` until it takes the primitive (`Ok(Some)`) or `deadline` (from
-/// [`Wait::deadline`], taken when the acquire began) passes after at least one attempt
+/// [`Wait::deadline`](crate::Wait::deadline), taken when the acquire began) passes after at least one attempt
 /// (`Ok(None)`); an attempt's error ends the wait.
 ///
 /// # Cancel safety

@@ -13,8 +13,8 @@
 //!   `GET_LOCK` is sent, and stays claimed until `GET_LOCK` said no or `RELEASE_LOCK` has
 //!   run: one connection never takes a name for two handles. The statement itself refuses a
 //!   name its connection already holds, as a second line of defence. Every operation on a
-//!   connection runs to completion on its own task, so a dropped future never leaves a
-//!   connection mid-query.
+//!   connection runs to completion (the rest of a dropped one on tollgate's runtime), so a
+//!   dropped future never leaves a connection mid-query; a dropped wait kills its connection.
 //! - **Handle loss**: every connection that holds locks is pinged (default every second);
 //!   when it fails (`KILL CONNECTION`, network failure), its handles' loss signals fire.
 //! - **Locks on a caller's own connection**: [`lock_on_connection`], with the same
@@ -357,15 +357,7 @@ async fn wait_dedicated(
     deadline: Option<tokio::time::Instant>,
 ) -> Result<Option<MySqlHandle>> {
     let names = vec![lock_name.to_owned()];
-    let dedicated = pool.reserve(names, Use::Dedicated);
-    let reservation = match deadline {
-        None => dedicated.await?,
-        Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
-            Ok(reservation) => reservation?,
-            Err(_) => return Ok(None),
-        },
-    };
-    let Some(reservation) = reservation else {
+    let Some(reservation) = pool.reserve_dedicated(names, deadline).await? else {
         return Ok(None);
     };
     let (lock_name, name) = (lock_name.to_owned(), name.clone());

@@ -1,0 +1,206 @@
+//! Configuring a PostgreSQL provider: its builder, and the URL that fills one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{connection, listener, PostgresProvider, BACKEND};
+use crate::backend::kit::options::UrlOptions;
+use crate::{Error, Result};
+
+pub(super) const DEFAULT_POOL_SIZE: usize = 16;
+/// How long a session that holds nothing stays open by default.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The URL options tokio-postgres reads (0.7.18's `Config::param`), handed on to it;
+/// tollgate reads `sslmode` itself.
+const PASSED_ON: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslnegotiation",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// How connections are encrypted.
+#[derive(Clone)]
+pub(crate) enum Tls {
+    Plain,
+    Native(postgres_native_tls::MakeTlsConnector),
+}
+
+/// Configures a [`PostgresProvider`].
+#[derive(Clone)]
+pub struct PostgresProviderBuilder {
+    pub(super) config: tokio_postgres::Config,
+    pub(super) tls: Tls,
+    pub(super) pool_size: usize,
+    pub(super) keepalive: Option<Duration>,
+    pub(super) idle_timeout: Option<Duration>,
+    pub(super) allow_hashing: bool,
+}
+
+impl std::fmt::Debug for PostgresProviderBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProviderBuilder")
+            .field("hosts", &self.config.get_hosts())
+            .field("pool_size", &self.pool_size)
+            .field("keepalive", &self.keepalive)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish()
+    }
+}
+
+impl PostgresProviderBuilder {
+    /// At most this many sessions (default 16). Held locks share sessions; each wait that
+    /// cannot be satisfied at once needs a session of its own while it waits.
+    pub fn pool_size(mut self, pool_size: usize) -> Self {
+        self.pool_size = pool_size;
+        self
+    }
+
+    /// Runs `SELECT 1` on every idle or holding session this often, so that a silently dead
+    /// connection is noticed (and its handles' loss signals fire): a ping that fails, or gets
+    /// no answer within twice the interval (at least 1 s), ends the session. Off by default.
+    pub fn keepalive(mut self, interval: Duration) -> Self {
+        self.keepalive = Some(interval);
+        self
+    }
+
+    /// Closes a session once it has held nothing for this long (default 60 s); `None` keeps
+    /// every session open until the provider is dropped.
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Whether names that are not a packed ASCII name or a hex key are hashed to a key
+    /// (default true). Without hashing, such names are an [`Error::InvalidArgument`].
+    pub fn allow_hashing(mut self, allow_hashing: bool) -> Self {
+        self.allow_hashing = allow_hashing;
+        self
+    }
+
+    /// The provider. Connections are opened when first needed.
+    pub fn build(self) -> Result<PostgresProvider> {
+        if self.pool_size == 0 {
+            return Err(Error::invalid("postgres pool size must be at least 1"));
+        }
+        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
+            return Err(Error::invalid(
+                "postgres keepalive interval must be above zero",
+            ));
+        }
+        let listener = listener::Listener::new(self.config.clone(), self.tls.clone());
+        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(Error::invalid("postgres idle timeout must be above zero"));
+        }
+        let pool = connection::new_pool(
+            self.config,
+            self.tls,
+            self.pool_size,
+            self.keepalive,
+            self.idle_timeout,
+        );
+        Ok(PostgresProvider {
+            pool: Arc::new(pool),
+            listener: Arc::new(listener),
+            allow_hashing: self.allow_hashing,
+        })
+    }
+}
+
+impl PostgresProvider {
+    /// A builder from a connection URL (`postgres://user:password@host:port/db`, also
+    /// `postgresql://`) or a `key=value` connection string.
+    ///
+    /// Besides libpq's options that tokio-postgres understands, the URL may carry
+    /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
+    /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`,
+    /// `keepalive=DURATION` and `idle_timeout=DURATION` (or `never`; see
+    /// [`PostgresProviderBuilder::idle_timeout`]); durations as [`crate::parse_duration`]
+    /// reads them (`30`, `250ms`, `5s`). Any other key is an error that names it.
+    pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
+        let mut pool_size = DEFAULT_POOL_SIZE;
+        let mut keepalive = None;
+        let mut idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
+        let mut sslmode = String::from("prefer");
+        let connection_string =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                let mut parsed = url::Url::parse(url)
+                    .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
+                let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
+                pool_size = options.count("pool_size")?.unwrap_or(pool_size);
+                keepalive = options.duration("keepalive")?.or(keepalive);
+                idle_timeout = options
+                    .duration_or_never("idle_timeout")?
+                    .unwrap_or(idle_timeout);
+                sslmode = options.take("sslmode").unwrap_or(sslmode);
+                let kept = options.finish(PASSED_ON)?;
+                if kept.is_empty() {
+                    parsed.set_query(None);
+                } else {
+                    parsed.query_pairs_mut().clear().extend_pairs(kept);
+                }
+                parsed.to_string()
+            } else {
+                url.to_owned()
+            };
+        let mut config: tokio_postgres::Config = connection_string
+            .parse()
+            .map_err(|error| Error::invalid(format!("bad postgres connection string: {error}")))?;
+        let tls = tls_for(&sslmode, &mut config)?;
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate");
+        }
+        Ok(PostgresProviderBuilder {
+            config,
+            tls,
+            pool_size,
+            keepalive,
+            idle_timeout,
+            allow_hashing: true,
+        })
+    }
+}
+
+/// The TLS set-up `sslmode` asks for, applied to `config`.
+fn tls_for(sslmode: &str, config: &mut tokio_postgres::Config) -> Result<Tls> {
+    Ok(match sslmode {
+        "disable" => {
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            Tls::Plain
+        }
+        "prefer" | "require" | "verify-ca" | "verify-full" => {
+            let verify = sslmode.starts_with("verify");
+            let connector = native_tls::TlsConnector::builder()
+                .danger_accept_invalid_certs(!verify)
+                .danger_accept_invalid_hostnames(sslmode != "verify-full")
+                .build()
+                .map_err(|error| Error::backend(BACKEND, "cannot set up TLS", error))?;
+            config.ssl_mode(if sslmode == "prefer" {
+                tokio_postgres::config::SslMode::Prefer
+            } else {
+                tokio_postgres::config::SslMode::Require
+            });
+            Tls::Native(postgres_native_tls::MakeTlsConnector::new(connector))
+        }
+        other => {
+            return Err(Error::invalid(format!(
+                "postgres URL option sslmode={other:?}: expected disable, prefer, require, \
+                 verify-ca or verify-full"
+            )))
+        }
+    })
+}

@@ -1,0 +1,331 @@
+//! Taking advisory locks: one try on a shared session (the fast path), else a wait in the
+//! server on a session of its own, which a dropped acquire future cancels.
+
+use std::sync::Arc;
+
+use super::connection::{key_args, sqlstate, Connection, Mode, Pool, Reservation, Use};
+use super::AdvisoryKey;
+use super::{Hold, Named, BACKEND};
+use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
+use crate::backend::kit::hold::Shell;
+use crate::backend::kit::runtime::spawn_release;
+use crate::{Error, Result, Wait};
+
+/// One advisory lock a hold takes, in order.
+pub(super) type Step = (AdvisoryKey, Mode);
+
+/// `SELECT` that tries every step in order and keeps all or none (one round trip).
+fn try_all_sql(steps: &[Step]) -> String {
+    fn nested(steps: &[Step]) -> String {
+        match steps {
+            [] => "true".into(),
+            [(key, mode), rest @ ..] => {
+                let suffix = if *mode == Mode::Shared { "_shared" } else { "" };
+                let args = key_args(*key);
+                if rest.is_empty() {
+                    format!("pg_try_advisory_lock{suffix}({args})")
+                } else {
+                    format!(
+                        "CASE WHEN pg_try_advisory_lock{suffix}({args}) THEN CASE WHEN {} THEN true \
+                         ELSE NOT pg_advisory_unlock{suffix}({args}) END ELSE false END",
+                        nested(rest)
+                    )
+                }
+            }
+        }
+    }
+    format!("SELECT {}", nested(steps))
+}
+
+/// Undoes a try whose future was dropped while the query was in flight: the server may have
+/// granted the lock, and nobody would know. The keys stay claimed until that is undone.
+struct TryGuard<'a> {
+    reservation: Option<Reservation>,
+    steps: &'a [Step],
+}
+
+impl TryGuard<'_> {
+    /// The try's statement has ended: the reservation is the caller's again.
+    fn finished(mut self) -> Reservation {
+        self.reservation.take().expect("a try finishes once")
+    }
+}
+
+impl Drop for TryGuard<'_> {
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let steps = self.steps.to_vec();
+        let note = reservation.pool().note(Named::keys(&steps));
+        spawn_release(async move {
+            let _note = note;
+            // Queries run in order on a session, so this runs after the interrupted try.
+            for &(key, mode) in steps.iter().rev() {
+                let _ = reservation.session().unlock_if_held(key, mode).await;
+            }
+            drop(reservation);
+        });
+    }
+}
+
+impl Named {
+    fn keys(steps: &[Step]) -> Vec<AdvisoryKey> {
+        steps.iter().map(|(key, _)| *key).collect()
+    }
+
+    /// Acquires every step, waiting as `wait` says. A hold on a dedicated session stays
+    /// dedicated when `keep_dedicated` (upgradeable reads, whose upgrade blocks the session).
+    pub(super) async fn acquire(
+        self: &Arc<Self>,
+        steps: Vec<Step>,
+        wait: Wait,
+        keep_dedicated: bool,
+    ) -> Result<Option<Shell<Hold>>> {
+        let deadline = wait.deadline();
+        let keys = Self::keys(&steps);
+        // A hold of ours that was just dropped is still being released: wait for that first.
+        self.pool.wait_for_releases(&keys).await;
+        if !keep_dedicated {
+            // The fast path: one try on a shared session.
+            let Some(reservation) = self.pool.reserve(keys, Use::Shared).await? else {
+                return self
+                    .acquire_dedicated(steps, wait, deadline, keep_dedicated)
+                    .await;
+            };
+            let connection = reservation.session().clone();
+            let trying = TryGuard {
+                reservation: Some(reservation),
+                steps: &steps,
+            };
+            let outcome = match steps.as_slice() {
+                &[(key, mode)] => connection.try_lock(key, mode).await,
+                _ => connection
+                    .query_value(&try_all_sql(&steps))
+                    .await
+                    .map(|value| value.as_deref() == Some("t")),
+            };
+            let reservation = trying.finished();
+            match outcome {
+                Ok(true) => {
+                    return Ok(Some(self.hold(reservation, Use::Shared, steps)));
+                }
+                // Not granted: the reservation goes.
+                Ok(false) => {}
+                Err(error) => {
+                    return Err(Error::backend(
+                        BACKEND,
+                        format!("cannot try-lock {:?}", self.name),
+                        error,
+                    ));
+                }
+            }
+            if wait == Wait::NO_WAIT {
+                return Ok(None);
+            }
+        }
+        self.acquire_dedicated(steps, wait, deadline, keep_dedicated)
+            .await
+    }
+
+    /// The slow path: waits in the server on a session of its own. The wait runs as an
+    /// interruptible operation: a dropped future cancels it in the server, gives back what
+    /// was granted in the race, and counts as a release under way until that is done.
+    async fn acquire_dedicated(
+        self: &Arc<Self>,
+        steps: Vec<Step>,
+        wait: Wait,
+        deadline: Option<tokio::time::Instant>,
+        keep_dedicated: bool,
+    ) -> Result<Option<Shell<Hold>>> {
+        if wait == Wait::NO_WAIT && !keep_dedicated {
+            return Ok(None);
+        }
+        let keys = Self::keys(&steps);
+        let Some(reservation) = self.pool.reserve_dedicated(keys.clone(), deadline).await? else {
+            return Ok(None);
+        };
+        let (named, pool) = (self.clone(), self.pool.clone());
+        let usage = if keep_dedicated {
+            Use::Dedicated
+        } else {
+            Use::Shared
+        };
+        run_interruptible(
+            move |caller| named.wait_dedicated(reservation, steps, deadline, usage, caller),
+            move || pool.note(keys),
+            |outcome| async move {
+                if let Ok(Some(hold)) = outcome {
+                    // Nobody wants it any more: give it back.
+                    let _ = hold.release().await;
+                }
+            },
+        )
+        .await
+    }
+
+    /// Waits in the server on the dedicated session `reservation` for every step; the hold
+    /// when all were granted (on a session that stays dedicated to it if `usage` says so).
+    async fn wait_dedicated(
+        self: Arc<Self>,
+        reservation: Reservation,
+        steps: Vec<Step>,
+        deadline: Option<tokio::time::Instant>,
+        usage: Use,
+        mut caller: Caller,
+    ) -> Result<Option<Shell<Hold>>> {
+        let session = reservation.session();
+        let outcome = wait_in_server(
+            &self.pool,
+            session,
+            &self.name,
+            &steps,
+            deadline,
+            &mut caller,
+        )
+        .await;
+        match outcome {
+            Ok(true) => Ok(Some(self.hold(reservation, usage, steps))),
+            // Nothing stays held: the reservation goes.
+            other => other.map(|_| None),
+        }
+    }
+
+    /// The keys a release of `steps` is noted under in this process.
+    pub(super) fn release_keys(&self, steps: &[Step]) -> Vec<AdvisoryKey> {
+        let mut keys = Self::keys(steps);
+        keys.extend(self.semaphore.as_ref().map(|(marker, _)| *marker));
+        keys
+    }
+
+    /// The hold of `steps`, granted on the reservation's session, which stays dedicated to
+    /// it if `usage` says so.
+    pub(super) fn hold(
+        self: &Arc<Self>,
+        reservation: Reservation,
+        usage: Use,
+        steps: Vec<Step>,
+    ) -> Shell<Hold> {
+        let primary = steps.last().map_or(self.key, |(key, _)| *key);
+        let (held, loss) = reservation.into_held(&primary, usage);
+        Shell::new(Hold {
+            named: self.clone(),
+            held,
+            steps,
+            loss,
+            operation: Arc::new(tokio::sync::Mutex::new(())),
+        })
+    }
+}
+
+/// Waits in the server for every step in turn: `Ok(true)` when all are held, `Ok(false)`
+/// when the time ran out, an error otherwise; in both of those, nothing stays held. If the
+/// caller goes (the acquire future was dropped), the query is cancelled on the server and
+/// whatever was granted meanwhile is released: `Ok(false)`. A session that was sent a cancel
+/// request is retired (see [`Pool::retire`]).
+pub(super) async fn wait_in_server(
+    pool: &Pool,
+    connection: &Arc<Connection>,
+    name: &str,
+    steps: &[Step],
+    deadline: Option<tokio::time::Instant>,
+    caller: &mut Caller,
+) -> Result<bool> {
+    let mut cancelled = false;
+    let mut taken: Vec<Step> = Vec::new();
+    let mut outcome = Ok(true);
+    for &(key, mode) in steps {
+        match wait_one(
+            connection,
+            name,
+            key,
+            mode,
+            deadline,
+            caller,
+            &mut cancelled,
+        )
+        .await
+        {
+            Ok(true) => taken.push((key, mode)),
+            other => {
+                outcome = other;
+                break;
+            }
+        }
+    }
+    if !matches!(outcome, Ok(true)) || caller.is_gone() {
+        for &(key, mode) in taken.iter().rev() {
+            let _ = connection.unlock(key, mode).await;
+        }
+        if matches!(outcome, Ok(true)) {
+            outcome = Ok(false);
+        }
+    }
+    if cancelled {
+        pool.retire(connection);
+    }
+    outcome
+}
+
+/// One `pg_advisory_lock` under `lock_timeout`: `Ok(true)` when granted (even if the grant
+/// raced with the timeout or with our cancel), `Ok(false)` when not.
+async fn wait_one(
+    connection: &Connection,
+    name: &str,
+    key: AdvisoryKey,
+    mode: Mode,
+    deadline: Option<tokio::time::Instant>,
+    caller: &mut Caller,
+    cancelled: &mut bool,
+) -> Result<bool> {
+    loop {
+        if caller.is_gone() {
+            // Nobody waits any more, and nothing was sent: nothing to cancel.
+            return Ok(false);
+        }
+        let timeout_ms = match deadline {
+            None => 0,
+            Some(deadline) => {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
+                remaining.as_millis().clamp(1, i32::MAX as u128)
+            }
+        };
+        let suffix = if mode == Mode::Shared { "_shared" } else { "" };
+        let sql = format!(
+            "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{suffix}({})",
+            key_args(key)
+        );
+        let query = connection.query_value(&sql);
+        tokio::pin!(query);
+        let result = tokio::select! {
+            biased;
+            result = &mut query => result,
+            () = caller.gone() => {
+                *cancelled = true;
+                interrupt_until_done(query.as_mut(), || connection.cancel_query()).await
+            }
+        };
+        let error = match result {
+            Ok(_) => return Ok(true),
+            Err(error) => error,
+        };
+        return match sqlstate(&error) {
+            // A cancel we did not send was meant for an earlier statement on this session
+            // and landed late: wait again (the session is retired, see `Pool::retire`).
+            Some("57014") if !*cancelled => continue,
+            // lock_timeout (55P03) or our cancel (57014) may have raced with the grant.
+            Some("55P03" | "57014") => connection.holds(key, mode).await.map_err(|error| {
+                Error::backend(BACKEND, "cannot check pg_locks after a timeout", error)
+            }),
+            Some("40P01") => Err(Error::Deadlock {
+                name: name.to_owned(),
+            }),
+            _ => Err(Error::backend(
+                BACKEND,
+                format!("waiting for {name:?} failed"),
+                error,
+            )),
+        };
+    }
+}
