@@ -252,8 +252,9 @@ impl Acquire for MySqlLock {
     /// Acquires, waiting in the server as `wait` says.
     ///
     /// # Cancel safety
-    /// Cancel-safe: a try always completes on its own task and gives back what it got if
-    /// nobody wants it; a dropped wait kills its dedicated connection on the server.
+    /// Cancel-safe: a try always runs to completion (the rest of a dropped one on tollgate's
+    /// runtime) and gives back what it got if nobody wants it; a dropped wait kills its
+    /// dedicated connection on the server.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<MySqlHandle>> {
         let deadline = wait.deadline();
         // A hold of ours that was just dropped is still being released: wait for that first.

@@ -103,8 +103,9 @@ impl Acquire for MySqlSemaphore {
     /// grows from 10 ms to 500 ms.
     ///
     /// # Cancel safety
-    /// Cancel-safe: each scan completes on its own task and gives back a ticket nobody wants;
-    /// a dropped server-side wait kills its dedicated connection.
+    /// Cancel-safe: each scan runs to completion (the rest of a dropped one on tollgate's
+    /// runtime) and gives back a ticket nobody wants; a dropped server-side wait kills its
+    /// dedicated connection.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<MySqlHandle>> {
         let deadline = wait.deadline();
         self.pool

@@ -421,8 +421,9 @@ impl Acquire for RedisLock {
     /// Acquires, waiting as `wait` says for a release notification between tries.
     ///
     /// # Cancel safety
-    /// Cancel-safe: each attempt runs on its own task and gives back what it took if the
-    /// future is gone by then; nothing is held while waiting between attempts.
+    /// Cancel-safe: each attempt runs to completion (the rest of a dropped one on tollgate's
+    /// runtime) and gives back what it took if the future is gone by then; nothing is held while
+    /// waiting between attempts.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<RedisHandle>> {
         redlock::acquire_wait(&self.shared, &self.target, wait).await
     }

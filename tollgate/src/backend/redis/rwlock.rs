@@ -128,8 +128,9 @@ impl Acquire for RedisReader {
     /// Takes a read hold once no writer holds or waits, waiting as `wait` says.
     ///
     /// # Cancel safety
-    /// Cancel-safe: each attempt runs on its own task and gives back a hold nobody is
-    /// waiting for; nothing is held while waiting between attempts.
+    /// Cancel-safe: each attempt runs to completion (the rest of a dropped one on tollgate's
+    /// runtime) and gives back a hold nobody is waiting for; nothing is held while waiting between
+    /// attempts.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<RedisHandle>> {
         redlock::acquire_wait(&self.shared, &self.target, wait).await
     }
@@ -146,9 +147,9 @@ impl Acquire for RedisWriter {
     /// new readers are turned away.
     ///
     /// # Cancel safety
-    /// Cancel-safe: each attempt runs on its own task and gives back a hold nobody is
-    /// waiting for, and a wait that ends without the hold (dropped or timed out) withdraws
-    /// its waiting mark, so readers are admitted again.
+    /// Cancel-safe: each attempt runs to completion (the rest of a dropped one on tollgate's
+    /// runtime) and gives back a hold nobody is waiting for, and a wait that ends without the hold
+    /// (dropped or timed out) withdraws its waiting mark, so readers are admitted again.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<RedisHandle>> {
         redlock::acquire_wait(&self.shared, &self.target, wait).await
     }
