@@ -25,16 +25,20 @@ type Noted = Box<dyn FnOnce() -> Box<dyn Send> + Send>;
 
 /// The first pause of [`interrupt_until_done`] (jittered, doubling up to
 /// [`INTERRUPT_PAUSE_CAP`]).
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 const INTERRUPT_PAUSE: Duration = Duration::from_millis(50);
 /// The longest pause between two interrupts of [`interrupt_until_done`].
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 const INTERRUPT_PAUSE_CAP: Duration = Duration::from_secs(1);
 
 /// The caller of an operation run by [`run_interruptible`], as the operation sees it.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 #[derive(Debug)]
 pub(crate) struct Caller {
     waiting: oneshot::Sender<Infallible>,
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 impl Caller {
     /// Whether the caller has gone (dropped its future); from then on, the operation runs
     /// on tollgate's runtime and its output goes to the abandon step.
@@ -121,6 +125,7 @@ where
 /// returns its output. An interrupt (a PostgreSQL cancel request) travels apart from the
 /// work and may reach the server before the work has started, which then ignores it; so it
 /// is repeated, after jittered pauses that double from 50 ms up to 1 s, while the work runs.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(crate) async fn interrupt_until_done<F, I>(
     mut operation: Pin<&mut F>,
     mut interrupt: impl FnMut() -> I,
