@@ -3,12 +3,11 @@
 
 use std::sync::Arc;
 
-use super::connection::{Connection, Mode, Pool};
+use super::connection::Mode;
 use super::wait::wait_in_server;
 use super::{AdvisoryKey, Hold, Named, PostgresReader, PostgresUpgradeableReader, PostgresWriter};
 use crate::backend::kit::completion::{run_interruptible, Caller};
 use crate::backend::kit::hold::Shell;
-use crate::backend::kit::runtime::spawn_release;
 use crate::{
     Error, Handle, LossSignal, ReadWriteLock, Result, UpgradeableHandle, UpgradeableReadWriteLock,
     Wait,
@@ -100,32 +99,6 @@ impl Handle for PostgresUpgradeableHandle {
     }
 }
 
-/// An upgrade granted by the server but not yet taken by the handle: if nobody takes it
-/// (the upgrade future was dropped at the last moment), the exclusive lock is given back.
-struct Grant {
-    pool: Arc<Pool>,
-    connection: Arc<Connection>,
-    key: AdvisoryKey,
-    operation: Arc<tokio::sync::Mutex<()>>,
-    taken: bool,
-}
-
-impl Drop for Grant {
-    fn drop(&mut self) {
-        if self.taken {
-            return;
-        }
-        let (connection, key, operation) =
-            (self.connection.clone(), self.key, self.operation.clone());
-        let note = self.pool.note(vec![key]);
-        spawn_release(async move {
-            let _note = note;
-            let _serial = operation.lock_owned().await;
-            let _ = connection.unlock_if_held(key, Mode::Exclusive).await;
-        });
-    }
-}
-
 impl UpgradeableHandle for PostgresUpgradeableHandle {
     /// Takes the exclusive lock in the server, waiting as `wait` says for the readers to
     /// leave; new readers queue behind the upgrade.
@@ -148,33 +121,31 @@ impl UpgradeableHandle for PostgresUpgradeableHandle {
         let name = hold.named.name.clone();
         let operation = hold.operation.clone();
         let (pool, note_pool) = (hold.named.pool.clone(), hold.named.pool.clone());
+        let given_back = connection.clone();
         let waiting = move |mut caller: Caller| async move {
             let steps = [(key, Mode::Exclusive)];
+            // A caller that goes mid-wait has the wait cancelled and a racing grant given back.
             let outcome =
                 wait_in_server(&pool, &connection, &name, &steps, deadline, &mut caller).await;
-            // Release our turn on the session before a grant's cleanup may need it.
             drop(serial);
-            outcome.map(|granted| {
-                granted.then(|| Grant {
-                    pool,
-                    connection: connection.clone(),
-                    key,
-                    operation,
-                    taken: false,
-                })
-            })
+            outcome
         };
-        // A grant nobody took gives the exclusive lock back when it is dropped.
-        let grant = run_interruptible(
+        let granted = run_interruptible(
             waiting,
             move || note_pool.note(vec![key]),
-            |grant| async move { drop(grant) },
+            // Only a wait that ended without the caller gets here, and it gave back what it
+            // was granted; should a grant come through anyway, it goes back too.
+            move |outcome| async move {
+                if let Ok(true) = outcome {
+                    let _serial = operation.lock_owned().await;
+                    let _ = given_back.unlock_if_held(key, Mode::Exclusive).await;
+                }
+            },
         )
         .await?;
-        let Some(mut grant) = grant else {
+        if !granted {
             return Ok(false);
-        };
-        grant.taken = true;
+        }
         self.hold.get_mut().steps.push((key, Mode::Exclusive));
         self.upgraded = true;
         Ok(true)

@@ -8,8 +8,14 @@ use super::AdvisoryKey;
 use super::{Hold, Named, BACKEND};
 use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
 use crate::backend::kit::hold::Shell;
-use crate::backend::kit::runtime::spawn_release;
 use crate::{Error, Result, Wait};
+
+/// Gives back the hold an acquire got after its caller went away.
+async fn give_back(outcome: Result<Option<Shell<Hold>>>) {
+    if let Ok(Some(hold)) = outcome {
+        let _ = hold.release().await;
+    }
+}
 
 /// One advisory lock a hold takes, in order.
 pub(super) type Step = (AdvisoryKey, Mode);
@@ -37,38 +43,6 @@ fn try_all_sql(steps: &[Step]) -> String {
     format!("SELECT {}", nested(steps))
 }
 
-/// Undoes a try whose future was dropped while the query was in flight: the server may have
-/// granted the lock, and nobody would know. The keys stay claimed until that is undone.
-struct TryGuard<'a> {
-    reservation: Option<Reservation>,
-    steps: &'a [Step],
-}
-
-impl TryGuard<'_> {
-    /// The try's statement has ended: the reservation is the caller's again.
-    fn finished(mut self) -> Reservation {
-        self.reservation.take().expect("a try finishes once")
-    }
-}
-
-impl Drop for TryGuard<'_> {
-    fn drop(&mut self) {
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
-        let steps = self.steps.to_vec();
-        let note = reservation.pool().note(Named::keys(&steps));
-        spawn_release(async move {
-            let _note = note;
-            // Queries run in order on a session, so this runs after the interrupted try.
-            for &(key, mode) in steps.iter().rev() {
-                let _ = reservation.session().unlock_if_held(key, mode).await;
-            }
-            drop(reservation);
-        });
-    }
-}
-
 impl Named {
     fn keys(steps: &[Step]) -> Vec<AdvisoryKey> {
         steps.iter().map(|(key, _)| *key).collect()
@@ -88,37 +62,18 @@ impl Named {
         self.pool.wait_for_releases(&keys).await;
         if !keep_dedicated {
             // The fast path: one try on a shared session.
-            let Some(reservation) = self.pool.reserve(keys, Use::Shared).await? else {
+            let Some(reservation) = self.pool.reserve(keys.clone(), Use::Shared).await? else {
                 return self
                     .acquire_dedicated(steps, wait, deadline, keep_dedicated)
                     .await;
             };
-            let connection = reservation.session().clone();
-            let trying = TryGuard {
-                reservation: Some(reservation),
-                steps: &steps,
-            };
-            let outcome = match steps.as_slice() {
-                &[(key, mode)] => connection.try_lock(key, mode).await,
-                _ => connection
-                    .query_value(&try_all_sql(&steps))
-                    .await
-                    .map(|value| value.as_deref() == Some("t")),
-            };
-            let reservation = trying.finished();
-            match outcome {
-                Ok(true) => {
-                    return Ok(Some(self.hold(reservation, Use::Shared, steps)));
-                }
-                // Not granted: the reservation goes.
-                Ok(false) => {}
-                Err(error) => {
-                    return Err(Error::backend(
-                        BACKEND,
-                        format!("cannot try-lock {:?}", self.name),
-                        error,
-                    ));
-                }
+            // The try runs to completion: a grant nobody waits for any more is given back.
+            let (named, pool, noted) = (self.clone(), self.pool.clone(), keys.clone());
+            let trying = named.try_on(reservation, steps.clone());
+            let tried =
+                run_interruptible(|_caller| trying, move || pool.note(noted), give_back).await?;
+            if let Some(hold) = tried {
+                return Ok(Some(hold));
             }
             if wait == Wait::NO_WAIT {
                 return Ok(None);
@@ -126,6 +81,33 @@ impl Named {
         }
         self.acquire_dedicated(steps, wait, deadline, keep_dedicated)
             .await
+    }
+
+    /// One try of every step on the shared session `reservation`: the hold if all were
+    /// granted (the try keeps all or none).
+    async fn try_on(
+        self: Arc<Self>,
+        reservation: Reservation,
+        steps: Vec<Step>,
+    ) -> Result<Option<Shell<Hold>>> {
+        let connection = reservation.session();
+        let outcome = match steps.as_slice() {
+            &[(key, mode)] => connection.try_lock(key, mode).await,
+            _ => connection
+                .query_value(&try_all_sql(&steps))
+                .await
+                .map(|value| value.as_deref() == Some("t")),
+        };
+        match outcome {
+            Ok(true) => Ok(Some(self.hold(reservation, Use::Shared, steps))),
+            // Not granted: the reservation goes.
+            Ok(false) => Ok(None),
+            Err(error) => Err(Error::backend(
+                BACKEND,
+                format!("cannot try-lock {:?}", self.name),
+                error,
+            )),
+        }
     }
 
     /// The slow path: waits in the server on a session of its own. The wait runs as an
@@ -154,12 +136,7 @@ impl Named {
         run_interruptible(
             move |caller| named.wait_dedicated(reservation, steps, deadline, usage, caller),
             move || pool.note(keys),
-            |outcome| async move {
-                if let Ok(Some(hold)) = outcome {
-                    // Nobody wants it any more: give it back.
-                    let _ = hold.release().await;
-                }
-            },
+            give_back,
         )
         .await
     }
