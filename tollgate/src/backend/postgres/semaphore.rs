@@ -16,8 +16,9 @@ use tokio::time::Instant;
 use super::connection::{Connection, Mode, Reservation, Use};
 use super::listener::Subscription;
 use super::{Named, PostgresHandle, PostgresProvider, BACKEND};
+use crate::backend::kit::completion::run_interruptible;
 use crate::backend::kit::wait::{wait_for, Attempt, Backoff, Contender};
-use crate::{check_max_count, Acquire, Error, Result, Semaphore, SemaphoreProvider, Wait};
+use crate::{check_max_count, Acquire, Error, Handle, Result, Semaphore, SemaphoreProvider, Wait};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -95,13 +96,11 @@ impl PostgresSemaphore {
     /// One scan: the first free ticket, taken, or `None`.
     async fn try_once(&self) -> Result<Option<PostgresHandle>> {
         let marker = self.marker();
-        let Some(mut reservation) = self.named.pool.reserve(vec![marker], Use::Shared).await?
-        else {
+        let Some(reservation) = self.named.pool.reserve(vec![marker], Use::Shared).await? else {
             // Every session is busy scanning this semaphore: as good as no ticket now.
             return Ok(None);
         };
-        let connection = reservation.session().clone();
-        let skip = self.held_tickets(&connection);
+        let skip = self.held_tickets(reservation.session());
         let skip = skip
             .iter()
             .map(i64::to_string)
@@ -118,13 +117,27 @@ impl PostgresSemaphore {
             base = self.base,
             max = self.max_count,
         );
-        let scanning = ScanGuard {
-            semaphore: self,
-            reservation: Some(reservation),
-            skip: skip.clone(),
-        };
-        let outcome = connection.query_value(&sql).await;
-        reservation = scanning.finished();
+        // The scan runs to completion: a ticket nobody waits for any more is given back.
+        let (semaphore, pool) = (self.clone(), self.named.pool.clone());
+        run_interruptible(
+            |_caller| semaphore.scan(reservation, sql),
+            move || pool.note(vec![marker]),
+            |outcome| async move {
+                if let Ok(Some(handle)) = outcome {
+                    let _ = handle.release().await;
+                }
+            },
+        )
+        .await
+    }
+
+    /// Runs the scan `sql` on the session `reservation`: the ticket it took, held.
+    async fn scan(
+        self,
+        mut reservation: Reservation,
+        sql: String,
+    ) -> Result<Option<PostgresHandle>> {
+        let outcome = reservation.session().query_value(&sql).await;
         // In every case below, the marker's claim goes with the reservation.
         let ticket = match outcome {
             Ok(Some(ticket)) => ticket.parse::<i64>().map_err(|error| {
@@ -148,50 +161,6 @@ impl PostgresSemaphore {
             Use::Shared,
             vec![(key, Mode::Exclusive)],
         ))))
-    }
-}
-
-/// Undoes a scan whose future was dropped while the query was in flight: whatever ticket
-/// the server gave this session (beyond those it already held) is given back.
-struct ScanGuard<'a> {
-    semaphore: &'a PostgresSemaphore,
-    reservation: Option<Reservation>,
-    skip: String,
-}
-
-impl ScanGuard<'_> {
-    /// The scan's statement has ended: the reservation is the caller's again.
-    fn finished(mut self) -> Reservation {
-        self.reservation.take().expect("a scan finishes once")
-    }
-}
-
-impl Drop for ScanGuard<'_> {
-    fn drop(&mut self) {
-        let Some(reservation) = self.reservation.take() else {
-            return;
-        };
-        let (base, max, skip, marker) = (
-            self.semaphore.base,
-            self.semaphore.max_count,
-            self.skip.clone(),
-            self.semaphore.marker(),
-        );
-        let note = reservation.pool().note(vec![marker]);
-        crate::backend::kit::runtime::spawn_release(async move {
-            let _note = note;
-            let sql = format!(
-                "SELECT pg_advisory_unlock(key) FROM ( \
-                   SELECT (classid::bigint << 32) | objid::bigint AS key FROM pg_locks \
-                   WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted \
-                   AND objsubid = 1 AND mode = 'ExclusiveLock') held \
-                 WHERE key >= {base} AND key < {base} + {max} \
-                   AND key - {base} <> ALL('{{{skip}}}'::bigint[])"
-            );
-            // Runs after the interrupted scan: queries on one session run in order.
-            let _ = reservation.session().query_value(&sql).await;
-            drop(reservation);
-        });
     }
 }
 

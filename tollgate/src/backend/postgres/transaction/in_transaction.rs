@@ -4,8 +4,8 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket, Transaction};
 
 use super::{
-    backend_error, key_args, mode_of, recorded_outcome, suffix, wait_error, AdvisoryKey, Canceller,
-    Guard, Mode, Running, ServerWait, ABSORB_SECONDS,
+    backend_error, finish, key_args, mode_of, recorded_outcome, suffix, wait_error, AdvisoryKey,
+    Canceller, Mode, Running, ServerWait, ABSORB_SECONDS,
 };
 use crate::{Result, Wait};
 
@@ -177,9 +177,7 @@ async fn in_transaction(
     let running = Running::start(client, &sql)
         .await
         .map_err(|error| backend_error(format!("cannot lock {name:?}"), error))?;
-    let mut guard = Guard::new(running, Some(canceller), ());
-    guard.finish().await;
-    let (running, ()) = guard.disarm();
+    let (running, ()) = finish(running, Some(canceller), ()).await;
     match running.error {
         Some(error) => Err(wait_error(name, error)),
         None => recorded_outcome(name, running.row(0)),

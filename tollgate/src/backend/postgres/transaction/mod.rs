@@ -71,8 +71,7 @@ use tokio_postgres::{CancelToken, Client, NoTls, SimpleQueryMessage, SimpleQuery
 use super::connection::{granted_condition, key_args, sqlstate, Mode};
 use super::key::AdvisoryKey;
 use super::{PostgresProviderBuilder, Tls, BACKEND};
-use crate::backend::kit::completion::interrupt_until_done;
-use crate::backend::kit::runtime::spawn_release;
+use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
 use crate::{Error, Result, Wait};
 
 /// How often a [`ConnectionLockHandle`] looks whether the caller's connection has closed.
@@ -290,67 +289,49 @@ impl Running {
 
 /// What to do after an acquire future was dropped mid-statement.
 trait Cleanup: Send + Sized + 'static {
-    /// Called synchronously when the future is dropped: notes a release under way, so that
-    /// this process's next acquire of the same lock waits for the cleanup.
-    fn note_release(&self) -> Option<PendingRelease>;
+    /// What notes a release under way when the future is dropped (called synchronously
+    /// then), so that this process's next acquire of the same lock waits for the cleanup.
+    fn noter(&self) -> impl FnOnce() -> Option<PendingRelease> + Send + 'static;
 
     /// Runs once the statement has ended (after any cancel).
     fn after(self, running: Running) -> impl Future<Output = ()> + Send;
 }
 
 impl Cleanup for () {
-    fn note_release(&self) -> Option<PendingRelease> {
-        None
+    fn noter(&self) -> impl FnOnce() -> Option<PendingRelease> + Send + 'static {
+        || None
     }
 
     async fn after(self, _running: Running) {}
 }
 
-/// Owns a statement in flight; if dropped before being disarmed, a background task cancels
-/// the statement on the server (when `canceller` is set), waits for its end, then runs the
+/// Waits for the statement `running` to end: the finished statement and the cleanup, which
+/// is then the caller's business. It runs as an interruptible operation: if the acquire
+/// future is dropped meanwhile, the rest runs on tollgate's runtime, which cancels the
+/// statement on the server (when `canceller` is set), waits for its end, then runs the
 /// cleanup.
-struct Guard<C: Cleanup> {
-    state: Option<(Running, C)>,
+async fn finish<C: Cleanup>(
+    running: Running,
     canceller: Option<Canceller>,
-}
-
-impl<C: Cleanup> Guard<C> {
-    fn new(running: Running, canceller: Option<Canceller>, cleanup: C) -> Self {
-        Guard {
-            state: Some((running, cleanup)),
-            canceller,
-        }
-    }
-
-    /// Waits for the statement to end.
-    async fn finish(&mut self) {
-        if let Some((running, _)) = &mut self.state {
-            running.finish().await;
-        }
-    }
-
-    /// The finished statement and the cleanup, which is now the caller's business.
-    fn disarm(mut self) -> (Running, C) {
-        self.state.take().expect("a guard is disarmed once")
-    }
-}
-
-impl<C: Cleanup> Drop for Guard<C> {
-    fn drop(&mut self) {
-        let Some((mut running, cleanup)) = self.state.take() else {
-            return;
+    cleanup: C,
+) -> (Running, C) {
+    let note = cleanup.noter();
+    let finishing = move |mut caller: Caller| async move {
+        let mut running = running;
+        let gone = tokio::select! {
+            biased;
+            () = running.finish() => false,
+            () = caller.gone() => true,
         };
-        let pending = cleanup.note_release();
-        let canceller = self.canceller.take();
-        spawn_release(async move {
-            let _pending = pending;
+        if gone {
             match &canceller {
                 Some(canceller) => running.cancel_until_finished(canceller).await,
                 None => running.finish().await,
             }
-            cleanup.after(running).await;
-        });
-    }
+        }
+        (running, cleanup)
+    };
+    run_interruptible(finishing, note, |(running, cleanup)| cleanup.after(running)).await
 }
 
 /// A release under way in this process, noted until dropped.

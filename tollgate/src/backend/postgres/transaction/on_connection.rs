@@ -7,8 +7,8 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage, Socket};
 
 use super::{
-    backend_error, granted_condition, key_args, mode_of, recorded_outcome, sqlstate, suffix,
-    wait_error, AdvisoryKey, Canceller, Cleanup, Guard, Mode, PendingRelease, Running, ServerWait,
+    backend_error, finish, granted_condition, key_args, mode_of, recorded_outcome, sqlstate,
+    suffix, wait_error, AdvisoryKey, Canceller, Cleanup, Mode, PendingRelease, Running, ServerWait,
     ABSORB_SECONDS, CLEANUP_ATTEMPTS, CONNECTION_WATCH_INTERVAL,
 };
 use crate::backend::kit::hold::{Release, Shell};
@@ -147,10 +147,9 @@ struct ConnectionCleanup {
 }
 
 impl Cleanup for ConnectionCleanup {
-    fn note_release(&self) -> Option<PendingRelease> {
-        Some(Box::new(
-            CONNECTION_RELEASES.note(vec![(connection_id(&self.client), self.key)]),
-        ))
+    fn noter(&self) -> impl FnOnce() -> Option<PendingRelease> + Send + 'static {
+        let noted = (connection_id(&self.client), self.key);
+        move || Some(Box::new(CONNECTION_RELEASES.note(vec![noted])) as PendingRelease)
     }
 
     async fn after(self, running: Running) {
@@ -275,9 +274,7 @@ async fn on_connection(
             key,
             mode,
         };
-        let mut guard = Guard::new(running, canceller, cleanup);
-        guard.finish().await;
-        let (running, _cleanup) = guard.disarm();
+        let (running, _cleanup) = finish(running, canceller, cleanup).await;
         if running.error.is_some() && may_have_taken(&running) {
             // The statement failed after the check, before reporting its outcome.
             if let Err(error) = unlock_if_held(&client, key, mode).await {

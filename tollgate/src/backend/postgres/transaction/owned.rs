@@ -6,8 +6,8 @@ use tokio_postgres::{Client, NoTls};
 
 use super::super::{PostgresProvider, DEFAULT_POOL_SIZE};
 use super::{
-    backend_error, key_args, other_error, sqlstate, wait_error, AdvisoryKey, Canceller, Cleanup,
-    Guard, PendingRelease, PostgresProviderBuilder, Running, ServerWait, Tls, BACKEND,
+    backend_error, finish, key_args, other_error, sqlstate, wait_error, AdvisoryKey, Canceller,
+    Cleanup, PendingRelease, PostgresProviderBuilder, Running, ServerWait, Tls, BACKEND,
     CLEANUP_ATTEMPTS,
 };
 use crate::backend::kit::hold::{Release, Shell};
@@ -234,8 +234,9 @@ struct OwnedCleanup {
 }
 
 impl Cleanup for OwnedCleanup {
-    fn note_release(&self) -> Option<PendingRelease> {
-        Some(Box::new(self.reservation.pool().note(vec![self.key])))
+    fn noter(&self) -> impl FnOnce() -> Option<PendingRelease> + Send + 'static {
+        let (pool, key) = (self.reservation.pool().clone(), self.key);
+        move || Some(Box::new(pool.note(vec![key])) as PendingRelease)
     }
 
     async fn after(self, running: Running) {
@@ -303,9 +304,7 @@ impl Acquire for TransactionLock {
             reservation,
             key: self.key,
         };
-        let mut guard = Guard::new(running, canceller, cleanup);
-        guard.finish().await;
-        let (running, OwnedCleanup { reservation, .. }) = guard.disarm();
+        let (running, OwnedCleanup { reservation, .. }) = finish(running, canceller, cleanup).await;
         let acquired = match running.error {
             None if server_wait == ServerWait::Try => running.row(0) == Some("t"),
             None => true,
