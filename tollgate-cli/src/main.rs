@@ -3,6 +3,7 @@
 //!
 //! Thin by design: it parses the command line and calls the library.
 
+mod command;
 mod signals;
 mod target;
 
@@ -29,6 +30,8 @@ mod status {
     pub const INTERNAL: u8 = 70;
     /// `EX_TEMPFAIL`: not acquired within the timeout.
     pub const TIMED_OUT: u8 = 75;
+    /// The lock was lost while the command ran, and the command was stopped (`--on-lost`).
+    pub const LOST: u8 = 79;
     /// The command was found but could not be run.
     pub const CANNOT_RUN: u8 = 126;
     /// The command was not found.
@@ -54,6 +57,7 @@ Examples:
 const RUN_AFTER_HELP: &str = "\
 Exit status:
   the command's own (128+N when signal N killed it)
+  79   the lock was lost while the command ran, and the command was stopped (--on-lost)
   75   not acquired within --timeout (one line on stderr names the lock)
   69   the backend could not be reached or failed
   2    usage error (bad option, duration, --max or backend URL)
@@ -64,10 +68,26 @@ While tollgate waits for the lock, SIGINT, SIGTERM and SIGHUP end it (nothing st
 while the command runs, they are passed on to it (a Ctrl-C from the terminal reaches the
 command directly) and tollgate exits with the command's status. If such a signal killed the
 command, tollgate ends by that signal too (the shell's $? is still 128+N), so that a script
-running tollgate stops on Ctrl-C as it would for the command itself.";
+running tollgate stops on Ctrl-C as it would for the command itself.
+
+If the lock is lost while the command runs (its server session killed, its lease expired),
+tollgate says so in one line naming the lock and, by default, sends SIGTERM to the command,
+then SIGKILL after --kill-after; it exits 79. How soon a loss is noticed depends on the
+backend: PostgreSQL at once when the server ends the session (with ?keepalive=DUR, also a
+silent network failure within about twice DUR); MySQL within about twice its keepalive
+(default 1 s); Redis at the next lease extension (a third of the expiry: 10 s by default);
+local lock files cannot be lost while tollgate runs.
+
+The command runs in a process group of its own (signalled as a whole), except when tollgate
+is a foreground job on a terminal, where it shares tollgate's so that job control works.
+If tollgate itself is killed, the command gets SIGKILL (processes it started do not).
+
+The command's environment has TOLLGATE_LOCK_NAME (the name) and, where the backend gives one,
+TOLLGATE_FENCING_TOKEN (a number that grows with every acquisition of the lock).";
 
 const HOLD_AFTER_HELP: &str = "\
-Once it holds the lock, tollgate prints `held NAME` on stdout and reads stdin:
+Once it holds the lock, tollgate prints `held NAME` on stdout (then `fencing-token N` where
+the backend gives one) and reads stdin:
   release (or end of input)  release the lock and exit 0
   exit                       exit 0 at once without releasing (as a crash would)
 
@@ -96,6 +116,8 @@ enum Command {
     Run {
         #[command(flatten)]
         lock: LockArgs,
+        #[command(flatten)]
+        supervision: Supervision,
         /// The command to run and its arguments, after `--`
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<OsString>,
@@ -145,6 +167,30 @@ pub struct LockArgs {
         default_value = "local:"
     )]
     pub backend: String,
+}
+
+/// What `tollgate run` does when the lock is lost while the command runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnLost {
+    /// Send SIGTERM to the command, then SIGKILL after --kill-after; exit 79
+    Term,
+    /// Send SIGKILL to the command at once; exit 79
+    Kill,
+    /// Only say so on stderr; the command runs on, and its status is tollgate's
+    Ignore,
+}
+
+/// How `tollgate run` watches over the command.
+#[derive(Debug, Args)]
+pub struct Supervision {
+    /// What to do when the lock is lost while the command runs
+    #[arg(long, value_enum, value_name = "ACTION", default_value = "term")]
+    pub on_lost: OnLost,
+
+    /// After a loss, how long the command has between SIGTERM and SIGKILL: seconds (5, 0.5)
+    /// or a duration such as 500ms, 10s
+    #[arg(long, value_name = "DURATION", default_value = "5", value_parser = tollgate::parse_duration)]
+    pub kill_after: Duration,
 }
 
 fn parse_max(text: &str) -> Result<u32, String> {
@@ -224,7 +270,11 @@ fn main() -> ExitCode {
     };
     let outcome = runtime.block_on(async {
         match cli.command {
-            Command::Run { lock, command } => run(&lock, &command).await,
+            Command::Run {
+                lock,
+                supervision,
+                command,
+            } => run(&lock, &supervision, &command).await,
             Command::Hold { lock } => hold(&lock).await,
         }
     });
@@ -271,7 +321,11 @@ async fn release(target: &Target, handle: AnyHandle) {
 }
 
 /// `tollgate run`: acquire, run the command, release, exit with the command's status.
-async fn run(options: &LockArgs, command: &[OsString]) -> Result<Outcome, Failure> {
+async fn run(
+    options: &LockArgs,
+    supervision: &Supervision,
+    command: &[OsString],
+) -> Result<Outcome, Failure> {
     let Some((program, arguments)) = command.split_first() else {
         return Err(Failure::new(status::USAGE, "no command to run"));
     };
@@ -286,53 +340,125 @@ async fn run(options: &LockArgs, command: &[OsString]) -> Result<Outcome, Failur
         release(&target, handle).await;
         return Ok(Outcome::Signal(signal));
     }
+    let mut env = vec![("TOLLGATE_LOCK_NAME", target.name().to_owned())];
+    if let Some(token) = handle.fencing_token() {
+        env.push(("TOLLGATE_FENCING_TOKEN", token.to_string()));
+    }
     // Lock files are opened close-on-exec: the command does not inherit the hold.
-    let mut child = match tokio::process::Command::new(program)
-        .args(arguments)
-        .spawn()
-    {
-        Ok(child) => child,
+    let (mut child, started) = match command::spawn(program, arguments, &env) {
+        Ok(spawned) => spawned,
         Err(error) => {
             release(&target, handle).await;
             return Err(spawn_failure(program, &error));
         }
     };
-    signals.set_command(child.id());
+    signals.set_command(Some(started.pid()), !started.own_group());
+    let supervised = supervise(
+        &target,
+        &handle,
+        supervision,
+        &mut child,
+        started,
+        &mut signals,
+    )
+    .await;
+    signals.set_command(None, true);
+    if supervised.lost {
+        // Released with the session or lease; a release would only report that.
+        drop(handle);
+    } else {
+        release(&target, handle).await;
+    }
+    let exit = supervised.waited.map_err(|error| {
+        Failure::new(
+            status::INTERNAL,
+            format!("cannot wait for {}: {error}", program.to_string_lossy()),
+        )
+    })?;
+    if supervised.lost && supervision.on_lost != OnLost::Ignore {
+        return Ok(Outcome::Exit(status::LOST));
+    }
+    // Killed by a signal that was meant for tollgate too (say, Ctrl-C): end the same way, so
+    // that a shell running tollgate in a loop stops as it would for the command itself.
+    match exit.signal() {
+        Some(signal) if supervised.received.contains(&signal) => Ok(Outcome::Signal(signal)),
+        _ => Ok(Outcome::Exit(command_status(exit))),
+    }
+}
+
+/// What happened while the command ran.
+struct Supervised {
+    waited: std::io::Result<ExitStatus>,
+    /// The signals tollgate received meanwhile.
+    received: Vec<libc::c_int>,
+    /// Whether the hold was lost meanwhile.
+    lost: bool,
+}
+
+/// Waits for the command, passing signals on to it, and stops it as `supervision` says if
+/// the hold is lost meanwhile.
+async fn supervise(
+    target: &Target,
+    handle: &AnyHandle,
+    supervision: &Supervision,
+    child: &mut tokio::process::Child,
+    started: command::Started,
+    signals: &mut Signals,
+) -> Supervised {
     let mut watch_loss = handle.can_detect_loss();
     let lost = handle.lost();
     tokio::pin!(lost);
-    let mut received = Vec::new();
-    let waited = loop {
+    let kill = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(kill);
+    let mut kill_armed = false;
+    let mut supervised = Supervised {
+        waited: Ok(ExitStatus::from_raw(0)),
+        received: Vec::new(),
+        lost: false,
+    };
+    supervised.waited = loop {
         tokio::select! {
             waited = child.wait() => break waited,
             signal = signals.recv() => {
-                received.push(signal.number);
+                supervised.received.push(signal.number);
                 if signal.forward {
-                    if let Some(pid) = child.id() {
-                        signals::send(pid, signal.number);
-                    }
+                    started.signal(signal.number);
                 }
             }
             () = &mut lost, if watch_loss => {
                 watch_loss = false;
-                say(format_args!("warning: lost {target} while the command runs"));
+                supervised.lost = true;
+                match supervision.on_lost {
+                    OnLost::Term => {
+                        say(format_args!(
+                            "lost {target} while the command ran; sending it SIGTERM (SIGKILL \
+                             in {})",
+                            humantime::format_duration(supervision.kill_after)
+                        ));
+                        started.signal(libc::SIGTERM);
+                        kill.as_mut().reset(tokio::time::Instant::now() + supervision.kill_after);
+                        kill_armed = true;
+                    }
+                    OnLost::Kill => {
+                        say(format_args!("lost {target} while the command ran; killing it"));
+                        started.signal(libc::SIGKILL);
+                    }
+                    OnLost::Ignore => say(format_args!(
+                        "warning: lost {target} while the command runs (--on-lost ignore)"
+                    )),
+                }
+            }
+            () = &mut kill, if kill_armed => {
+                kill_armed = false;
+                started.signal(libc::SIGKILL);
             }
         }
     };
-    signals.set_command(None);
-    release(&target, handle).await;
-    match waited {
-        // Killed by a signal that was meant for tollgate too (say, Ctrl-C): end the same way,
-        // so that a shell running tollgate in a loop stops as it would for the command itself.
-        Ok(exit) => match exit.signal() {
-            Some(signal) if received.contains(&signal) => Ok(Outcome::Signal(signal)),
-            _ => Ok(Outcome::Exit(command_status(exit))),
-        },
-        Err(error) => Err(Failure::new(
-            status::INTERNAL,
-            format!("cannot wait for {}: {error}", program.to_string_lossy()),
-        )),
+    if supervised.lost && started.own_group() && supervision.on_lost != OnLost::Ignore {
+        // What the command started may outlive it: the group goes too.
+        started.signal(libc::SIGKILL);
     }
+    supervised
 }
 
 fn spawn_failure(program: &OsStr, error: &std::io::Error) -> Failure {
@@ -363,7 +489,10 @@ async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
     };
     let announced = {
         let mut stdout = std::io::stdout().lock();
-        writeln!(stdout, "held {}", target.name()).and_then(|()| stdout.flush())
+        let token = handle
+            .fencing_token()
+            .map_or_else(String::new, |token| format!("fencing-token {token}\n"));
+        write!(stdout, "held {}\n{token}", target.name()).and_then(|()| stdout.flush())
     };
     if let Err(error) = announced {
         release(&target, handle).await;

@@ -3,12 +3,13 @@
 //! to it, except where it already got them.
 //!
 //! A Ctrl-C typed on the terminal reaches the whole foreground process group, the command
-//! included, so passing it on would deliver it twice (and make a program that treats a second
+//! included when it shares tollgate's (see [`crate::command`]), so passing it on would deliver
+//! it twice (and make a program that treats a second
 //! Ctrl-C as "force quit" do so). Tokio's signal streams say only that a signal came, so a
 //! second action on the same signal registry looks at who sent it before tokio's runs.
 
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, Ordering};
 use std::task::Poll;
 
 use libc::c_int;
@@ -23,11 +24,16 @@ static RECEIVED: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU
 static TO_FORWARD: [AtomicU32; 3] = [AtomicU32::new(0), AtomicU32::new(0), AtomicU32::new(0)];
 /// The running command's process id, or 0.
 static COMMAND_PID: AtomicI32 = AtomicI32::new(0);
+/// Whether the running command shares tollgate's process group (and so gets a Ctrl-C from
+/// the terminal by itself).
+static COMMAND_SHARES_GROUP: AtomicBool = AtomicBool::new(true);
 
 /// Runs inside the signal handler: only atomic operations, which are async-signal-safe.
 fn classify(index: usize, info: &libc::siginfo_t) {
-    // The terminal sends SIGINT to the foreground process group, which the command shares.
-    let from_terminal = HANDLED[index] == libc::SIGINT && info.si_code == libc::SI_KERNEL;
+    // The terminal sends SIGINT to the foreground process group, which the command may share.
+    let from_terminal = HANDLED[index] == libc::SIGINT
+        && info.si_code == libc::SI_KERNEL
+        && COMMAND_SHARES_GROUP.load(Ordering::SeqCst);
     // si_pid is meaningful for signals sent by a process (si_code <= 0).
     // SAFETY: reading a field of the siginfo the kernel filled in.
     let sender = if info.si_code <= 0 {
@@ -111,9 +117,11 @@ impl Signals {
     }
 
     /// Tells the handlers which process runs the command, so that signals it sends to
-    /// tollgate are not sent back to it.
-    pub fn set_command(&self, pid: Option<u32>) {
+    /// tollgate are not sent back to it, and whether it shares tollgate's process group (then
+    /// a Ctrl-C from the terminal reaches it by itself).
+    pub fn set_command(&self, pid: Option<u32>, shares_group: bool) {
         let pid = pid.and_then(|pid| i32::try_from(pid).ok()).unwrap_or(0);
+        COMMAND_SHARES_GROUP.store(shares_group, Ordering::SeqCst);
         COMMAND_PID.store(pid, Ordering::SeqCst);
     }
 }
@@ -125,14 +133,6 @@ fn is_ignored(signal: c_int) -> io::Result<bool> {
         return Err(io::Error::last_os_error());
     }
     Ok(current.sa_sigaction == libc::SIG_IGN)
-}
-
-/// Sends `signal` to the process `pid`. Errors are ignored: the process may have exited.
-pub fn send(pid: u32, signal: c_int) {
-    if let Ok(pid) = libc::pid_t::try_from(pid) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid, signal) };
-    }
 }
 
 /// Ends the process as `signal` would have without tollgate's handlers, so that the parent

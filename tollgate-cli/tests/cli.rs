@@ -18,6 +18,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Output, 
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::wait_within;
+
 const BIN: &str = env!("CARGO_BIN_EXE_tollgate");
 /// How long any child may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(60);
@@ -104,22 +108,6 @@ fn tollgate() -> Command {
         });
     }
     command
-}
-
-/// Waits for `child`, killing it and failing the test if it takes longer than `limit`.
-fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("process {} still running after {limit:?}", child.id());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// Collects stdout and stderr of `child` (on threads, so that full pipes cannot block it)
@@ -543,6 +531,67 @@ fn a_sigkilled_holder_frees_the_lock() {
     assert_status(
         &backend.run("killed", &["--timeout", "10s", "--", "true"]),
         0,
+    );
+}
+
+#[test]
+fn a_killed_tollgate_takes_its_command_along() {
+    let backend = backend();
+    let touched = backend.path().join("touched");
+    let began = Instant::now();
+    let script = format!("echo started; sleep 2; touch '{}'", touched.display());
+    let mut child = tollgate()
+        .args([
+            "run",
+            "orphan",
+            "--backend",
+            &backend.url,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the command's stdout");
+    assert_eq!(line, "started\n");
+    child.kill().expect("SIGKILL tollgate");
+    let _ = child.wait();
+    // The lock is free at once, and the command is gone: its file never appears.
+    assert_status(
+        &backend.run("orphan", &["--timeout", "10s", "--", "true"]),
+        0,
+    );
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(began.elapsed()));
+    assert!(
+        !touched.exists(),
+        "the command ran on after tollgate was killed"
+    );
+}
+
+#[test]
+fn the_command_sees_its_lock_name_and_fencing_token() {
+    let backend = backend();
+    let script = "echo \"$TOLLGATE_LOCK_NAME\"; echo \"${TOLLGATE_FENCING_TOKEN-none}\"";
+    let first = backend.run("env-name", &["--", "sh", "-c", script]);
+    assert_status(&first, 0);
+    let second = backend.run("env-name", &["--", "sh", "-c", script]);
+    let token = |output: &Output| -> u64 {
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(lines[0], "env-name", "{stdout}");
+        lines[1]
+            .parse()
+            .unwrap_or_else(|_| panic!("no fencing token: {stdout}"))
+    };
+    assert!(
+        token(&second) > token(&first),
+        "tokens grow with every acquisition"
     );
 }
 

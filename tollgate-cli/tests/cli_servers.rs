@@ -1,8 +1,20 @@
 //! `tollgate` against the server backends on this machine's loopback: the same cases for
-//! each (run, hold, busy, other primitives of the same name, unreachable server, bad URL).
+//! each (run, hold, busy, other primitives of the same name, unreachable server, bad URL, a
+//! hold lost under a running command, a killed tollgate, what the command is told).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+#![cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::wait_within;
+
+/// How long any child may take before the test calls it hung.
+const HANG: Duration = Duration::from_secs(60);
 
 fn tollgate(url: &str) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -29,17 +41,7 @@ fn run_hold_and_busy(url: &str, label: &str, others: &[&[&str]]) {
         .unwrap();
     assert_eq!(status.code(), Some(3), "the command's own status");
 
-    let mut holder = tollgate(url)
-        .args(["hold", &name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(holder.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), format!("held {name}"));
+    let (holder, _stdout) = start_holder(url, &name);
 
     let busy = tollgate(url)
         .args(["run", &name, "--timeout", "0", "--", "true"])
@@ -64,13 +66,7 @@ fn run_hold_and_busy(url: &str, label: &str, others: &[&[&str]]) {
         );
     }
 
-    holder
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"release\n")
-        .unwrap();
-    assert!(holder.wait().unwrap().success());
+    release_holder(holder);
     let free = tollgate(url)
         .args(["run", &name, "--timeout", "5s", "--", "true"])
         .status()
@@ -94,6 +90,179 @@ fn unreachable_and_bad_urls(unreachable: &str, says: &str, bad: &str) {
     assert_eq!(output.status.code(), Some(2), "{bad}");
 }
 
+/// The first line `child` prints on its (piped) stdout, and the rest of that stdout.
+fn first_line(child: &mut Child) -> (String, BufReader<ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    (line, stdout)
+}
+
+/// `tollgate hold NAME`, returned once it holds, with the rest of its stdout.
+fn start_holder(url: &str, name: &str) -> (Child, BufReader<ChildStdout>) {
+    let mut holder = tollgate(url)
+        .args(["hold", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line, stdout) = first_line(&mut holder);
+    assert_eq!(line.trim(), format!("held {name}"));
+    (holder, stdout)
+}
+
+/// Tells a [`start_holder`] to release, and waits for it to exit 0.
+fn release_holder(mut holder: Child) {
+    holder
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"release\n")
+        .unwrap();
+    assert!(wait_within(&mut holder, HANG).success());
+}
+
+/// Runs `future` to its end on a runtime of its own.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// `tollgate run NAME ARGS -- sh -c 'echo started; sleep SECONDS; touch FILE'`, returned once
+/// the command has started; with `detached`, the sleep and the touch run in a subshell of
+/// their own that the command waits for (a child of the command, as a build's compilers are).
+fn start_sleeper(
+    url: &str,
+    name: &str,
+    args: &[&str],
+    (seconds, detached): (u32, bool),
+    file: &Path,
+) -> Child {
+    let work = format!("sleep {seconds}; touch '{}'", file.display());
+    let script = if detached {
+        format!("echo started; ({work}) & wait")
+    } else {
+        format!("echo started; {work}")
+    };
+    let mut child = tollgate(url)
+        .args(["run", name])
+        .args(args)
+        .args(["--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (line, _) = first_line(&mut child);
+    assert_eq!(line, "started\n", "the command did not start");
+    child
+}
+
+/// The file the sleeper would have touched is not there once its time (and some) has passed.
+fn never_touched(file: &Path, started: Instant, seconds: u32) {
+    let after = Duration::from_secs(u64::from(seconds)) + Duration::from_secs(1);
+    std::thread::sleep(after.saturating_sub(started.elapsed()));
+    assert!(!file.exists(), "the command ran on without its lock");
+}
+
+/// The holder's session or key is ended from outside (`end_hold`) while the command's child
+/// sleeps: tollgate stops the command and its child before they can go on (the file is never
+/// touched), says so in one line naming the lock, exits 79 within the backend's detection time
+/// plus the grace period, and the lock is free again.
+fn loss_stops_the_command(url: &str, name: &str, end_hold: impl FnOnce()) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("touched");
+    let began = Instant::now();
+    let mut child = start_sleeper(url, name, &["--kill-after", "1s"], (4, true), &file);
+    end_hold();
+    let status = wait_within(&mut child, Duration::from_secs(20));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(79), "{stderr}");
+    assert!(stderr.contains(name) && stderr.contains("lost"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    never_touched(&file, began, 4);
+    let free = tollgate(url)
+        .args(["run", name, "--timeout", "5s", "--", "true"])
+        .status()
+        .unwrap();
+    assert_eq!(free.code(), Some(0));
+}
+
+/// `kill -9` of tollgate while the command sleeps: the command dies with it (the file is
+/// never touched), and the lock is free again.
+fn killed_tollgate_takes_the_command(url: &str, label: &str) {
+    let name = unique(label);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("touched");
+    let began = Instant::now();
+    let mut child = start_sleeper(url, &name, &[], (2, false), &file);
+    child.kill().unwrap();
+    let _ = child.wait();
+    never_touched(&file, began, 2);
+    let free = tollgate(url)
+        .args(["run", &name, "--timeout", "10s", "--", "true"])
+        .status()
+        .unwrap();
+    assert_eq!(free.code(), Some(0));
+}
+
+/// The command's environment names its lock, and carries the fencing token where `tollgate
+/// hold` prints one.
+fn command_sees_its_lock(url: &str, label: &str, has_token: bool) {
+    let name = unique(label);
+    let output = tollgate(url)
+        .args(["run", &name, "--", "sh", "-c"])
+        .arg("echo \"$TOLLGATE_LOCK_NAME\"; echo \"${TOLLGATE_FENCING_TOKEN-none}\"")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], name);
+    if has_token {
+        assert!(lines[1].parse::<u64>().is_ok(), "{stdout}");
+    } else {
+        assert_eq!(lines[1], "none", "{stdout}");
+    }
+    let (holder, mut stdout) = start_holder(url, &name);
+    if has_token {
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        let token = line
+            .trim()
+            .strip_prefix("fencing-token ")
+            .unwrap_or_else(|| panic!("{line:?}"));
+        assert!(token.parse::<u64>().unwrap() > lines[1].parse::<u64>().unwrap());
+    }
+    release_holder(holder);
+}
+
+/// The cases that need nothing of a backend but its URL: `label` prefixes the lock names,
+/// `fencing_token` says whether the backend gives one.
+macro_rules! every_backend {
+    ($url:expr, $label:literal, fencing_token = $token:expr) => {
+        #[test]
+        fn killed_tollgate_takes_the_command() {
+            super::killed_tollgate_takes_the_command($url, concat!($label, "-kill"));
+        }
+
+        #[test]
+        fn command_sees_its_lock() {
+            super::command_sees_its_lock($url, concat!($label, "-env"), $token);
+        }
+    };
+}
+use every_backend;
+
 #[cfg(feature = "postgres")]
 mod postgres {
     const URL: &str = "postgres://postgres@127.0.0.1:5432/test?sslmode=disable";
@@ -104,6 +273,33 @@ mod postgres {
         // the semaphore is another primitive.
         super::run_hold_and_busy(URL, "cli-pg", &[&["--max", "2"]]);
     }
+
+    #[test]
+    fn loss_stops_the_command() {
+        let name = super::unique("cli-pg-loss");
+        // The holder's sessions carry a name of their own, to end them by it.
+        let application = format!("tollgate-{}", std::process::id());
+        let url = format!("{URL}&application_name={application}");
+        super::loss_stops_the_command(&url, &name, || {
+            super::block_on(async {
+                let (client, connection) = tokio_postgres::connect(URL, tokio_postgres::NoTls)
+                    .await
+                    .unwrap();
+                tokio::spawn(connection);
+                let ended = client
+                    .query(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                         WHERE application_name = $1",
+                        &[&application],
+                    )
+                    .await
+                    .unwrap();
+                assert!(!ended.is_empty(), "no session of the holder found");
+            });
+        });
+    }
+
+    super::every_backend!(URL, "cli-pg", fencing_token = false);
 
     #[test]
     fn unreachable_and_bad_urls() {
@@ -125,6 +321,28 @@ mod mysql {
     }
 
     #[test]
+    fn loss_stops_the_command() {
+        use mysql_async::prelude::Queryable;
+
+        let name = super::unique("cli-mysql-loss");
+        let lock_name = tollgate::backend::mysql::lock_name(&name);
+        super::loss_stops_the_command(URL, &name, || {
+            super::block_on(async {
+                let mut conn = mysql_async::Conn::from_url(URL).await.unwrap();
+                let holder: Option<Option<u64>> = conn
+                    .exec_first("SELECT IS_USED_LOCK(?)", (lock_name,))
+                    .await
+                    .unwrap();
+                let holder = holder.flatten().expect("the lock is held");
+                conn.query_drop(format!("KILL {holder}")).await.unwrap();
+                conn.disconnect().await.unwrap();
+            });
+        });
+    }
+
+    super::every_backend!(URL, "cli-mysql", fencing_token = false);
+
+    #[test]
     fn unreachable_and_bad_urls() {
         super::unreachable_and_bad_urls(
             "mysql://root@127.0.0.1:1/test",
@@ -142,6 +360,27 @@ mod redis {
     fn run_hold_and_busy() {
         super::run_hold_and_busy(URL, "cli-redis", &[&["--max", "2"], &["--read"]]);
     }
+
+    #[test]
+    fn loss_stops_the_command() {
+        let name = super::unique("cli-redis-loss");
+        // A 3 s lease is extended every second: the deleted key is noticed within about 1 s.
+        let url = "redis://127.0.0.1:6379/?expiry=3s";
+        super::loss_stops_the_command(url, &name, || {
+            let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
+            super::block_on(async {
+                let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                let deleted: u32 = redis::cmd("DEL")
+                    .arg(&name)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                assert_eq!(deleted, 1, "the lock's key was not there");
+            });
+        });
+    }
+
+    super::every_backend!(URL, "cli-redis", fencing_token = true);
 
     #[test]
     fn unreachable_and_bad_urls() {

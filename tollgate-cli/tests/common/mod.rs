@@ -1,0 +1,20 @@
+//! What both CLI test files need.
+
+use std::process::{Child, ExitStatus};
+use std::time::{Duration, Instant};
+
+/// Waits for `child`, killing it and failing the test if it takes longer than `limit`.
+pub fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} still running after {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
