@@ -18,7 +18,7 @@ use tokio::io::AsyncBufReadExt;
 use tollgate::{AnyHandle, Handle};
 
 use signals::Signals;
-use target::{Acquired, Target};
+use target::{Acquired, Chatter, Target};
 
 /// Tollgate's own exit statuses (sysexits.h where one fits; 126/127 as shells use them).
 mod status {
@@ -49,16 +49,24 @@ tollgate backend. Every process that names the same lock on the same backend tak
 
 const EXAMPLES: &str = "\
 Examples:
-  tollgate run nightly-report -- ./report.sh
+  tollgate run nightly-report ./report.sh
   tollgate run builds --max 4 --timeout 10m -- make -j8
-  tollgate run cache --read -- ./read-cache
+  tollgate run cache -s ./read-cache
+  tollgate run deploy -n -c './deploy.sh && ./notify.sh'
   TOLLGATE_BACKEND=file:///srv/locks tollgate run deploy --timeout 0 -- ./deploy.sh";
 
 const RUN_AFTER_HELP: &str = "\
+Modes, as flock(1)'s: -s takes the shared side of the name's reader-writer lock; -x, and no
+mode at all, its exclusive side, so the three exclude as flock's do. On MySQL, which has no
+reader-writer locks, the exclusive modes are its lock (GET_LOCK) and -s is refused. --max N is
+the name's semaphore, apart from those. (Library users who share a lock with this command
+take `read_write_lock(NAME).writer()`, or `lock(NAME)` on MySQL.)
+
 Exit status:
   the command's own (128+N when signal N killed it)
   79   the lock was lost while the command ran, and the command was stopped (--on-lost)
-  75   not acquired within --timeout (one line on stderr names the lock)
+  75   not acquired within --timeout, or busy with -n (one line on stderr names the lock;
+       -E N changes the status)
   69   the backend could not be reached or failed
   2    usage error (bad option, duration, --max or backend URL)
   126  the command could not be run; 127: command not found
@@ -118,8 +126,12 @@ enum Command {
         lock: LockArgs,
         #[command(flatten)]
         supervision: Supervision,
-        /// The command to run and its arguments, after `--`
-        #[arg(last = true, required = true, value_name = "COMMAND")]
+        /// Run STRING with `sh -c` instead of COMMAND
+        #[arg(short = 'c', long = "command", value_name = "STRING")]
+        shell: Option<OsString>,
+        /// The command to run and its arguments: after NAME (and tollgate's options), or after
+        /// `--`
+        #[arg(value_name = "COMMAND", trailing_var_arg = true)]
         command: Vec<OsString>,
     },
     /// Hold a lock until told on stdin to release it (for scripts and tests)
@@ -133,33 +145,73 @@ enum Command {
 /// Which lock, on which backend, and how long to wait for it.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("kind").args(["max", "read", "write"]).multiple(false)))]
+#[command(group(ArgGroup::new("wait").args(["timeout", "nonblock"]).multiple(false)))]
 pub struct LockArgs {
     /// The lock's name: processes that use the same name on the same backend exclude each
-    /// other
-    #[arg(value_name = "NAME")]
-    pub name: String,
+    /// other (a name that starts with `-` goes in --name)
+    #[arg(value_name = "NAME", required_unless_present = "named")]
+    pub positional_name: Option<OsString>,
+
+    /// The lock's name, for a name that starts with `-` (then every argument after the
+    /// options is the command)
+    #[arg(
+        long = "name",
+        value_name = "NAME",
+        id = "named",
+        allow_hyphen_values = true
+    )]
+    pub named: Option<String>,
 
     /// Use a semaphore of N tickets: up to N holders at once
     #[arg(long, value_name = "N", value_parser = parse_max)]
     pub max: Option<u32>,
 
-    /// Take the shared side of a reader-writer lock: readers coexist, writers wait
-    #[arg(long)]
+    /// Take the shared side of the lock: shared holders coexist, an exclusive one waits
+    #[arg(short = 's', long = "shared", visible_alias = "read")]
     pub read: bool,
 
-    /// Take the exclusive side of a reader-writer lock (it turns away new readers while it
-    /// waits)
-    #[arg(long)]
+    /// Take the exclusive side of the lock, as without -s (while it waits, it turns away new
+    /// shared holders)
+    #[arg(
+        short = 'x',
+        short_alias = 'e',
+        long = "exclusive",
+        visible_alias = "write"
+    )]
     pub write: bool,
 
     /// How long to wait for the lock: 0 (one try), seconds (5, 0.5), or a duration such as
-    /// 250ms, 5s, 2m;
-    /// without it, wait as long as it takes
-    #[arg(long, value_name = "DURATION", value_parser = tollgate::parse_duration)]
+    /// 250ms, 5s, 2m; without it, wait as long as it takes
+    #[arg(
+        short = 'w',
+        long,
+        visible_alias = "wait",
+        value_name = "DURATION",
+        value_parser = tollgate::parse_duration
+    )]
     pub timeout: Option<Duration>,
 
-    /// Where the locks live: local: (this machine, per-user runtime directory) or
-    /// file:///DIR (lock files in DIR)
+    /// Do not wait: one try (the same as --timeout 0)
+    #[arg(short = 'n', long)]
+    pub nonblock: bool,
+
+    /// The exit status when the lock is busy or the wait runs out
+    #[arg(short = 'E', long, value_name = "N", default_value_t = status::TIMED_OUT)]
+    pub conflict_exit_code: u8,
+
+    /// Say on stderr when tollgate starts to wait and when it holds the lock, with the time
+    /// it took
+    #[arg(short = 'v', long, conflicts_with = "quiet")]
+    pub verbose: bool,
+
+    /// Say nothing on stderr but errors: no waiting notice, no warnings, no line when the
+    /// lock is busy or the wait runs out (the exit status still tells)
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+
+    /// Where the locks live: local: (this machine, per-user runtime directory),
+    /// file:///DIR (lock files in DIR), postgres://USER@HOST:PORT/DB, mysql://USER@HOST/DB,
+    /// redis://HOST:PORT (redis://H1,H2,H3 for RedLock), with options after `?`
     #[arg(
         long,
         value_name = "URL",
@@ -167,6 +219,35 @@ pub struct LockArgs {
         default_value = "local:"
     )]
     pub backend: String,
+}
+
+impl LockArgs {
+    /// The lock's name, and the arguments left for the command: with --name, the positional
+    /// NAME was the command's first word.
+    fn split(&self, command: &[OsString]) -> Result<(String, Vec<OsString>), Failure> {
+        match (&self.named, &self.positional_name) {
+            (Some(name), first) => {
+                let rest = first.iter().chain(command).cloned().collect();
+                Ok((name.clone(), rest))
+            }
+            (None, Some(name)) => {
+                let name = name.to_str().ok_or_else(|| {
+                    Failure::new(status::USAGE, format!("the name {name:?} is not UTF-8"))
+                })?;
+                Ok((name.to_owned(), command.to_vec()))
+            }
+            (None, None) => Err(Failure::new(status::USAGE, "no lock name given")),
+        }
+    }
+
+    /// How long to wait: --nonblock is a zero timeout.
+    pub fn wait_limit(&self) -> Option<Duration> {
+        if self.nonblock {
+            Some(Duration::ZERO)
+        } else {
+            self.timeout
+        }
+    }
 }
 
 /// What `tollgate run` does when the lock is lost while the command runs.
@@ -210,6 +291,8 @@ fn parse_max(text: &str) -> Result<u32, String> {
 pub struct Failure {
     status: u8,
     message: String,
+    /// Whether the message stays unsaid (`--quiet` and an expected outcome).
+    silent: bool,
 }
 
 impl Failure {
@@ -218,6 +301,15 @@ impl Failure {
         Failure {
             status,
             message: message.into(),
+            silent: false,
+        }
+    }
+
+    /// The same failure, told by its exit status only.
+    pub fn silent(self) -> Self {
+        Failure {
+            silent: true,
+            ..self
         }
     }
 
@@ -225,7 +317,9 @@ impl Failure {
     /// could not do it.
     pub fn library(error: tollgate::Error) -> Self {
         let status = match error {
-            tollgate::Error::InvalidArgument(_) => status::USAGE,
+            tollgate::Error::InvalidArgument(_) | tollgate::Error::Unsupported { .. } => {
+                status::USAGE
+            }
             tollgate::Error::Timeout { .. } => status::TIMED_OUT,
             _ => status::BACKEND,
         };
@@ -273,8 +367,9 @@ fn main() -> ExitCode {
             Command::Run {
                 lock,
                 supervision,
+                shell,
                 command,
-            } => run(&lock, &supervision, &command).await,
+            } => run(&lock, &supervision, shell, &command).await,
             Command::Hold { lock } => hold(&lock).await,
         }
     });
@@ -287,7 +382,9 @@ fn main() -> ExitCode {
             signals::die_by(signal)
         }
         Err(failure) => {
-            say(&failure.message);
+            if !failure.silent {
+                say(&failure.message);
+            }
             ExitCode::from(failure.status)
         }
     }
@@ -310,9 +407,12 @@ fn install_signals() -> Result<Signals, Failure> {
     })
 }
 
-/// Releases, reporting a failure on stderr without changing the exit status.
+/// Releases, reporting a failure on stderr (unless quiet) without changing the exit status.
 async fn release(target: &Target, handle: AnyHandle) {
     if let Err(error) = handle.release().await {
+        if target.chatter() == Chatter::Quiet {
+            return;
+        }
         say(format_args!(
             "warning: releasing {target} failed: {}",
             error_chain(&error)
@@ -324,12 +424,26 @@ async fn release(target: &Target, handle: AnyHandle) {
 async fn run(
     options: &LockArgs,
     supervision: &Supervision,
+    shell: Option<OsString>,
     command: &[OsString],
 ) -> Result<Outcome, Failure> {
+    let (name, mut command) = options.split(command)?;
+    if let Some(script) = shell {
+        if !command.is_empty() {
+            return Err(Failure::new(
+                status::USAGE,
+                "give the command either with -c STRING or as arguments, not both",
+            ));
+        }
+        command = vec!["sh".into(), "-c".into(), script];
+    }
     let Some((program, arguments)) = command.split_first() else {
-        return Err(Failure::new(status::USAGE, "no command to run"));
+        return Err(Failure::new(
+            status::USAGE,
+            "no command to run (give it after the name, or with -c STRING)",
+        ));
     };
-    let target = Target::new(options)?;
+    let target = Target::new(options, name)?;
     let mut signals = install_signals()?;
     let handle = match target.acquire(&mut signals).await? {
         Acquired::Held(handle) => handle,
@@ -443,6 +557,7 @@ async fn supervise(
                         say(format_args!("lost {target} while the command ran; killing it"));
                         started.signal(libc::SIGKILL);
                     }
+                    OnLost::Ignore if target.chatter() == Chatter::Quiet => {}
                     OnLost::Ignore => say(format_args!(
                         "warning: lost {target} while the command runs (--on-lost ignore)"
                     )),
@@ -481,7 +596,11 @@ fn command_status(exit: ExitStatus) -> u8 {
 
 /// `tollgate hold`: acquire, say `held NAME`, then follow the instructions on stdin.
 async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
-    let target = Target::new(options)?;
+    let (name, rest) = options.split(&[])?;
+    if !rest.is_empty() {
+        return Err(Failure::new(status::USAGE, "hold takes no command"));
+    }
+    let target = Target::new(options, name)?;
     let mut signals = install_signals()?;
     let handle = match target.acquire(&mut signals).await? {
         Acquired::Held(handle) => handle,
@@ -492,7 +611,11 @@ async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
         let token = handle
             .fencing_token()
             .map_or_else(String::new, |token| format!("fencing-token {token}\n"));
-        write!(stdout, "held {}\n{token}", target.name()).and_then(|()| stdout.flush())
+        // One write, so that a reader that stops after the first line cannot make it fail.
+        let announcement = format!("held {}\n{token}", target.name());
+        stdout
+            .write_all(announcement.as_bytes())
+            .and_then(|()| stdout.flush())
     };
     if let Err(error) = announced {
         release(&target, handle).await;

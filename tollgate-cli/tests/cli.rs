@@ -366,7 +366,7 @@ fn readers_coexist_and_a_writer_is_turned_away() {
     );
     let output = backend.run("catalog", &["--write", "--timeout", "0", "--", "true"]);
     let line = assert_not_acquired(&output, "catalog");
-    assert!(line.contains("write lock"), "{line}");
+    assert!(line.contains("exclusive lock"), "{line}");
 
     reader.release();
     assert_status(
@@ -464,17 +464,16 @@ fn the_command_does_not_inherit_the_lock_file() {
         let directory = backend.path().to_string_lossy();
         assert!(!listing.contains(&*directory), "{kind:?}: {listing}");
     }
-    // The hold really was a lock file in the directory.
-    let has_lock_file = std::fs::read_dir(backend.path())
-        .expect("list the lock directory")
-        .any(|entry| {
-            entry
-                .expect("entry")
-                .file_name()
-                .to_string_lossy()
-                .ends_with(".lock")
-        });
-    assert!(has_lock_file);
+    // The holds really were lock files in the directory (and its `rw/`, `semaphore/`).
+    let lock_files = ["", "rw", "semaphore"]
+        .iter()
+        .flat_map(|sub| std::fs::read_dir(backend.path().join(sub)).expect("list a lock directory"))
+        .filter(|entry| {
+            let entry = entry.as_ref().expect("entry");
+            entry.file_name().to_string_lossy().ends_with(".lock")
+        })
+        .count();
+    assert!(lock_files > 0);
 }
 
 #[test]
@@ -532,6 +531,115 @@ fn a_sigkilled_holder_frees_the_lock() {
         &backend.run("killed", &["--timeout", "10s", "--", "true"]),
         0,
     );
+}
+
+#[test]
+fn flock_forms_of_the_command() {
+    let backend = backend();
+    // The command may follow the name without `--`, its own options included.
+    let output = backend.run("forms", &["echo", "-n", "no dashes"]);
+    assert_status(&output, 0);
+    assert_eq!(output.stdout, b"no dashes");
+    // -c STRING runs by `sh -c`.
+    let output = backend.run("forms", &["-c", "echo \"$0\" ok; exit 4"]);
+    assert_status(&output, 4);
+    assert_eq!(output.stdout, b"sh ok\n");
+    // A name that starts with `-` goes in --name; then the command starts at once.
+    let output = tollgate()
+        .args([
+            "run",
+            "--backend",
+            &backend.url,
+            "--name",
+            "-dashed",
+            "echo",
+            "named",
+        ])
+        .output()
+        .expect("run tollgate");
+    assert_status(&output, 0);
+    assert_eq!(output.stdout, b"named\n");
+    let holder = {
+        let mut child = tollgate()
+            .args(["hold", "--backend", &backend.url, "--name", "-dashed"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate hold");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read hold's stdout");
+        assert_eq!(line, "held -dashed\n");
+        (child, stdout)
+    };
+    let busy = tollgate()
+        .args([
+            "run",
+            "-n",
+            "--backend",
+            &backend.url,
+            "--name",
+            "-dashed",
+            "true",
+        ])
+        .output()
+        .expect("run tollgate");
+    assert_not_acquired(&busy, "-dashed");
+    drop(holder);
+    // Both a command and -c is a usage error.
+    assert_status(&backend.run("forms", &["-c", "true", "true"]), 2);
+}
+
+#[test]
+fn flock_waits_and_conflict_exit_code() {
+    let backend = backend();
+    let holder = backend.hold("flock-wait", &[]);
+    // -n: one try; -w: fractional seconds; -E: the status of a busy lock or a wait run out.
+    assert_not_acquired(&backend.run("flock-wait", &["-n", "true"]), "flock-wait");
+    let began = Instant::now();
+    assert_not_acquired(
+        &backend.run("flock-wait", &["-w", "0.3", "true"]),
+        "flock-wait",
+    );
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    let conflict = backend.run("flock-wait", &["-n", "-E", "9", "true"]);
+    assert_status(&conflict, 9);
+    assert_eq!(stderr_lines(&conflict).len(), 1);
+    // -q: the status says it all.
+    let quiet = backend.run("flock-wait", &["-n", "-q", "true"]);
+    assert_status(&quiet, 75);
+    assert!(quiet.stderr.is_empty(), "{:?}", stderr_lines(&quiet));
+    assert_status(&backend.run("flock-wait", &["-n", "-w", "1", "true"]), 2);
+    holder.release();
+    // -v: a line when it starts, a line when it holds, with the time it took.
+    let verbose = backend.run("flock-wait", &["-v", "true"]);
+    assert_status(&verbose, 0);
+    let lines = stderr_lines(&verbose);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("acquiring lock \"flock-wait\""),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("holding lock \"flock-wait\" after"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn flock_modes_shared_and_exclusive_exclude() {
+    let backend = backend();
+    let reader = backend.hold("modes", &["-s"]);
+    assert_status(&backend.run("modes", &["-n", "-s", "true"]), 0);
+    assert_not_acquired(&backend.run("modes", &["-n", "-x", "true"]), "modes");
+    assert_not_acquired(&backend.run("modes", &["-n", "true"]), "modes");
+    reader.release();
+    let writer = backend.hold("modes", &[]);
+    assert_not_acquired(&backend.run("modes", &["-n", "-s", "true"]), "modes");
+    assert_not_acquired(&backend.run("modes", &["-n", "-e", "true"]), "modes");
+    // A semaphore of the same name is another primitive.
+    assert_status(&backend.run("modes", &["-n", "--max", "2", "true"]), 0);
+    writer.release();
 }
 
 #[test]

@@ -100,8 +100,14 @@ fn first_line(child: &mut Child) -> (String, BufReader<ChildStdout>) {
 
 /// `tollgate hold NAME`, returned once it holds, with the rest of its stdout.
 fn start_holder(url: &str, name: &str) -> (Child, BufReader<ChildStdout>) {
+    start_holder_with(url, name, &[])
+}
+
+/// `tollgate hold NAME ARGS`, returned once it holds, with the rest of its stdout.
+fn start_holder_with(url: &str, name: &str, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
     let mut holder = tollgate(url)
         .args(["hold", name])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -246,10 +252,47 @@ fn command_sees_its_lock(url: &str, label: &str, has_token: bool) {
     release_holder(holder);
 }
 
+/// flock(1)'s modes: shared holders coexist; `-x`, and no mode at all, exclude them and each
+/// other (on a backend without shared locks, `-s` is a usage error naming the backend).
+fn shared_and_exclusive_exclude(url: &str, label: &str, has_shared: bool) {
+    let name = unique(label);
+    let try_run = |mode: &[&str]| {
+        tollgate(url)
+            .args(["run", &name, "-n"])
+            .args(mode)
+            .args(["true"])
+            .output()
+            .unwrap()
+    };
+    if !has_shared {
+        let refused = try_run(&["-s"]);
+        assert_eq!(refused.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&refused.stderr).contains("does not support"));
+        let (holder, _stdout) = start_holder(url, &name);
+        assert_eq!(try_run(&["-x"]).status.code(), Some(75), "-x beside plain");
+        release_holder(holder);
+        return;
+    }
+    let (reader, _stdout) = start_holder_with(url, &name, &["-s"]);
+    assert_eq!(try_run(&["-s"]).status.code(), Some(0), "-s beside -s");
+    assert_eq!(try_run(&["-x"]).status.code(), Some(75), "-x beside -s");
+    assert_eq!(try_run(&[]).status.code(), Some(75), "plain beside -s");
+    release_holder(reader);
+    let (writer, _stdout) = start_holder(url, &name);
+    assert_eq!(try_run(&["-s"]).status.code(), Some(75), "-s beside plain");
+    assert_eq!(try_run(&["-x"]).status.code(), Some(75), "-x beside plain");
+    release_holder(writer);
+}
+
 /// The cases that need nothing of a backend but its URL: `label` prefixes the lock names,
-/// `fencing_token` says whether the backend gives one.
+/// `fencing_token` says whether the backend gives one, `shared` whether it has shared locks.
 macro_rules! every_backend {
-    ($url:expr, $label:literal, fencing_token = $token:expr) => {
+    ($url:expr, $label:literal, fencing_token = $token:expr, shared = $shared:expr) => {
+        #[test]
+        fn shared_and_exclusive_exclude() {
+            super::shared_and_exclusive_exclude($url, concat!($label, "-modes"), $shared);
+        }
+
         #[test]
         fn killed_tollgate_takes_the_command() {
             super::killed_tollgate_takes_the_command($url, concat!($label, "-kill"));
@@ -269,8 +312,6 @@ mod postgres {
 
     #[test]
     fn run_hold_and_busy() {
-        // A reader-writer lock shares the lock's key there (as in DistributedLock), so only
-        // the semaphore is another primitive.
         super::run_hold_and_busy(URL, "cli-pg", &[&["--max", "2"]]);
     }
 
@@ -299,7 +340,7 @@ mod postgres {
         });
     }
 
-    super::every_backend!(URL, "cli-pg", fencing_token = false);
+    super::every_backend!(URL, "cli-pg", fencing_token = false, shared = true);
 
     #[test]
     fn unreachable_and_bad_urls() {
@@ -340,7 +381,7 @@ mod mysql {
         });
     }
 
-    super::every_backend!(URL, "cli-mysql", fencing_token = false);
+    super::every_backend!(URL, "cli-mysql", fencing_token = false, shared = false);
 
     #[test]
     fn unreachable_and_bad_urls() {
@@ -358,7 +399,7 @@ mod redis {
 
     #[test]
     fn run_hold_and_busy() {
-        super::run_hold_and_busy(URL, "cli-redis", &[&["--max", "2"], &["--read"]]);
+        super::run_hold_and_busy(URL, "cli-redis", &[&["--max", "2"]]);
     }
 
     #[test]
@@ -370,8 +411,9 @@ mod redis {
             let client = redis::Client::open("redis://127.0.0.1:6379/").unwrap();
             super::block_on(async {
                 let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+                // Without -s, the exclusive side of the name's reader-writer lock.
                 let deleted: u32 = redis::cmd("DEL")
-                    .arg(&name)
+                    .arg(format!("{{rw:{name}}}:writer"))
                     .query_async(&mut conn)
                     .await
                     .unwrap();
@@ -380,7 +422,7 @@ mod redis {
         });
     }
 
-    super::every_backend!(URL, "cli-redis", fencing_token = true);
+    super::every_backend!(URL, "cli-redis", fencing_token = true, shared = true);
 
     #[test]
     fn unreachable_and_bad_urls() {
