@@ -74,6 +74,7 @@ pub fn spawn(
     let parent = unsafe { libc::getpid() };
     let mut command = tokio::process::Command::new(program);
     command.args(arguments);
+    command.env_remove(crate::secrets::PASSWORD_VARIABLE);
     for (key, value) in env {
         command.env(key, value);
     }

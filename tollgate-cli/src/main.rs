@@ -4,6 +4,7 @@
 //! Thin by design: it parses the command line and calls the library.
 
 mod command;
+mod secrets;
 mod signals;
 mod target;
 
@@ -91,7 +92,8 @@ is a foreground job on a terminal, where it shares tollgate's so that job contro
 If tollgate itself is killed, the command gets SIGKILL (processes it started do not).
 
 The command's environment has TOLLGATE_LOCK_NAME (the name) and, where the backend gives one,
-TOLLGATE_FENCING_TOKEN (a number that grows with every acquisition of the lock).";
+TOLLGATE_FENCING_TOKEN (a number that grows with every acquisition of the lock). It does not
+inherit TOLLGATE_PASSWORD, and gets TOLLGATE_BACKEND without its password.";
 
 const HOLD_AFTER_HELP: &str = "\
 Once it holds the lock, tollgate prints `held NAME` on stdout (then `fencing-token N` where
@@ -219,6 +221,11 @@ pub struct LockArgs {
         default_value = "local:"
     )]
     pub backend: String,
+
+    /// Read the backend's password from the first line of FILE instead of the URL (or of
+    /// TOLLGATE_PASSWORD, which the command does not inherit)
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<std::path::PathBuf>,
 }
 
 impl LockArgs {
@@ -305,6 +312,14 @@ impl Failure {
         }
     }
 
+    /// The same failure, its message after `context: `.
+    pub fn context(self, context: impl std::fmt::Display) -> Self {
+        Failure {
+            message: format!("{context}: {}", self.message),
+            ..self
+        }
+    }
+
     /// The same failure, told by its exit status only.
     pub fn silent(self) -> Self {
         Failure {
@@ -339,7 +354,15 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         }
         source = cause.source();
     }
-    message
+    // Some client errors repeat their own prefix ("Input/output error: Input/output error:
+    // …"): a segment said twice in a row is said once.
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in message.split(": ") {
+        if segments.last() != Some(&segment) {
+            segments.push(segment);
+        }
+    }
+    segments.join(": ")
 }
 
 /// How tollgate ends when nothing went wrong.
@@ -414,7 +437,8 @@ async fn release(target: &Target, handle: AnyHandle) {
             return;
         }
         say(format_args!(
-            "warning: releasing {target} failed: {}",
+            "warning: releasing {target} on {} failed: {}",
+            target.backend_label(),
             error_chain(&error)
         ));
     }
@@ -457,6 +481,10 @@ async fn run(
     let mut env = vec![("TOLLGATE_LOCK_NAME", target.name().to_owned())];
     if let Some(token) = handle.fencing_token() {
         env.push(("TOLLGATE_FENCING_TOKEN", token.to_string()));
+    }
+    // The command may use the same backend, but not its password.
+    if let Ok(url) = std::env::var("TOLLGATE_BACKEND") {
+        env.push(("TOLLGATE_BACKEND", secrets::without_password(&url)));
     }
     // Lock files are opened close-on-exec: the command does not inherit the hold.
     let (mut child, started) = match command::spawn(program, arguments, &env) {
@@ -545,8 +573,9 @@ async fn supervise(
                 match supervision.on_lost {
                     OnLost::Term => {
                         say(format_args!(
-                            "lost {target} while the command ran; sending it SIGTERM (SIGKILL \
-                             in {})",
+                            "lost {target} on {} while the command ran; sending it SIGTERM \
+                             (SIGKILL in {})",
+                            target.backend_label(),
                             humantime::format_duration(supervision.kill_after)
                         ));
                         started.signal(libc::SIGTERM);
@@ -554,12 +583,16 @@ async fn supervise(
                         kill_armed = true;
                     }
                     OnLost::Kill => {
-                        say(format_args!("lost {target} while the command ran; killing it"));
+                        say(format_args!(
+                            "lost {target} on {} while the command ran; killing it",
+                            target.backend_label()
+                        ));
                         started.signal(libc::SIGKILL);
                     }
                     OnLost::Ignore if target.chatter() == Chatter::Quiet => {}
                     OnLost::Ignore => say(format_args!(
-                        "warning: lost {target} while the command runs (--on-lost ignore)"
+                        "warning: lost {target} on {} while the command runs (--on-lost ignore)",
+                        target.backend_label()
                     )),
                 }
             }
@@ -654,4 +687,38 @@ async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
     }
     release(&target, handle).await;
     Ok(Outcome::Exit(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Chained(&'static str, Option<Box<Chained>>);
+
+    impl std::fmt::Display for Chained {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chained {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|cause| cause as _)
+        }
+    }
+
+    #[test]
+    fn an_error_chain_is_one_line_without_repeats() {
+        let io = Chained("Connection refused", None);
+        let wrapped = Chained(
+            "Input/output error: Input/output error: Connection refused",
+            Some(Box::new(io)),
+        );
+        let top = Chained("cannot connect", Some(Box::new(wrapped)));
+        assert_eq!(
+            error_chain(&top),
+            "cannot connect: Input/output error: Connection refused"
+        );
+    }
 }

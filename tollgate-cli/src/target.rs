@@ -9,6 +9,7 @@ use tollgate::{
     SemaphoreProvider, Wait,
 };
 
+use crate::secrets;
 use crate::signals::Signals;
 use crate::{Failure, LockArgs};
 
@@ -44,6 +45,8 @@ pub enum Chatter {
 /// A named primitive on a backend, with how long to wait for it.
 pub struct Target {
     provider: AnyProvider,
+    /// The backend as messages show it (no password).
+    backend_label: String,
     name: String,
     kind: Kind,
     timeout: Option<Duration>,
@@ -74,7 +77,15 @@ impl Target {
             "" => "local:",
             url => url,
         };
-        let provider = AnyProvider::from_url(url).map_err(Failure::library)?;
+        let url = match secrets::password(options.password_file.as_deref())? {
+            Some(password) => {
+                secrets::with_password(url, &password, options.password_file.is_some())?
+            }
+            None => url.to_owned(),
+        };
+        let backend_label = secrets::label(&url);
+        let provider = AnyProvider::from_url(&url)
+            .map_err(|error| Failure::library(error).context(&backend_label))?;
         let chatter = if options.quiet {
             Chatter::Quiet
         } else if options.verbose {
@@ -84,6 +95,7 @@ impl Target {
         };
         Ok(Target {
             provider,
+            backend_label,
             name,
             kind,
             timeout: options.wait_limit(),
@@ -95,6 +107,11 @@ impl Target {
     /// The name, as given.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The backend as messages show it: `scheme://host:port`, no password.
+    pub fn backend_label(&self) -> &str {
+        &self.backend_label
     }
 
     /// What tollgate says besides errors.
@@ -131,10 +148,7 @@ impl Target {
     pub async fn acquire(&self, signals: &mut Signals) -> Result<Acquired, Failure> {
         let began = Instant::now();
         if self.chatter == Chatter::Verbose {
-            crate::say(format_args!(
-                "acquiring {self} ({} backend)",
-                self.provider.backend()
-            ));
+            crate::say(format_args!("acquiring {self} on {}", self.backend_label));
         }
         let acquiring = self.acquire_wait(Wait::from_timeout(self.timeout));
         tokio::pin!(acquiring);
@@ -160,15 +174,13 @@ impl Target {
                             Ok(Acquired::Held(handle))
                         }
                         Ok(None) => Err(self.not_acquired()),
-                        Err(error) => Err(Failure::library(error)),
+                        Err(error) => Err(Failure::library(error)
+                            .context(format_args!("cannot acquire {self} on {}", self.backend_label))),
                     };
                 }
                 () = &mut notice, if announce => {
                     announce = false;
-                    crate::say(format_args!(
-                        "waiting for {self} ({} backend)…",
-                        self.provider.backend()
-                    ));
+                    crate::say(format_args!("waiting for {self} on {}…", self.backend_label));
                 }
                 signal = signals.recv() => return Ok(Acquired::Interrupted(signal.number)),
             }

@@ -252,6 +252,64 @@ fn command_sees_its_lock(url: &str, label: &str, has_token: bool) {
     release_holder(holder);
 }
 
+/// A password that must appear in no output.
+const SECRET: &str = "SeCrEt-pw-7310";
+
+/// A failing run (`url`, `extra` arguments, `password` from a file when given) exits
+/// `status` with one stderr line that names the lock and `server`, and shows the password
+/// nowhere, even with -v.
+fn fails_without_showing_the_password(
+    url: &str,
+    server: &str,
+    password: Option<&str>,
+    status: i32,
+) {
+    let name = unique("cli-secret");
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = tollgate(url);
+    command.args(["run", &name, "-v", "--timeout", "5s"]);
+    if let Some(password) = password {
+        let file = dir.path().join("password");
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        command.arg("--password-file").arg(&file);
+    }
+    let output = command.args(["--", "true"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(status), "{stderr}");
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "{stderr}"
+    );
+    let failure = stderr.lines().last().unwrap_or_default();
+    assert!(failure.contains(server), "{stderr}");
+    if status != 2 {
+        assert!(failure.contains(&name), "{stderr}");
+    }
+}
+
+/// The command inherits neither `TOLLGATE_PASSWORD` nor the password in `TOLLGATE_BACKEND`
+/// (given as `url_with_password`, which is `url_without` plus an empty password).
+fn the_command_gets_no_password(url_with_password: &str, url_without: &str) {
+    let name = unique("cli-secret-env");
+    let script = "echo \"${TOLLGATE_PASSWORD-unset}\"; echo \"$TOLLGATE_BACKEND\"";
+    for (url, password) in [(url_with_password, None), (url_without, Some(""))] {
+        let mut command = tollgate(url);
+        match password {
+            Some(password) => command.env("TOLLGATE_PASSWORD", password),
+            None => command.env_remove("TOLLGATE_PASSWORD"),
+        };
+        let output = command
+            .args(["run", &name, "--", "sh", "-c", script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{stderr}");
+        assert_eq!(stdout, format!("unset\n{url_without}\n"));
+    }
+}
+
 /// flock(1)'s modes: shared holders coexist; `-x`, and no mode at all, exclude them and each
 /// other (on a backend without shared locks, `-s` is a usage error naming the backend).
 fn shared_and_exclusive_exclude(url: &str, label: &str, has_shared: bool) {
@@ -343,6 +401,22 @@ mod postgres {
     super::every_backend!(URL, "cli-pg", fencing_token = false, shared = true);
 
     #[test]
+    fn passwords_appear_nowhere() {
+        let secret = super::SECRET;
+        let unreachable = format!("postgres://postgres:{secret}@127.0.0.1:1/test?sslmode=disable");
+        super::fails_without_showing_the_password(&unreachable, "postgres://127.0.0.1:1", None, 69);
+        let bad = format!("postgres://postgres:{secret}@127.0.0.1/test?pool_size=x");
+        super::fails_without_showing_the_password(&bad, "postgres://127.0.0.1", None, 2);
+        let apart = "postgres://postgres@127.0.0.1:1/test?sslmode=disable";
+        super::fails_without_showing_the_password(
+            apart,
+            "postgres://127.0.0.1:1",
+            Some(secret),
+            69,
+        );
+    }
+
+    #[test]
     fn unreachable_and_bad_urls() {
         super::unreachable_and_bad_urls(
             "postgres://postgres@127.0.0.1:1/test?sslmode=disable",
@@ -384,6 +458,16 @@ mod mysql {
     super::every_backend!(URL, "cli-mysql", fencing_token = false, shared = false);
 
     #[test]
+    fn passwords_appear_nowhere() {
+        let secret = super::SECRET;
+        let wrong = format!("mysql://root:{secret}@127.0.0.1:3306/test");
+        super::fails_without_showing_the_password(&wrong, "mysql://127.0.0.1:3306", None, 69);
+        super::fails_without_showing_the_password(URL, "mysql://127.0.0.1:3306", Some(secret), 69);
+        // The root user here has an empty password: TOLLGATE_PASSWORD= is right.
+        super::the_command_gets_no_password("mysql://root:@127.0.0.1:3306/test", URL);
+    }
+
+    #[test]
     fn unreachable_and_bad_urls() {
         super::unreachable_and_bad_urls(
             "mysql://root@127.0.0.1:1/test",
@@ -423,6 +507,16 @@ mod redis {
     }
 
     super::every_backend!(URL, "cli-redis", fencing_token = true, shared = true);
+
+    #[test]
+    fn passwords_appear_nowhere() {
+        let secret = super::SECRET;
+        // The server has no password: AUTH fails.
+        let wrong = format!("redis://:{secret}@127.0.0.1:6379/");
+        super::fails_without_showing_the_password(&wrong, "redis://127.0.0.1:6379", None, 69);
+        let unreachable = format!("redis://:{secret}@127.0.0.1:1/");
+        super::fails_without_showing_the_password(&unreachable, "redis://127.0.0.1:1", None, 69);
+    }
 
     #[test]
     fn unreachable_and_bad_urls() {

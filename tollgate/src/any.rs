@@ -573,18 +573,41 @@ impl AnyProvider {
                     .read_write_locks()
                     .build())
             }
+            // The URL is never quoted back: it may carry a password.
             #[cfg(not(feature = "local"))]
-            Some(scheme @ ("local" | "file")) => Err(Error::invalid(format!(
-                "{scheme}: URLs need tollgate's `local` feature, which this build lacks"
-            ))),
+            Some(scheme @ ("local" | "file")) => Err(missing_feature(scheme, "local")),
+            #[cfg(not(feature = "postgres"))]
+            Some(scheme @ ("postgres" | "postgresql")) => Err(missing_feature(scheme, "postgres")),
+            #[cfg(not(feature = "mysql"))]
+            Some(scheme @ ("mysql" | "mariadb")) => Err(missing_feature(scheme, "mysql")),
+            #[cfg(not(feature = "redis"))]
+            Some(scheme @ ("redis" | "rediss")) => Err(missing_feature(scheme, "redis")),
             Some(scheme) if !scheme.is_empty() => Err(Error::invalid(format!(
-                "{url:?}: no tollgate backend for scheme {scheme:?}"
+                "no tollgate backend for URL scheme {scheme:?} (expected local:, file:, \
+                 postgres:, mysql:, mariadb:, redis: or rediss:)"
             ))),
-            _ => Err(Error::invalid(format!(
-                "{url:?} is not a backend URL (e.g. local: or file:///dir)"
-            ))),
+            _ => Err(Error::invalid(
+                "not a backend URL: expected SCHEME:…, e.g. local:, file:///dir, \
+                 postgres://user@host/db",
+            )),
         }
     }
+}
+
+/// The error for a URL whose backend this build left out.
+#[cfg_attr(
+    all(
+        feature = "local",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis"
+    ),
+    allow(dead_code)
+)]
+fn missing_feature(scheme: &str, feature: &str) -> Error {
+    Error::invalid(format!(
+        "{scheme}: URLs need tollgate's `{feature}` cargo feature, which this build lacks"
+    ))
 }
 
 /// Erases a typed provider into an [`AnyProvider`], adding what it offers beyond locks; made
@@ -693,6 +716,37 @@ impl UpgradeableReadWriteLockProvider for AnyProvider {
 mod tests {
     use super::*;
     use crate::local::LocalProvider;
+
+    /// A URL of a backend this build left out names the cargo feature that brings it, and
+    /// never quotes the URL (it may carry a password).
+    #[test]
+    fn a_left_out_backend_names_its_feature() {
+        let urls: &[(&str, &str, bool)] = &[
+            (
+                "postgres://u:pw@h/db",
+                "`postgres`",
+                cfg!(feature = "postgres"),
+            ),
+            ("mysql://u:pw@h/db", "`mysql`", cfg!(feature = "mysql")),
+            ("redis://:pw@h", "`redis`", cfg!(feature = "redis")),
+            ("file:///tmp/pw", "`local`", cfg!(feature = "local")),
+        ];
+        for &(url, feature, built) in urls {
+            if built {
+                continue;
+            }
+            let message = AnyProvider::from_url(url).unwrap_err().to_string();
+            assert!(message.contains(feature), "{message}");
+            assert!(!message.contains("pw"), "{message}");
+        }
+        let message = AnyProvider::from_url("zz://u:pw@h")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("\"zz\"") && !message.contains("pw"),
+            "{message}"
+        );
+    }
 
     fn unsupported_what<T: std::fmt::Debug>(result: Result<T>) -> &'static str {
         match result {
