@@ -142,6 +142,21 @@ enum Command {
         #[command(flatten)]
         lock: LockArgs,
     },
+    /// Print a completion script for SHELL (for example `tollgate completions bash >
+    /// /etc/bash_completion.d/tollgate`)
+    Completions {
+        /// The shell the script is for
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print a manual page (roff), from the same definitions as --help: tollgate(1), or
+    /// tollgate-run(1) and tollgate-hold(1) (for example `tollgate man run >
+    /// /usr/local/share/man/man1/tollgate-run.1`)
+    Man {
+        /// The subcommand whose page to print (run, hold)
+        #[arg(value_name = "SUBCOMMAND")]
+        subcommand: Option<String>,
+    },
 }
 
 /// Which lock, on which backend, and how long to wait for it.
@@ -373,8 +388,53 @@ enum Outcome {
     Signal(libc::c_int),
 }
 
+/// `tollgate completions` and `tollgate man`: generated from the command line's definitions.
+fn generate(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+
+    let mut definitions = Cli::command();
+    let mut stdout = std::io::stdout().lock();
+    let written = match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut definitions, "tollgate", &mut stdout);
+            Ok(())
+        }
+        Command::Man { subcommand: None } => clap_mangen::Man::new(definitions).render(&mut stdout),
+        Command::Man {
+            subcommand: Some(name),
+        } => {
+            let title = match name.as_str() {
+                "run" => "tollgate-run",
+                "hold" => "tollgate-hold",
+                _ => {
+                    say(format_args!(
+                        "no manual page for {name:?} (expected run or hold)"
+                    ));
+                    return Some(ExitCode::from(status::USAGE));
+                }
+            };
+            let page = definitions.find_subcommand(name).cloned()?;
+            let page = page.name(title).version(env!("CARGO_PKG_VERSION"));
+            clap_mangen::Man::new(page).render(&mut stdout)
+        }
+        _ => return None,
+    };
+    Some(match written.and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) is no failure.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(error) => {
+            say(format_args!("cannot write to stdout: {error}"));
+            ExitCode::from(status::INTERNAL)
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(code) = generate(&cli.command) {
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -394,6 +454,7 @@ fn main() -> ExitCode {
                 command,
             } => run(&lock, &supervision, shell, &command).await,
             Command::Hold { lock } => hold(&lock).await,
+            Command::Completions { .. } | Command::Man { .. } => Ok(Outcome::Exit(0)),
         }
     });
     // Everything is released by now; don't wait for a blocking read of stdin.

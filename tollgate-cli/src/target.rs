@@ -84,8 +84,9 @@ impl Target {
             None => url.to_owned(),
         };
         let backend_label = secrets::label(&url);
-        let provider = AnyProvider::from_url(&url)
-            .map_err(|error| Failure::library(error).context(&backend_label))?;
+        let provider = AnyProvider::from_url(&url).map_err(|error| {
+            Failure::library(error).context(format_args!("cannot use {name:?} on {backend_label}"))
+        })?;
         let chatter = if options.quiet {
             Chatter::Quiet
         } else if options.verbose {

@@ -750,6 +750,43 @@ fn signals_are_forwarded_to_the_command() {
 }
 
 #[test]
+fn completions_and_manual_pages() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = tollgate()
+            .args(["completions", shell])
+            .output()
+            .expect("run tollgate");
+        assert_status(&output, 0);
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            script.contains("on-lost") && script.contains("kill-after"),
+            "{shell}"
+        );
+    }
+    let page = |args: &[&str]| {
+        let output = tollgate()
+            .arg("man")
+            .args(args)
+            .output()
+            .expect("run tollgate");
+        assert_status(&output, 0);
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(page(&[]).contains(".TH tollgate 1"));
+    let run = page(&["run"]);
+    assert!(
+        run.contains(".TH tollgate-run 1") && run.contains("on\\-lost"),
+        "{run}"
+    );
+    assert!(page(&["hold"]).contains(".TH tollgate-hold 1"));
+    let unknown = tollgate()
+        .args(["man", "bogus"])
+        .output()
+        .expect("run tollgate");
+    assert_status(&unknown, 2);
+}
+
+#[test]
 fn help_and_version() {
     for args in [&["--help"][..], &["run", "--help"], &["hold", "--help"]] {
         let output = tollgate().args(args).output().expect("run tollgate");
