@@ -203,6 +203,107 @@ fn urls() {
     }
 }
 
+/// A file URL names its directory in full: `file:`, `file://`, `file:dir`, `file:rel/dir` and
+/// `file:///` are refused (they parse as `/`, a host, `/dir`, `/rel/dir`), and nothing is made.
+#[test]
+fn file_urls_must_be_absolute() {
+    for bad in [
+        "file:",
+        "file://",
+        "file:lockdir",
+        "file:relative/dir",
+        "file:///",
+        "file:?group=true",
+    ] {
+        match LocalProvider::from_url(bad) {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains("file:///path/to/dir"), "{bad}: {message}")
+            }
+            other => panic!("{bad:?} should be refused, got {other:?}"),
+        }
+    }
+    assert!(!std::path::Path::new("/lockdir").exists());
+    assert!(!std::path::Path::new("/relative").exists());
+}
+
+/// Only the lock directory's last component is made: a missing parent is an error naming the
+/// path, and is not created.
+#[test]
+fn a_missing_parent_is_not_made() {
+    let dir = tempfile::tempdir().unwrap();
+    let below = dir.path().join("missing").join("locks");
+    match LocalProvider::with_directory(&below) {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains(&below.display().to_string()), "{message}");
+            assert!(message.contains("parent"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(!dir.path().join("missing").exists());
+    let made = dir.path().join("locks");
+    LocalProvider::with_directory(&made).unwrap();
+    assert!(made.join("semaphore").is_dir() && made.join("rw").is_dir());
+}
+
+/// A lock directory, wherever it comes from, is refused when others could tamper with it:
+/// writable by everyone, writable by its group (unless the group option is on), a symbolic
+/// link, or someone else's.
+#[test]
+fn lock_directories_are_checked() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let refused = |path: &std::path::Path, group: bool, says: &str| {
+        let built = LocalProvider::builder()
+            .directory(path)
+            .group_access(group)
+            .build();
+        match built {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(message.contains(&path.display().to_string()), "{message}");
+                assert!(message.contains(says), "{message}");
+            }
+            other => panic!("{} should be refused, got {other:?}", path.display()),
+        }
+    };
+    let set_mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    set_mode(&open, 0o777);
+    refused(&open, false, "everyone");
+    refused(&open, true, "everyone");
+    let grouped = dir.path().join("grouped");
+    std::fs::create_dir(&grouped).unwrap();
+    set_mode(&grouped, 0o770);
+    refused(&grouped, false, "group=true");
+    LocalProvider::builder()
+        .directory(&grouped)
+        .group_access(true)
+        .build()
+        .expect("a group directory with the group option");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&grouped, &link).unwrap();
+    refused(&link, true, "symbolic link");
+    // Someone else's: as root, a directory given to nobody; otherwise the root directory.
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        refused(&theirs, false, "uid 65534");
+        refused(&theirs, true, "uid 65534");
+    } else {
+        refused(std::path::Path::new("/"), false, "uid 0");
+    }
+    // The same through a URL.
+    match AnyProvider::from_url(&format!("file://{}", open.display())) {
+        Err(Error::InvalidArgument(message)) => assert!(message.contains("everyone")),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 #[test]
 fn blocking_api_outside_a_runtime() {
     let provider = provider();

@@ -654,3 +654,41 @@ mod pool_edges {
         }
     }
 }
+
+/// A timeout beyond what `GET_LOCK` takes (it answers a huge one at once) is waited out in the
+/// server, a year at a time: the waiter's one statement stays in the state `User lock`, where a
+/// wait that retried at once would show ever-new statements.
+#[tokio::test]
+async fn a_huge_timeout_waits_in_one_statement() {
+    let provider = MySqlProvider::from_url(&url()).unwrap();
+    let name = unique("huge-wait");
+    let held = provider.lock(&name).unwrap().acquire().await.unwrap();
+    let waiter = provider.lock(&name).unwrap();
+    let waiting = tokio::spawn(async move {
+        let ages = Duration::from_secs(1000 * 366 * 24 * 3600);
+        waiter.acquire_timeout(ages).await.map(drop)
+    });
+    let mut admin = admin().await;
+    // The statement is prepared, so the name is not in INFO; another test's wait could be
+    // seen too (it would make this pass, never fail).
+    let query = "SELECT MAX(TIME_MS) FROM information_schema.PROCESSLIST \
+                 WHERE STATE = 'User lock' AND INFO LIKE '%GET_LOCK%'";
+    let began = std::time::Instant::now();
+    loop {
+        let waited: Option<Option<f64>> = admin.query_first(query).await.unwrap();
+        if waited.flatten().unwrap_or(0.0) >= 500.0 {
+            break;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10) && !waiting.is_finished(),
+            "no statement waited 0.5 s in the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    held.release().await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the waiter takes the lock once it is free")
+        .unwrap()
+        .expect("acquired");
+}

@@ -401,6 +401,31 @@ pub async fn names_differing_after_nul_are_distinct<S: Subject>(subject: S) {
     }
 }
 
+/// A timeout too long for the server's own limit (MySQL's `GET_LOCK` answers a huge one at
+/// once; PostgreSQL's `lock_timeout` stops at 24.8 days) waits as forever does.
+pub async fn huge_timeout_waits_like_forever<S: Subject>(subject: S) {
+    let name = unique("huge-timeout");
+    let held = subject.make(&name).acquire().await.unwrap();
+    let waiter = subject.make(&name);
+    let waiting = tokio::spawn(async move {
+        let ages = Duration::from_secs(10_000 * 365 * 24 * 3600);
+        waiter.acquire_timeout(ages).await.map(drop)
+    });
+    // The failure this catches came back within milliseconds.
+    tokio::time::sleep(SHORT_BOUND).await;
+    assert!(
+        !waiting.is_finished(),
+        "a 10,000-year wait ended early: {:?}",
+        waiting.await
+    );
+    held.release().await.unwrap();
+    tokio::time::timeout(PROMPT, waiting)
+        .await
+        .expect("the waiter takes the lock once it is free")
+        .unwrap()
+        .expect("acquired");
+}
+
 /// An acquire future dropped at any point of its wait — at its first poll, mid-wait, and
 /// in the race with the release that would grant it — leaves nothing held: a storm of drops
 /// at random moments around a hand-off, with bounded and unbounded waits.
@@ -771,7 +796,7 @@ macro_rules! hold_life_suite {
     (caller_driven $subject:expr) => {
         $crate::mutex_suite!(@cases $subject;
             names_differing_after_nul_are_distinct, dropped_release_leaves_nothing_held,
-            acquire_dropped_at_random_points,
+            acquire_dropped_at_random_points, huge_timeout_waits_like_forever,
             handle_dropped_on_plain_thread_is_released,
             handle_dropped_in_current_thread_runtime_running,
             handle_dropped_in_current_thread_runtime_shut_down,

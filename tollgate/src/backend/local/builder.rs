@@ -26,8 +26,10 @@ pub struct LocalProviderBuilder {
 }
 
 impl LocalProviderBuilder {
-    /// Keeps lock files in `directory` (created if missing) instead of the per-user runtime
-    /// directory.
+    /// Keeps lock files in `directory` instead of the per-user runtime directory. Its last
+    /// component is made if missing (its parent must exist); it must belong to this user (or,
+    /// with [`group_access`](Self::group_access), to one of its groups), not be a symbolic
+    /// link, and be writable by no one else (but the group, with group access).
     pub fn directory(mut self, directory: impl Into<PathBuf>) -> Self {
         self.directory = Some(directory.into());
         self
@@ -67,7 +69,6 @@ impl LocalProviderBuilder {
 }
 
 fn default_directory() -> Result<PathBuf> {
-    use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
@@ -78,55 +79,113 @@ fn default_directory() -> Result<PathBuf> {
         return Ok(run_user.join("tollgate"));
     }
     // A shared temporary directory: the folder must be ours and closed to others, or another
-    // user could hold or swap our lock files.
-    let fallback = std::env::temp_dir().join(format!("tollgate-{uid}"));
-    let result = std::fs::DirBuilder::new().mode_0700().create(&fallback);
-    if let Err(error) = result {
-        if error.kind() != io::ErrorKind::AlreadyExists {
-            return Err(io_error(
-                "cannot create the lock directory",
-                &fallback,
-                error,
-            ));
+    // user could hold or swap our lock files (see `Config::check`).
+    Ok(std::env::temp_dir().join(format!("tollgate-{uid}")))
+}
+
+/// Whether this process is in the group `gid` (its effective or a supplementary group).
+fn in_group(gid: u32) -> bool {
+    // SAFETY: getegid cannot fail; getgroups writes at most `groups.len()` entries.
+    unsafe {
+        if libc::getegid() == gid {
+            return true;
         }
-    }
-    let metadata = std::fs::symlink_metadata(&fallback)
-        .map_err(|error| io_error("cannot inspect the lock directory", &fallback, error))?;
-    if !metadata.is_dir() || metadata.uid() != uid || metadata.mode() & 0o022 != 0 {
-        return Err(Error::invalid(format!(
-            "{} is not a directory owned by uid {uid} and closed to others; \
-             set XDG_RUNTIME_DIR or name a lock directory",
-            fallback.display()
-        )));
-    }
-    Ok(fallback)
-}
-
-trait DirBuilderExt {
-    fn mode_0700(self) -> Self;
-}
-
-impl DirBuilderExt for std::fs::DirBuilder {
-    fn mode_0700(mut self) -> Self {
-        use std::os::unix::fs::DirBuilderExt as _;
-        self.mode(0o700);
-        self
+        let mut groups = vec![0 as libc::gid_t; 256];
+        let count = libc::getgroups(groups.len() as libc::c_int, groups.as_mut_ptr());
+        count > 0 && groups[..count as usize].contains(&gid)
     }
 }
 
 impl Config {
+    /// Makes the lock directory and its `semaphore/` and `rw/` if they are missing, and checks
+    /// each. Only the last component is made: a missing parent is a mistake (a typo, a path
+    /// meant for another machine), and creating it made directories at the file system's root
+    /// for a relative `file:` URL run as root.
     fn create_directories(&self) -> Result<()> {
-        use std::os::unix::fs::DirBuilderExt as _;
         for directory in [
             self.directory.clone(),
             self.directory.join("semaphore"),
             self.directory.join("rw"),
         ] {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(self.directory_mode)
-                .create(&directory)
-                .map_err(|error| io_error("cannot create the lock directory", &directory, error))?;
+            self.make(&directory)?;
+            self.check(&directory)?;
+        }
+        Ok(())
+    }
+
+    fn make(&self, directory: &Path) -> Result<()> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        match std::fs::DirBuilder::new()
+            .mode(self.directory_mode)
+            .create(directory)
+        {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Err(Error::invalid(format!(
+                "the lock directory {} cannot be made: its parent does not exist \
+                     (tollgate makes only the last component)",
+                directory.display()
+            ))),
+            Err(error) => Err(io_error(
+                "cannot create the lock directory",
+                directory,
+                error,
+            )),
+        }
+    }
+
+    /// A lock directory must be a directory (not a symlink, which someone could point
+    /// elsewhere), owned by this user, and closed to others: writable by nobody else, or by
+    /// its group when the group option is on (then a directory of the group's is fine too).
+    /// Otherwise another user could hold, swap or delete our lock files.
+    fn check(&self, directory: &Path) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::symlink_metadata(directory)
+            .map_err(|error| io_error("cannot inspect the lock directory", directory, error))?;
+        let shown = directory.display();
+        if metadata.file_type().is_symlink() {
+            return Err(Error::invalid(format!(
+                "the lock directory {shown} is a symbolic link; name the directory it points to"
+            )));
+        }
+        if !metadata.is_dir() {
+            return Err(io_error(
+                "the lock directory is not a directory:",
+                directory,
+                io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
+        }
+        let group_access = self.directory_mode & 0o070 != 0;
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        let ours = metadata.uid() == uid || (group_access && in_group(metadata.gid()));
+        if !ours {
+            return Err(Error::invalid(format!(
+                "the lock directory {shown} belongs to uid {}, not to this user (uid {uid}){}",
+                metadata.uid(),
+                if group_access {
+                    " or one of its groups"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let writable_by_others = metadata.mode() & if group_access { 0o002 } else { 0o022 };
+        if writable_by_others != 0 {
+            return Err(Error::invalid(format!(
+                "the lock directory {shown} is writable by {} (mode {:o}); {}",
+                if writable_by_others & 0o002 != 0 {
+                    "everyone"
+                } else {
+                    "its group"
+                },
+                metadata.mode() & 0o7777,
+                if group_access {
+                    "close it to others"
+                } else {
+                    "close it to others, or share it with the group (group=true)"
+                }
+            )));
         }
         Ok(())
     }
@@ -181,7 +240,8 @@ impl LocalProvider {
         LocalProviderBuilder::default()
     }
 
-    /// A provider from a URL: `local:` (per-user runtime directory), `file:///some/dir`, or
+    /// A provider from a URL: `local:` (per-user runtime directory), `file:///some/dir` (the
+    /// directory in full; see [`LocalProviderBuilder::directory`] for what it must be), or
     /// either with `?group=true` for group access.
     pub fn from_url(url: &str) -> Result<Self> {
         let parsed = url::Url::parse(url)
@@ -201,6 +261,17 @@ impl LocalProvider {
                 }
             }
             "file" => {
+                // `file:dir`, `file:` and `file://dir` parse as /dir, / and a host: a lock
+                // directory is named in full, `file:///dir`.
+                let rest = &url["file:".len()..];
+                let path = rest
+                    .strip_prefix("///")
+                    .or_else(|| rest.strip_prefix("//localhost/"));
+                if path.is_none_or(|path| path.split(['?', '#']).next().unwrap_or("").is_empty()) {
+                    return Err(Error::invalid(format!(
+                        "{url:?}: a file URL names a lock directory in full, as file:///path/to/dir"
+                    )));
+                }
                 if parsed
                     .host_str()
                     .is_some_and(|host| !host.is_empty() && host != "localhost")

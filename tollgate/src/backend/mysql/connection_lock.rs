@@ -6,7 +6,7 @@ use std::sync::Arc;
 use mysql_async::prelude::Queryable;
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::{lock_name, BACKEND, LONG_WAIT_SECONDS};
+use super::{lock_name, wait_seconds, waits_on, BACKEND};
 use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
 use crate::backend::kit::hold::{Release, Shell};
 use crate::{Error, Handle, LossSignal, Result, Wait};
@@ -123,13 +123,11 @@ async fn take(
         };
     }
     loop {
-        let seconds = match deadline {
-            None => LONG_WAIT_SECONDS,
-            Some(deadline) => deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_secs_f64(),
+        let seconds = if wait == Wait::NO_WAIT {
+            0.0
+        } else {
+            wait_seconds(deadline)
         };
-        let seconds = if wait == Wait::NO_WAIT { 0.0 } else { seconds };
         let taken: Option<Option<i64>> = match guard
             .exec_first("SELECT GET_LOCK(?, ?)", (lock_name, seconds))
             .await
@@ -151,7 +149,7 @@ async fn take(
         };
         match taken.flatten() {
             Some(1) => return Ok(true),
-            Some(_) if deadline.is_none() => continue,
+            Some(_) if wait != Wait::NO_WAIT && waits_on(deadline) => continue,
             Some(_) => return Ok(false),
             None => {
                 return Err(Error::backend(

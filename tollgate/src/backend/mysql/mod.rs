@@ -47,8 +47,26 @@ pub use semaphore::MySqlSemaphore;
 use wait::wait_dedicated;
 
 pub(crate) const BACKEND: &str = "mysql";
-/// `GET_LOCK` has no "forever"; a wait without timeout waits a year at a time.
+/// `GET_LOCK` has no "forever", and answers a much larger timeout at once: a long wait waits
+/// a year at a time.
 const LONG_WAIT_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// The timeout of one `GET_LOCK` in a wait until `deadline` (`None`: forever): what is left,
+/// at most [`LONG_WAIT_SECONDS`].
+fn wait_seconds(deadline: Option<tokio::time::Instant>) -> f64 {
+    deadline.map_or(LONG_WAIT_SECONDS, |deadline| {
+        deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .as_secs_f64()
+            .min(LONG_WAIT_SECONDS)
+    })
+}
+
+/// Whether a `GET_LOCK` that timed out is only a part of the wait: the caller's deadline (if
+/// any) has not passed.
+fn waits_on(deadline: Option<tokio::time::Instant>) -> bool {
+    deadline.is_none_or(|deadline| tokio::time::Instant::now() < deadline)
+}
 fn mysql_error(message: impl Into<String>, error: mysql_async::Error) -> Error {
     Error::backend(BACKEND, message, error)
 }

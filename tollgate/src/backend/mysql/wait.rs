@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::connection::{self, Got, Pool, Reservation};
-use super::{give_back, MySqlHandle, BACKEND, LONG_WAIT_SECONDS};
+use super::{give_back, wait_seconds, waits_on, MySqlHandle, BACKEND};
 use crate::backend::kit::completion::{run_interruptible, Caller};
 use crate::{Error, Result};
 
@@ -43,12 +43,7 @@ async fn wait_on(
     mut caller: Caller,
 ) -> Result<Option<MySqlHandle>> {
     let outcome = loop {
-        let seconds = match deadline {
-            None => LONG_WAIT_SECONDS,
-            Some(deadline) => deadline
-                .saturating_duration_since(tokio::time::Instant::now())
-                .as_secs_f64(),
-        };
+        let seconds = wait_seconds(deadline);
         let waited = tokio::select! {
             result = reservation.session().get_lock(&lock_name, seconds) => result,
             () = caller.gone() => {
@@ -57,7 +52,7 @@ async fn wait_on(
             }
         };
         match waited {
-            Ok(Got::TimedOut) if deadline.is_none() => continue,
+            Ok(Got::TimedOut) if waits_on(deadline) => continue,
             other => break other,
         }
     };

@@ -260,12 +260,14 @@ async fn wait_one(
             // Nobody waits any more, and nothing was sent: nothing to cancel.
             return Ok(false);
         }
-        let timeout_ms = match deadline {
-            None => 0,
+        // A lock_timeout is at most i32::MAX ms (24.8 days): a longer wait is made of several.
+        let (timeout_ms, partial) = match deadline {
+            None => (0, false),
             Some(deadline) => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let millis = remaining.as_millis();
                 // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
-                remaining.as_millis().clamp(1, i32::MAX as u128)
+                (millis.clamp(1, i32::MAX as u128), millis > i32::MAX as u128)
             }
         };
         let suffix = if mode == Mode::Shared { "_shared" } else { "" };
@@ -292,9 +294,15 @@ async fn wait_one(
             // and landed late: wait again (the session is retired, see `Pool::retire`).
             Some("57014") if !*cancelled => continue,
             // lock_timeout (55P03) or our cancel (57014) may have raced with the grant.
-            Some("55P03" | "57014") => connection.holds(key, mode).await.map_err(|error| {
-                Error::backend(BACKEND, "cannot check pg_locks after a timeout", error)
-            }),
+            Some(state @ ("55P03" | "57014")) => {
+                let held = connection.holds(key, mode).await.map_err(|error| {
+                    Error::backend(BACKEND, "cannot check pg_locks after a timeout", error)
+                })?;
+                if !held && partial && state == "55P03" {
+                    continue;
+                }
+                Ok(held)
+            }
             Some("40P01") => Err(Error::Deadlock {
                 name: name.to_owned(),
             }),

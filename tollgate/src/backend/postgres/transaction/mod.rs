@@ -166,6 +166,9 @@ impl ServerWait {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
                 if remaining.is_zero() {
                     ServerWait::Try
+                } else if remaining.as_millis() > i32::MAX as u128 {
+                    // Beyond the longest lock_timeout (24.8 days): as good as forever.
+                    ServerWait::Timeout(0)
                 } else {
                     // Rounded up; at least 1 ms (0 would mean no limit), at most i32::MAX.
                     let millis = remaining
