@@ -82,9 +82,9 @@ running tollgate stops on Ctrl-C as it would for the command itself.
 If the lock is lost while the command runs (its server session killed, its lease expired),
 tollgate says so in one line naming the lock and, by default, sends SIGTERM to the command,
 then SIGKILL after --kill-after; it exits 79. How soon a loss is noticed depends on the
-backend: PostgreSQL at once when the server ends the session (with ?keepalive=DUR, also a
-silent network failure within about twice DUR); MySQL within about twice its keepalive
-(default 1 s); Redis at the next lease extension (a third of the expiry: 10 s by default);
+backend: PostgreSQL at once when the server ends the session; PostgreSQL and MySQL within
+about twice their keepalive (default 1 s) when the connection dies silently; Redis at the
+next lease extension (every 2.5 s by default);
 local lock files cannot be lost while tollgate runs.
 
 The command runs in a process group of its own (signalled as a whole), except when tollgate

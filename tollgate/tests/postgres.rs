@@ -297,19 +297,29 @@ async fn idle_sessions_are_closed_and_holding_ones_kept() {
         assert!(error.is_invalid_argument(), "{bad}: {error}");
     }
     assert!(PostgresProvider::from_url(&format!("{}&idle_timeout=never", url())).is_ok());
+    assert!(PostgresProvider::from_url(&format!("{}&keepalive=never", url())).is_ok());
+    let error = PostgresProvider::from_url(&format!("{}&keepalive=0", url())).unwrap_err();
+    assert!(error.is_invalid_argument(), "{error}");
 }
 
-/// With the keepalive on, a network that silently drops everything fires the loss signal
-/// (the ping gets no answer), rather than leaving it waiting for TCP to give up.
+/// With the keepalive on (as it is by default), a network that silently drops everything
+/// fires the loss signal within 5 s (the ping gets no answer), rather than leaving it waiting
+/// for TCP to give up.
 #[tokio::test]
 async fn keepalive_detects_a_silent_network_failure() {
     let proxy = conformance::support::FreezableProxy::start("127.0.0.1:5432").await;
     let provider = PostgresProvider::from_url(&format!(
-        "postgres://postgres@127.0.0.1:{}/test?sslmode=disable&keepalive=1",
+        "postgres://postgres@127.0.0.1:{}/test?sslmode=disable",
         proxy.port
     ))
     .unwrap();
+    let began = std::time::Instant::now();
     let held = conformance::support::hold_then_black_hole(&provider, &proxy).await;
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "noticed after {:?}",
+        began.elapsed()
+    );
     assert_eq!(
         provider.connection_count(),
         0,

@@ -485,6 +485,28 @@ async fn killed_holder_process_frees_the_lock_after_its_expiry() {
     handle.release().await.unwrap();
 }
 
+/// With the default options (a 30 s expiry), a deleted key is noticed within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deleted_key_is_noticed_within_5_s_by_default() {
+    let provider = RedisProvider::from_url(&format!("{}/?prefix=tollgate-test%3A", server()))
+        .expect("redis provider");
+    let name = unique("deleted-default");
+    let lock = provider.lock(&name).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let deleted: i64 = admin().await.del(lock.key()).await.unwrap();
+    assert_eq!(deleted, 1);
+    let began = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), handle.lost())
+        .await
+        .expect("the loss fires");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "noticed after {:?}",
+        began.elapsed()
+    );
+    handle.release().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_the_key_fires_the_loss_signal() {
     let provider = prefixed_provider();

@@ -8,6 +8,9 @@ use crate::backend::kit::options::UrlOptions;
 use crate::{Error, Result};
 
 pub(super) const DEFAULT_POOL_SIZE: usize = 16;
+/// How often sessions are pinged by default, so that a dead connection is noticed within a
+/// few seconds.
+const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
 /// How long a session that holds nothing stays open by default.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The URL options tokio-postgres reads (0.7.18's `Config::param`), handed on to it;
@@ -70,11 +73,12 @@ impl PostgresProviderBuilder {
         self
     }
 
-    /// Runs `SELECT 1` on every idle or holding session this often, so that a silently dead
-    /// connection is noticed (and its handles' loss signals fire): a ping that fails, or gets
-    /// no answer within twice the interval (at least 1 s), ends the session. Off by default.
-    pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.keepalive = Some(interval);
+    /// Runs `SELECT 1` on every idle or holding session this often (default every second;
+    /// `None`: never), so that a silently dead connection is noticed and its handles' loss
+    /// signals fire: a ping that fails, or gets no answer within twice the interval (at least
+    /// 1 s), ends the session. A session the server ends is noticed at once either way.
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
+        self.keepalive = interval;
         self
     }
 
@@ -128,12 +132,13 @@ impl PostgresProvider {
     /// Besides libpq's options that tokio-postgres understands, the URL may carry
     /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
     /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`,
-    /// `keepalive=DURATION` and `idle_timeout=DURATION` (or `never`; see
+    /// `keepalive=DURATION` (default 1 s) and `idle_timeout=DURATION` (default 60 s), each
+    /// also `never` (see [`PostgresProviderBuilder::keepalive`] and
     /// [`PostgresProviderBuilder::idle_timeout`]); durations as [`crate::parse_duration`]
     /// reads them (`30`, `250ms`, `5s`). Any other key is an error that names it.
     pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
         let mut pool_size = DEFAULT_POOL_SIZE;
-        let mut keepalive = None;
+        let mut keepalive = Some(DEFAULT_KEEPALIVE);
         let mut idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
         let mut sslmode = String::from("prefer");
         let connection_string =
@@ -142,7 +147,7 @@ impl PostgresProvider {
                     .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
                 let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
                 pool_size = options.count("pool_size")?.unwrap_or(pool_size);
-                keepalive = options.duration("keepalive")?.or(keepalive);
+                keepalive = options.duration_or_never("keepalive")?.unwrap_or(keepalive);
                 idle_timeout = options
                     .duration_or_never("idle_timeout")?
                     .unwrap_or(idle_timeout);

@@ -11,6 +11,9 @@ use crate::{Error, Result};
 
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest default extension cadence, so that a hold deleted behind its holder's back is
+/// noticed within a few seconds whatever the expiry.
+const MAX_DEFAULT_CADENCE: Duration = Duration::from_millis(2500);
 /// The URL options the `redis` crate reads, handed on to it.
 const PASSED_ON: &[&str] = &["protocol", "db", "user", "pass"];
 
@@ -79,8 +82,9 @@ impl RedisProviderBuilder {
         self
     }
 
-    /// How often holds are extended (default a third of the expiry); also how soon a hold
-    /// deleted behind the holder's back is noticed. Must be shorter than the minimum validity.
+    /// How often holds are extended (default a third of the expiry, at most 2.5 s); also how
+    /// soon a hold deleted or expired behind the holder's back is noticed. Must be shorter than
+    /// the minimum validity.
     pub fn extension_cadence(mut self, cadence: Duration) -> Self {
         self.extension_cadence = Some(cadence);
         self
@@ -110,7 +114,9 @@ impl RedisProviderBuilder {
             )));
         }
         let min_validity = self.min_validity.unwrap_or(expiry.mul_f64(0.9));
-        let extension_cadence = self.extension_cadence.unwrap_or(expiry / 3);
+        let extension_cadence = self
+            .extension_cadence
+            .unwrap_or((expiry / 3).min(MAX_DEFAULT_CADENCE));
         let lease = Lease {
             expiry,
             min_validity,
@@ -253,6 +259,11 @@ mod tests {
         assert_eq!(
             provider.shared.lease.extension_cadence,
             Duration::from_secs(1)
+        );
+        let default = RedisProvider::from_url("redis://h").unwrap();
+        assert_eq!(
+            default.shared.lease.extension_cadence,
+            Duration::from_millis(2500)
         );
         assert!(RedisProvider::from_url("rediss://localhost/#insecure").is_ok());
         for bad in [
