@@ -485,6 +485,28 @@ async fn killed_holder_process_frees_the_lock_after_its_expiry() {
     handle.release().await.unwrap();
 }
 
+/// A release whose connection was killed (`CLIENT KILL`) goes again on a fresh one: no key is
+/// left behind for the lease's length.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_release_after_client_kill_leaves_no_key() {
+    let servers = Servers::start(1);
+    let provider = RedisProvider::from_url(&servers.url("")).unwrap();
+    let name = unique("client-kill");
+    let lock = provider.lock(&name).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let client = redis::Client::open(servers.server_url(0)).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert!(killed >= 1, "the holder's connection was not there");
+    handle.release().await.expect("the release goes again");
+    let exists: i64 = admin.exists(lock.key()).await.unwrap();
+    assert_eq!(exists, 0, "the key was left behind");
+}
+
 /// With the default options (a 30 s expiry), a deleted key is noticed within 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deleted_key_is_noticed_within_5_s_by_default() {
