@@ -485,6 +485,38 @@ async fn killed_holder_process_frees_the_lock_after_its_expiry() {
     handle.release().await.unwrap();
 }
 
+/// Lock keys are the name verbatim, so the names of the other primitives' keys are refused as
+/// lock names; a key of another type (another program's) is a clear error naming the keys.
+#[tokio::test]
+async fn key_namespaces_do_not_collide() {
+    let provider = prefixed_provider();
+    let name = unique("namespace");
+    for taken in [
+        format!("{{semaphore:{name}}}:tickets"),
+        format!("{{rw:{name}}}:writer"),
+    ] {
+        match provider.lock(&taken) {
+            Err(Error::InvalidArgument(message)) => assert!(message.contains("{"), "{message}"),
+            other => panic!("{taken:?} should be refused as a lock name, got {other:?}"),
+        }
+    }
+    let semaphore = provider.semaphore(&name, 2).unwrap();
+    let mut admin = admin().await;
+    let tickets = format!("tollgate-test:{{semaphore:{name}}}:tickets");
+    let _: () = admin.set(&tickets, "another program's").await.unwrap();
+    match semaphore.try_acquire().await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(
+                message.contains("another type") && message.contains(&tickets),
+                "{message}"
+            )
+        }
+        other => panic!("expected a clear error, got {other:?}"),
+    }
+    let _: () = admin.del(&tickets).await.unwrap();
+    assert!(semaphore.try_acquire().await.unwrap().is_some());
+}
+
 /// A release whose connection was killed (`CLIENT KILL`) goes again on a fresh one: no key is
 /// left behind for the lease's length.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

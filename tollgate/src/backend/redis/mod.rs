@@ -213,7 +213,20 @@ impl LockProvider for RedisProvider {
     type Lock = RedisLock;
 
     /// Any name is accepted; the key is the prefix followed by the name.
+    /// The lock of `name`, whose key is the prefix and the name verbatim (as
+    /// DistributedLock.Redis has it). A name that starts with `{rw:` or `{semaphore:` is
+    /// refused: keys of that form are the reader-writer locks' and semaphores' own, and a lock
+    /// there would break them.
     fn lock(&self, name: &str) -> Result<RedisLock> {
+        if let Some(kind) = ["{rw:", "{semaphore:"]
+            .into_iter()
+            .find(|start| name.starts_with(start))
+        {
+            return Err(Error::invalid(format!(
+                "redis lock name {name:?}: names that start with {kind:?} are the keys of \
+                 tollgate's reader-writer locks and semaphores"
+            )));
+        }
         let key = self.key(name);
         Ok(RedisLock {
             shared: self.shared.clone(),

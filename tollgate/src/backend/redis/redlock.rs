@@ -276,6 +276,8 @@ struct Tally {
     hint: Option<Duration>,
     /// The max count a semaphore is in use with, when a server refused over it.
     other_max: Option<i64>,
+    /// Whether a server found one of the keys holding a value of another type.
+    wrong_type: bool,
     first_error: Option<Error>,
 }
 
@@ -353,7 +355,10 @@ impl Tally {
                     format!("{values:?}"),
                 )),
             },
-            Ok(Err(error)) => Some(server_error(server, "acquire failed", error)),
+            Ok(Err(error)) => {
+                self.wrong_type |= error.to_string().contains("WRONGTYPE");
+                Some(server_error(server, "acquire failed", error))
+            }
             Err(_) => Some(server_error(
                 server,
                 "acquire timed out",
@@ -383,9 +388,22 @@ impl Tally {
             failed,
             hint,
             other_max,
+            wrong_type,
             first_error,
             ..
         } = self;
+        if wrong_type {
+            let keys: Vec<_> = target
+                .keys
+                .iter()
+                .map(|key| String::from_utf8_lossy(key).into_owned())
+                .collect();
+            return Err(Error::invalid(format!(
+                "{} {:?}: its Redis keys {keys:?} hold a value of another type, so another \
+                 program (or another kind of tollgate primitive under another prefix) uses them",
+                target.kind.label, target.name
+            )));
+        }
         if let Some(stored) = other_max {
             return Err(Error::invalid(format!(
                 "semaphore {:?} is in use with max count {stored}, not {}; every user of a \
