@@ -40,7 +40,7 @@ const PASSED_ON: &[&str] = &[
 #[derive(Clone)]
 pub(crate) enum Tls {
     Plain,
-    Native(postgres_native_tls::MakeTlsConnector),
+    Native(super::tls::LazyTls),
 }
 
 /// Configures a [`PostgresProvider`].
@@ -188,18 +188,16 @@ fn tls_for(sslmode: &str, config: &mut tokio_postgres::Config) -> Result<Tls> {
             Tls::Plain
         }
         "prefer" | "require" | "verify-ca" | "verify-full" => {
-            let verify = sslmode.starts_with("verify");
-            let connector = native_tls::TlsConnector::builder()
-                .danger_accept_invalid_certs(!verify)
-                .danger_accept_invalid_hostnames(sslmode != "verify-full")
-                .build()
-                .map_err(|error| Error::backend(BACKEND, "cannot set up TLS", error))?;
             config.ssl_mode(if sslmode == "prefer" {
                 tokio_postgres::config::SslMode::Prefer
             } else {
                 tokio_postgres::config::SslMode::Require
             });
-            Tls::Native(postgres_native_tls::MakeTlsConnector::new(connector))
+            // Set up at the first handshake, not here (see `tls`).
+            Tls::Native(super::tls::LazyTls::new(super::tls::Verify {
+                certificate: sslmode.starts_with("verify"),
+                host: sslmode == "verify-full",
+            }))
         }
         other => {
             return Err(Error::invalid(format!(

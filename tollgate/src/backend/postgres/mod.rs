@@ -37,6 +37,7 @@ pub mod key;
 mod listener;
 mod rwlock;
 mod semaphore;
+mod tls;
 pub mod transaction;
 mod wait;
 
