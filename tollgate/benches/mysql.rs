@@ -580,7 +580,7 @@ fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<Row> {
     // no keepalive pings during the run), so that every try of the bench's scans three.
     let holder = MySqlProvider::builder(url)
         .expect("builder")
-        .keepalive(Duration::from_secs(3600))
+        .keepalive(Some(Duration::from_secs(3600)))
         .build()
         .expect("provider");
     let held: Vec<MySqlHandle> = runtime.block_on(async {

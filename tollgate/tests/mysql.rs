@@ -692,3 +692,36 @@ async fn a_huge_timeout_waits_in_one_statement() {
         .unwrap()
         .expect("acquired");
 }
+
+/// Connections that hold nothing close after `idle_timeout`, as PostgreSQL's sessions do; the
+/// keepalive and the idle timeout can each be turned off with `never`, and zero is refused.
+#[tokio::test]
+async fn idle_connections_close_and_options_match_postgres() {
+    let provider = MySqlProvider::from_url(&format!("{}?idle_timeout=200ms", url())).unwrap();
+    let held = provider
+        .lock(&unique("idle"))
+        .unwrap()
+        .acquire()
+        .await
+        .unwrap();
+    assert!(provider.connection_count() >= 1);
+    held.release().await.unwrap();
+    let began = std::time::Instant::now();
+    while provider.connection_count() > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "idle connections stay open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for good in ["keepalive=never", "idle_timeout=never", "idle_timeout=5s"] {
+        assert!(
+            MySqlProvider::from_url(&format!("{}?{good}", url())).is_ok(),
+            "{good}"
+        );
+    }
+    for bad in ["idle_timeout=0", "idle_timeout=x", "keepalive=0"] {
+        let error = MySqlProvider::from_url(&format!("{}?{bad}", url())).unwrap_err();
+        assert!(matches!(error, Error::InvalidArgument(_)), "{bad}: {error}");
+    }
+}

@@ -9,6 +9,8 @@ use crate::{Error, Result};
 
 const DEFAULT_POOL_SIZE: usize = 16;
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
+/// How long a connection that holds nothing stays open by default.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The URL options of mysql_async 0.37 that apply to a single connection, handed on to it.
 const PASSED_ON: &[&str] = &[
     "tcp_keepalive",
@@ -34,7 +36,8 @@ const PASSED_ON: &[&str] = &[
 pub struct MySqlProviderBuilder {
     opts: mysql_async::Opts,
     pool_size: usize,
-    keepalive: Duration,
+    keepalive: Option<Duration>,
+    idle_timeout: Option<Duration>,
     exact_names: bool,
 }
 
@@ -46,10 +49,18 @@ impl MySqlProviderBuilder {
     }
 
     /// How often connections that hold locks are pinged, which is how soon a lost
-    /// connection is noticed (default 1 s): a ping that fails, or gets no answer within twice
-    /// the interval (at least 1 s), fires the loss signals of the connection's handles.
-    pub fn keepalive(mut self, interval: Duration) -> Self {
+    /// connection is noticed (default 1 s; `None`: never): a ping that fails, or gets no
+    /// answer within twice the interval (at least 1 s), fires the loss signals of the
+    /// connection's handles.
+    pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
         self.keepalive = interval;
+        self
+    }
+
+    /// Closes a connection once it has held nothing for this long (default 60 s); `None`
+    /// keeps every connection open until the provider is dropped.
+    pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
+        self.idle_timeout = idle_timeout;
         self
     }
 
@@ -65,12 +76,16 @@ impl MySqlProviderBuilder {
         if self.pool_size == 0 {
             return Err(Error::invalid("mysql pool size must be at least 1"));
         }
-        if self.keepalive.is_zero() {
+        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
             return Err(Error::invalid(
                 "mysql keepalive interval must be above zero",
             ));
         }
-        let pool = connection::new_pool(self.opts, self.pool_size, self.keepalive);
+        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(Error::invalid("mysql idle timeout must be above zero"));
+        }
+        let pool =
+            connection::new_pool(self.opts, self.pool_size, self.keepalive, self.idle_timeout);
         Ok(MySqlProvider {
             pool: Arc::new(pool),
             exact_names: self.exact_names,
@@ -80,8 +95,9 @@ impl MySqlProviderBuilder {
 
 impl MySqlProvider {
     /// A builder from a URL: `mysql://user:password@host:3306/db` (or `mariadb://`), with
-    /// `pool_size=N`, `keepalive=DURATION` (as [`crate::parse_duration`] reads it: `30`,
-    /// `250ms`, `5s`) and the options of mysql_async that apply to a connection
+    /// `pool_size=N`, `keepalive=DURATION` (default 1 s) and `idle_timeout=DURATION` (default
+    /// 60 s), each also `never` (durations as [`crate::parse_duration`] reads them: `30`,
+    /// `250ms`, `5s`), and the options of mysql_async that apply to a connection
     /// (`require_ssl`, `verify_ca`, `compression`, `socket`, `tcp_keepalive`, …; its pool
     /// options do not apply: tollgate pools its own connections). Any other key is an error
     /// that names it.
@@ -94,7 +110,12 @@ impl MySqlProvider {
             .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
         let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
         let pool_size = options.count("pool_size")?.unwrap_or(DEFAULT_POOL_SIZE);
-        let keepalive = options.duration("keepalive")?.unwrap_or(DEFAULT_KEEPALIVE);
+        let keepalive = options
+            .duration_or_never("keepalive")?
+            .unwrap_or(Some(DEFAULT_KEEPALIVE));
+        let idle_timeout = options
+            .duration_or_never("idle_timeout")?
+            .unwrap_or(Some(DEFAULT_IDLE_TIMEOUT));
         let kept = options.finish(PASSED_ON)?;
         if kept.is_empty() {
             parsed.set_query(None);
@@ -107,6 +128,7 @@ impl MySqlProvider {
             opts,
             pool_size,
             keepalive,
+            idle_timeout,
             exact_names: false,
         })
     }

@@ -24,11 +24,12 @@ pub(crate) type Reservation = pool::Reservation<MySql>;
 pub(crate) type Held = pool::Held<MySql>;
 
 /// Builds the pool: at most `max_connections` connections; those that hold locks are pinged
-/// every `keepalive`.
+/// every `keepalive`, and those that hold nothing close after `idle_timeout`.
 pub(crate) fn new_pool(
     opts: mysql_async::Opts,
     max_connections: usize,
-    keepalive: std::time::Duration,
+    keepalive: Option<std::time::Duration>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> Pool {
     Pool::new(
         MySql { opts },
@@ -36,11 +37,11 @@ pub(crate) fn new_pool(
             max_sessions: max_connections,
             holds_per_session: usize::MAX,
             max_idle: None,
-            keepalive: Some(pool::Keepalive {
-                interval: keepalive,
+            keepalive: keepalive.map(|interval| pool::Keepalive {
+                interval,
                 pinged: pool::Pinged::Holding,
             }),
-            idle_timeout: None,
+            idle_timeout,
         },
     )
 }
