@@ -101,7 +101,8 @@ the backend gives one) and reads stdin:
   release (or end of input)  release the lock and exit 0
   exit                       exit 0 at once without releasing (as a crash would)
 
-Exit status: 0 after release; 75, 69, 2 and 70 as for `tollgate run`.";
+Exit status: 0 after release; 79 (with one line naming the lock) when the hold is lost; 75,
+69, 2 and 70 as for `tollgate run`.";
 
 /// The command line.
 #[derive(Debug, Parser)]
@@ -719,8 +720,17 @@ async fn hold(options: &LockArgs) -> Result<Outcome, Failure> {
         ));
     }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let watch_loss = handle.can_detect_loss();
+    let lost = handle.lost();
+    tokio::pin!(lost);
     loop {
         tokio::select! {
+            () = &mut lost, if watch_loss => {
+                return Err(Failure::new(
+                    status::LOST,
+                    format!("lost {target} on {}", target.backend_label()),
+                ));
+            }
             line = lines.next_line() => match line {
                 Ok(None) => break,
                 Ok(Some(line)) => match line.trim() {

@@ -177,8 +177,9 @@ fn never_touched(file: &Path, started: Instant, seconds: u32) {
 /// The holder's session or key is ended from outside (`end_hold`) while the command's child
 /// sleeps: tollgate stops the command and its child before they can go on (the file is never
 /// touched), says so in one line naming the lock, exits 79 within the backend's detection time
-/// plus the grace period, and the lock is free again.
-fn loss_stops_the_command(url: &str, name: &str, end_hold: impl FnOnce()) {
+/// plus the grace period, and the lock is free again. A `tollgate hold` whose hold is ended
+/// the same way exits 79 too.
+fn loss_stops_the_command(url: &str, name: &str, end_hold: impl Fn()) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("touched");
     let began = Instant::now();
@@ -201,6 +202,10 @@ fn loss_stops_the_command(url: &str, name: &str, end_hold: impl FnOnce()) {
         .status()
         .unwrap();
     assert_eq!(free.code(), Some(0));
+    let (mut holder, _stdout) = start_holder(url, name);
+    end_hold();
+    let status = wait_within(&mut holder, Duration::from_secs(20));
+    assert_eq!(status.code(), Some(79), "the hold outlived its loss");
 }
 
 /// `kill -9` of tollgate while the command sleeps: the command dies with it (the file is
@@ -445,7 +450,7 @@ mod mysql {
             super::block_on(async {
                 let mut conn = mysql_async::Conn::from_url(URL).await.unwrap();
                 let holder: Option<Option<u64>> = conn
-                    .exec_first("SELECT IS_USED_LOCK(?)", (lock_name,))
+                    .exec_first("SELECT IS_USED_LOCK(?)", (lock_name.clone(),))
                     .await
                     .unwrap();
                 let holder = holder.flatten().expect("the lock is held");
