@@ -98,8 +98,15 @@ fn client_crate_options_still_pass_through() {
 #[cfg(feature = "redis")]
 #[test]
 fn redlock_servers_must_be_distinct() {
-    let message = rejected("redis://127.0.0.1:6379,127.0.0.1:6380,127.0.0.1:6379/");
-    assert!(message.contains("listed twice"), "{message}");
+    for twice in [
+        "redis://127.0.0.1:6379,127.0.0.1:6380,127.0.0.1:6379/",
+        // The same server however it is spelt: the default port, the host's case.
+        "redis://cache-a,cache-b,cache-a:6379/",
+        "redis://Cache-A:7000,cache-b,cache-a:7000/",
+    ] {
+        let message = rejected(twice);
+        assert!(message.contains("listed twice"), "{twice}: {message}");
+    }
     accepted("redis://127.0.0.1:6379,127.0.0.1:6380,127.0.0.1:6381/");
 }
 

@@ -207,15 +207,12 @@ impl RedisProvider {
         let query: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(kept)
             .finish();
-        let hosts: Vec<&str> = hosts.split(',').collect();
-        for (index, host) in hosts.iter().enumerate() {
+        // Servers as host (case-folded) and port (6379 when not given), to find one listed
+        // twice however it is spelt.
+        let mut seen: Vec<(String, u16)> = Vec::new();
+        for host in hosts.split(',') {
             if host.is_empty() {
                 return Err(bad("empty host"));
-            }
-            if hosts[..index].contains(host) {
-                return Err(bad(&format!(
-                    "{host} is listed twice (RedLock needs distinct servers)"
-                )));
             }
             let mut server_url = format!("{scheme}://");
             if let Some(userinfo) = userinfo {
@@ -233,8 +230,18 @@ impl RedisProvider {
                 server_url.push_str(fragment);
             }
             let parsed = url::Url::parse(&server_url).map_err(|error| bad(&error.to_string()))?;
+            let server = (
+                parsed.host_str().unwrap_or_default().to_ascii_lowercase(),
+                parsed.port().unwrap_or(6379),
+            );
+            if seen.contains(&server) {
+                return Err(bad(&format!(
+                    "{host} is listed twice (RedLock needs distinct servers)"
+                )));
+            }
+            seen.push(server);
             let client = redis::Client::open(parsed).map_err(|error| bad(&error.to_string()))?;
-            builder.servers.push((client, (*host).to_owned()));
+            builder.servers.push((client, host.to_owned()));
         }
         Ok(builder)
     }
