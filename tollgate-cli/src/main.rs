@@ -615,23 +615,19 @@ async fn supervise(
     let kill = tokio::time::sleep(Duration::MAX);
     tokio::pin!(kill);
     let mut kill_armed = false;
-    let mut supervised = Supervised {
-        waited: Ok(ExitStatus::from_raw(0)),
-        received: Vec::new(),
-        lost: false,
-    };
-    supervised.waited = loop {
+    let (mut received, mut was_lost) = (Vec::new(), false);
+    let waited = loop {
         tokio::select! {
             waited = child.wait() => break waited,
             signal = signals.recv() => {
-                supervised.received.push(signal.number);
+                received.push(signal.number);
                 if signal.forward {
                     started.signal(signal.number);
                 }
             }
             () = &mut lost, if watch_loss => {
                 watch_loss = false;
-                supervised.lost = true;
+                was_lost = true;
                 match supervision.on_lost {
                     OnLost::Term => {
                         say(format_args!(
@@ -664,11 +660,15 @@ async fn supervise(
             }
         }
     };
-    if supervised.lost && started.own_group() && supervision.on_lost != OnLost::Ignore {
+    if was_lost && started.own_group() && supervision.on_lost != OnLost::Ignore {
         // What the command started may outlive it: the group goes too.
         started.signal(libc::SIGKILL);
     }
-    supervised
+    Supervised {
+        waited,
+        received,
+        lost: was_lost,
+    }
 }
 
 fn spawn_failure(program: &OsStr, error: &std::io::Error) -> Failure {

@@ -98,6 +98,32 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Option<Duration>,
 }
 
+/// Checks the options every SQL backend's builder takes, in the same words for each:
+/// `backend` names the backend in the message.
+pub(crate) fn check_options(
+    backend: &str,
+    pool_size: usize,
+    keepalive: Option<Duration>,
+    idle_timeout: Option<Duration>,
+) -> crate::Result<()> {
+    if pool_size == 0 {
+        return Err(crate::Error::invalid(format!(
+            "{backend} pool size must be at least 1"
+        )));
+    }
+    if keepalive.is_some_and(|interval| interval.is_zero()) {
+        return Err(crate::Error::invalid(format!(
+            "{backend} keepalive interval must be above zero"
+        )));
+    }
+    if idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
+        return Err(crate::Error::invalid(format!(
+            "{backend} idle timeout must be above zero"
+        )));
+    }
+    Ok(())
+}
+
 /// How long a keepalive ping sent every `interval` may go unanswered before its session
 /// counts as dead: twice the interval, at least a second. A network that silently drops
 /// everything would otherwise leave the ping waiting for as long as TCP retransmits.

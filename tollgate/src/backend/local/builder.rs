@@ -51,7 +51,7 @@ impl LocalProviderBuilder {
         };
         let directory = match self.directory {
             Some(directory) => directory,
-            None => default_directory()?,
+            None => default_directory(),
         };
         if directory.as_os_str().is_empty() {
             return Err(Error::invalid("the lock directory path is empty"));
@@ -68,19 +68,20 @@ impl LocalProviderBuilder {
     }
 }
 
-fn default_directory() -> Result<PathBuf> {
+/// The per-user runtime directory's `tollgate/`, else one in the temporary directory.
+fn default_directory() -> PathBuf {
     // SAFETY: geteuid cannot fail.
     let uid = unsafe { libc::geteuid() };
     if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR").filter(|dir| !dir.is_empty()) {
-        return Ok(PathBuf::from(runtime).join("tollgate"));
+        return PathBuf::from(runtime).join("tollgate");
     }
     let run_user = PathBuf::from(format!("/run/user/{uid}"));
     if run_user.is_dir() {
-        return Ok(run_user.join("tollgate"));
+        return run_user.join("tollgate");
     }
     // A shared temporary directory: the folder must be ours and closed to others, or another
     // user could hold or swap our lock files (see `Config::check`).
-    Ok(std::env::temp_dir().join(format!("tollgate-{uid}")))
+    std::env::temp_dir().join(format!("tollgate-{uid}"))
 }
 
 /// Whether this process is in the group `gid` (its effective or a supplementary group).

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{connection, MySqlProvider, BACKEND};
 use crate::backend::kit::options::UrlOptions;
+use crate::backend::kit::pool;
 use crate::{Error, Result};
 
 const DEFAULT_POOL_SIZE: usize = 16;
@@ -73,17 +74,7 @@ impl MySqlProviderBuilder {
 
     /// The provider. Connections are opened when first needed.
     pub fn build(self) -> Result<MySqlProvider> {
-        if self.pool_size == 0 {
-            return Err(Error::invalid("mysql pool size must be at least 1"));
-        }
-        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
-            return Err(Error::invalid(
-                "mysql keepalive interval must be above zero",
-            ));
-        }
-        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
-            return Err(Error::invalid("mysql idle timeout must be above zero"));
-        }
+        pool::check_options(BACKEND, self.pool_size, self.keepalive, self.idle_timeout)?;
         let pool =
             connection::new_pool(self.opts, self.pool_size, self.keepalive, self.idle_timeout);
         Ok(MySqlProvider {

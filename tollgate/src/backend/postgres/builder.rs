@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::{connection, listener, PostgresProvider, BACKEND};
 use crate::backend::kit::options::UrlOptions;
+use crate::backend::kit::pool;
 use crate::{Error, Result};
 
 pub(super) const DEFAULT_POOL_SIZE: usize = 16;
@@ -98,18 +99,8 @@ impl PostgresProviderBuilder {
 
     /// The provider. Connections are opened when first needed.
     pub fn build(self) -> Result<PostgresProvider> {
-        if self.pool_size == 0 {
-            return Err(Error::invalid("postgres pool size must be at least 1"));
-        }
-        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
-            return Err(Error::invalid(
-                "postgres keepalive interval must be above zero",
-            ));
-        }
+        pool::check_options(BACKEND, self.pool_size, self.keepalive, self.idle_timeout)?;
         let listener = listener::Listener::new(self.config.clone(), self.tls.clone());
-        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
-            return Err(Error::invalid("postgres idle timeout must be above zero"));
-        }
         let pool = connection::new_pool(
             self.config,
             self.tls,

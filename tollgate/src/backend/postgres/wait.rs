@@ -68,10 +68,10 @@ impl Named {
                     .await;
             };
             // The try runs to completion: a grant nobody waits for any more is given back.
-            let (named, pool, noted) = (self.clone(), self.pool.clone(), keys.clone());
+            let (named, pool) = (self.clone(), self.pool.clone());
             let trying = named.try_on(reservation, steps.clone());
             let tried =
-                run_interruptible(|_caller| trying, move || pool.note(noted), give_back).await?;
+                run_interruptible(|_caller| trying, move || pool.note(keys), give_back).await?;
             if let Some(hold) = tried {
                 return Ok(Some(hold));
             }

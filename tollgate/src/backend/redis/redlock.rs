@@ -465,20 +465,12 @@ async fn release_on(
             let server = &shared.servers[index];
             let ttl = lease_ms(shared.lease.expiry);
             let args = script_args(owner.as_bytes(), &ttl, &target, None);
-            let release = || {
-                tokio::time::timeout(
-                    limit,
-                    server.run::<i64>(target.kind.release, &target.keys, &args),
-                )
-            };
-            let mut result = release().await;
-            // A connection that was dropped (killed, or the server restarted) is reopened by
-            // the next request: a release, which does nothing the second time, goes again.
-            if let Ok(Err(error)) = &result {
-                if error.is_connection_dropped() || error.is_io_error() {
-                    result = release().await;
-                }
-            }
+            // A release does nothing the second time: it may go again on a fresh connection.
+            let result = tokio::time::timeout(
+                limit,
+                server.run_idempotent::<i64>(target.kind.release, &target.keys, &args),
+            )
+            .await;
             match result {
                 Ok(Ok(_)) => Ok(()),
                 Ok(Err(error)) => Err(server_error(server, "release failed", error)),

@@ -183,6 +183,22 @@ impl Server {
         self.run_on(Route::here(), script, keys, args).await
     }
 
+    /// [`Server::run`] for a script that may run twice (a release): if the connection was
+    /// dropped under it (killed, or the server restarted), it goes again once on a fresh one.
+    pub(crate) async fn run_idempotent<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[Vec<u8>],
+        args: &[&[u8]],
+    ) -> redis::RedisResult<T> {
+        match self.run(script, keys, args).await {
+            Err(error) if error.is_connection_dropped() || error.is_io_error() => {
+                self.run(script, keys, args).await
+            }
+            other => other,
+        }
+    }
+
     /// Runs `script` on the connection of `route`; a connection that failed is dropped, so
     /// the next call reconnects.
     pub(crate) async fn run_on<T: redis::FromRedisValue>(
