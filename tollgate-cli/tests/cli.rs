@@ -355,6 +355,19 @@ fn a_semaphore_of_2_lets_two_holders_in_and_turns_the_third_away() {
 }
 
 #[test]
+fn a_semaphore_in_use_with_another_max_is_refused_with_2() {
+    let backend = backend();
+    let holder = backend.hold("pool", &["--max", "1"]);
+    let output = backend.run("pool", &["--max", "2", "--", "true"]);
+    assert_status(&output, 2);
+    let lines = stderr_lines(&output);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("max count 1, not 2"), "{lines:?}");
+    holder.release();
+    assert_status(&backend.run("pool", &["--max", "2", "--", "true"]), 0);
+}
+
+#[test]
 fn readers_coexist_and_a_writer_is_turned_away() {
     let backend = backend();
     let reader = backend.hold("catalog", &["--read"]);

@@ -202,3 +202,16 @@ pub fn check_max_count(name: &str, max_count: u32) -> Result<()> {
     }
     Ok(())
 }
+
+/// The error for a semaphore used with another max count than the one its tickets are held
+/// under, on backends that store the max count.
+pub(crate) fn max_count_mismatch(
+    name: &str,
+    stored: impl std::fmt::Display,
+    given: impl std::fmt::Display,
+) -> Error {
+    Error::invalid(format!(
+        "semaphore {name:?} is in use with max count {stored}, not {given}; every user of a \
+         semaphore must give the same max count while tickets are held"
+    ))
+}

@@ -55,7 +55,7 @@ mod lock_through_any_provider {
 
 mod semaphore {
     use super::*;
-    semaphore_suite!(provider(), url());
+    semaphore_suite!(provider(), url(), stores_max_count);
 }
 
 mod composite {
@@ -367,4 +367,57 @@ async fn upgrade_of_any_handle_and_fencing() {
         .expect("an upgraded hold gets a token");
     assert!(second > first);
     assert!(!upgradeable.can_detect_loss());
+}
+
+/// Users with different max counts race on one fresh name, again and again: at every moment
+/// the tickets held are all under one max count and within it, and a refusal only ever
+/// names a max count that was really held.
+#[test]
+fn semaphore_max_counts_race_and_never_mix() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    for round in 0..20 {
+        let name = unique(&format!("max-race-{round}"));
+        // held[m] counts the tickets held under max count m (2 or 3).
+        let held: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
+        let threads: Vec<_> = (0..6)
+            .map(|thread| {
+                let (name, held) = (name.clone(), held.clone());
+                std::thread::spawn(move || {
+                    let max = 2 + thread % 2;
+                    let semaphore = Blocking::new(provider().semaphore(&name, max as u32).unwrap());
+                    let (mut taken, mut refused) = (0, 0);
+                    for _ in 0..50 {
+                        match semaphore.try_acquire() {
+                            Ok(Some(ticket)) => {
+                                let now = held[max].fetch_add(1, Ordering::SeqCst) + 1;
+                                let other = held[5 - max].load(Ordering::SeqCst);
+                                assert!(now <= max, "{now} tickets of max {max}");
+                                assert_eq!(other, 0, "max {max} held beside max {}", 5 - max);
+                                held[max].fetch_sub(1, Ordering::SeqCst);
+                                drop(ticket);
+                                taken += 1;
+                            }
+                            Ok(None) => {}
+                            Err(Error::InvalidArgument(message)) => {
+                                assert!(
+                                    message.contains(&format!("max count {}", 5 - max)),
+                                    "{message}"
+                                );
+                                refused += 1;
+                            }
+                            Err(other) => panic!("{other}"),
+                        }
+                    }
+                    (taken, refused)
+                })
+            })
+            .collect();
+        let outcomes: Vec<(usize, usize)> =
+            threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert!(
+            outcomes.iter().map(|o| o.0).sum::<usize>() > 0,
+            "{outcomes:?}"
+        );
+    }
 }

@@ -257,7 +257,7 @@ mod single {
 
     mod semaphore {
         use super::*;
-        semaphore_suite!(provider(), url());
+        semaphore_suite!(provider(), url(), stores_max_count);
     }
 
     mod composite {
@@ -284,7 +284,7 @@ mod prefixed {
 
     mod semaphore {
         use super::*;
-        semaphore_suite!(prefixed_provider(), prefixed_url());
+        semaphore_suite!(prefixed_provider(), prefixed_url(), stores_max_count);
     }
 
     mod read_write {

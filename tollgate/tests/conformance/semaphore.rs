@@ -114,6 +114,66 @@ pub async fn huge_max_counts_work<P: SemaphoreProvider>(provider: P) {
     }
 }
 
+/// For backends that store the max count: while tickets are held (here or in another
+/// process), a different max count is refused naming both; once every ticket is back, the
+/// name takes any max count.
+pub async fn max_count_is_stored_and_checked<P: SemaphoreProvider>(provider: P, url: String) {
+    fn expect_mismatch<T: std::fmt::Debug>(outcome: tollgate::Result<T>, stored: u32, given: u32) {
+        match outcome {
+            Err(Error::InvalidArgument(message)) => {
+                assert!(
+                    message.contains(&format!("max count {stored}")),
+                    "{message}"
+                );
+                assert!(message.contains(&given.to_string()), "{message}");
+            }
+            other => panic!("expected a max count mismatch, got {other:?}"),
+        }
+    }
+    let name = unique("max-count");
+    let three = provider.semaphore(&name, 3).unwrap();
+    let five = provider.semaphore(&name, 5).unwrap();
+    let ticket = three.acquire().await.unwrap();
+    expect_mismatch(five.try_acquire().await, 3, 5);
+    // A waiting acquire is refused at once too, not after its timeout.
+    let waited = tokio::time::timeout(PROMPT, five.acquire()).await;
+    expect_mismatch(waited.expect("refused at once, not left waiting"), 3, 5);
+    let second = three
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("the same max count gets in");
+    drop(ticket);
+    expect_mismatch(five.try_acquire().await, 3, 5);
+    second.release().await.unwrap();
+    // Once every ticket is back, the name is free for any max count.
+    let ticket = five.try_acquire().await.unwrap().expect("free");
+    expect_mismatch(three.try_acquire().await, 5, 3);
+    drop(ticket);
+
+    // Across processes: a holder's max count binds this process too.
+    let name = unique("max-count-processes");
+    let mut holder = Holder::start(&url, "semaphore:1", &name).await;
+    holder.held().await;
+    let two = provider.semaphore(&name, 2).unwrap();
+    expect_mismatch(two.try_acquire().await, 1, 2);
+    holder.kill().await;
+    // Once the killed holder's ticket is back (at once, or when its lease runs out), the
+    // name takes any max count.
+    let one = provider.semaphore(&name, 1).unwrap();
+    let ticket = tokio::time::timeout(PROMPT, one.acquire())
+        .await
+        .expect("the killed holder's ticket comes back")
+        .unwrap();
+    ticket.release().await.unwrap();
+    let ticket = two
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free for any max count");
+    drop(ticket);
+}
+
 pub async fn tickets_shared_across_processes<P: SemaphoreProvider<Semaphore: 'static>>(
     provider: P,
     url: String,
@@ -144,10 +204,18 @@ pub async fn tickets_shared_across_processes<P: SemaphoreProvider<Semaphore: 'st
     drop(mine);
 }
 
-/// Runs the semaphore cases, plus the mutex suite on a semaphore of max 1.
+/// Runs the semaphore cases, plus the mutex suite on a semaphore of max 1; with
+/// `stores_max_count` last, also the stored max count case.
 #[macro_export]
 macro_rules! semaphore_suite {
-    ($provider:expr, $url:expr) => {
+    (@max_count stores_max_count $provider:expr, $url:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn max_count_is_stored_and_checked() {
+            $crate::conformance::semaphore::max_count_is_stored_and_checked($provider, $url).await;
+        }
+    };
+    (@max_count $provider:expr, $url:expr) => {};
+    ($provider:expr, $url:expr $(, $stores:ident)?) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn ceiling_3() {
             $crate::conformance::semaphore::ceiling_is_reached_and_kept($provider, 3).await;
@@ -172,6 +240,7 @@ macro_rules! semaphore_suite {
         async fn tickets_shared_across_processes() {
             $crate::conformance::semaphore::tickets_shared_across_processes($provider, $url).await;
         }
+        $crate::semaphore_suite!(@max_count $($stores)? $provider, $url);
         mod as_mutex {
             #[allow(unused_imports)]
             use super::*;

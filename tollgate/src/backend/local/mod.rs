@@ -125,6 +125,43 @@ impl Drop for HeldFile {
     }
 }
 
+/// What one step of an attempt on a lock file found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Progress {
+    /// The attempt is complete: the primitive is held.
+    Complete,
+    /// Held elsewhere: wait for a change to the lock file.
+    Busy,
+    /// Another process is in the middle of a change of a few system calls that does not show
+    /// as a change to the file: try again in a moment.
+    Briefly,
+}
+
+impl From<bool> for Progress {
+    fn from(complete: bool) -> Self {
+        if complete {
+            Progress::Complete
+        } else {
+            Progress::Busy
+        }
+    }
+}
+
+/// Why a step of an attempt on a lock file failed.
+#[derive(Debug)]
+enum StepError {
+    /// A system call failed.
+    Io(io::Error),
+    /// The primitive refuses this caller (a semaphore in use with another max count).
+    Refused(Error),
+}
+
+impl From<io::Error> for StepError {
+    fn from(error: io::Error) -> Self {
+        StepError::Io(error)
+    }
+}
+
 impl Named {
     /// Acquires with `step`, which advances the attempt on the open lock file and reports
     /// whether it is complete; the file and the state stay across tries (a waiting writer
@@ -132,23 +169,27 @@ impl Named {
     async fn acquire<S: Default + Send>(
         &self,
         wait: Wait,
-        mut step: impl FnMut(&File, &mut S) -> io::Result<bool> + Send,
+        mut step: impl FnMut(&File, &mut S) -> Result<Progress, StepError> + Send,
     ) -> Result<Option<(HeldFile, S)>> {
         let mut attempt: Option<(HeldFile, S)> = None;
         let mut done = None;
         wait_for(&self.path, wait, || {
-            done = self.try_step(&mut attempt, &mut step)?;
-            Ok(done.is_some())
+            let progress = self.try_step(&mut attempt, &mut step)?;
+            if progress == Progress::Complete {
+                done = attempt.take();
+            }
+            Ok(progress)
         })
         .await?;
         Ok(done)
     }
 
+    /// One try of `step`; when it completes, the attempt holds the primitive.
     fn try_step<S: Default>(
         &self,
         attempt: &mut Option<(HeldFile, S)>,
-        step: &mut impl FnMut(&File, &mut S) -> io::Result<bool>,
-    ) -> Result<Option<(HeldFile, S)>> {
+        step: &mut impl FnMut(&File, &mut S) -> Result<Progress, StepError>,
+    ) -> Result<Progress> {
         // A replaced file is retried on the new one at once; twice in a row is a fluke, a
         // third time someone is deleting our files on purpose.
         for _ in 0..3 {
@@ -162,15 +203,17 @@ impl Named {
                     S::default(),
                 )),
             };
-            let complete = step(&held.file, state)
-                .map_err(|error| io_error("cannot lock", &self.path, error))?;
-            if !complete {
-                return Ok(None);
+            let progress = step(&held.file, state).map_err(|error| match error {
+                StepError::Io(error) => io_error("cannot lock", &self.path, error),
+                StepError::Refused(error) => error,
+            })?;
+            if progress != Progress::Complete {
+                return Ok(progress);
             }
             let current = sys::is_linked(&held.file)
                 .map_err(|error| io_error("cannot inspect", &self.path, error))?;
             if current {
-                return Ok(attempt.take());
+                return Ok(Progress::Complete);
             }
             *attempt = None;
         }
@@ -251,7 +294,7 @@ impl Acquire for LocalLock {
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<LocalHandle>> {
         let Some((held, ())) = self
             .named
-            .acquire(wait, |file, ()| sys::try_flock_exclusive(file))
+            .acquire(wait, |file, ()| Ok(sys::try_flock_exclusive(file)?.into()))
             .await?
         else {
             return Ok(None);

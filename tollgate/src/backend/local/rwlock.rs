@@ -64,7 +64,7 @@ impl UpgradeableReadWriteLock for LocalReadWriteLock {
 
 /// A reader enters when no writer holds or waits for the gate, by sharing the data range.
 fn read_step(file: &File) -> io::Result<bool> {
-    if sys::range_conflicts(file, Range::Shared, GATE)? {
+    if sys::range_conflicts(file, Range::Shared, GATE, 1)? {
         return Ok(false);
     }
     sys::try_range(file, Range::Shared, DATA, 1)
@@ -84,7 +84,7 @@ impl Acquire for LocalReader {
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<LocalHandle>> {
         let taken = self
             .named
-            .acquire(wait, |file, (): &mut ()| read_step(file))
+            .acquire(wait, |file, (): &mut ()| Ok(read_step(file)?.into()))
             .await?;
         Ok(taken.map(|(held, ())| LocalHandle {
             named: self.named.clone(),
@@ -120,16 +120,16 @@ impl Acquire for LocalWriter {
                 if !progress.upgrade {
                     progress.upgrade = sys::try_range(file, Range::Exclusive, UPGRADE, 1)?;
                     if !progress.upgrade {
-                        return Ok(false);
+                        return Ok(Progress::Busy);
                     }
                 }
                 if !progress.gate {
                     progress.gate = sys::try_range(file, Range::Exclusive, GATE, 1)?;
                     if !progress.gate {
-                        return Ok(false);
+                        return Ok(Progress::Busy);
                     }
                 }
-                sys::try_range(file, Range::Exclusive, DATA, 1)
+                Ok(sys::try_range(file, Range::Exclusive, DATA, 1)?.into())
             })
             .await?;
         let Some((held, _)) = taken else {
@@ -163,10 +163,10 @@ impl Acquire for LocalUpgradeableReader {
                 if !*has_upgrade {
                     *has_upgrade = sys::try_range(file, Range::Exclusive, UPGRADE, 1)?;
                     if !*has_upgrade {
-                        return Ok(false);
+                        return Ok(Progress::Busy);
                     }
                 }
-                read_step(file)
+                Ok(read_step(file)?.into())
             })
             .await?;
         Ok(taken.map(|(held, _)| LocalUpgradeableHandle {
@@ -252,7 +252,9 @@ impl UpgradeableHandle for LocalUpgradeableHandle {
         let mut guard = GateGuard { file, armed: true };
         // Converts our shared data range to exclusive once the other readers are gone.
         let upgraded = wait_for(path, wait, || {
-            sys::try_range(file, Range::Exclusive, DATA, 1).map_err(lock_error)
+            sys::try_range(file, Range::Exclusive, DATA, 1)
+                .map(Progress::from)
+                .map_err(lock_error)
         })
         .await?;
         if !upgraded {

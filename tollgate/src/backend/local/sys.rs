@@ -100,10 +100,10 @@ pub fn try_range(file: &File, kind: Range, start: u64, len: u64) -> io::Result<b
     Err(error)
 }
 
-/// `F_OFD_GETLK`: whether another open file description holds a lock on the byte at `start`
-/// that conflicts with a lock of `kind`.
-pub fn range_conflicts(file: &File, kind: Range, start: u64) -> io::Result<bool> {
-    let mut lock = flock_struct(kind, start, 1);
+/// `F_OFD_GETLK`: whether another open file description holds a lock on any of the `len`
+/// bytes at `start` that conflicts with a lock of `kind`.
+pub fn range_conflicts(file: &File, kind: Range, start: u64, len: u64) -> io::Result<bool> {
+    let mut lock = flock_struct(kind, start, len);
     // SAFETY: fcntl with a valid, writable `struct flock` pointer.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut lock) } != 0 {
         return Err(io::Error::last_os_error());

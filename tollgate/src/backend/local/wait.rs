@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::watch;
+use super::{watch, Progress};
 use crate::backend::kit;
 use crate::backend::kit::wait::{Attempt, Contender, Schedule};
 use crate::{Result, Wait};
@@ -18,6 +18,8 @@ const SETTLE_RECHECKS: [Duration; 4] = [
 ];
 /// The re-check when nothing is heard, for file systems whose changes inotify cannot see.
 const QUIET_RECHECK: Duration = Duration::from_secs(1);
+/// The re-check when another process is in the middle of a change of a few system calls.
+const BRIEF_RECHECK: Duration = Duration::from_millis(1);
 
 /// How every local primitive waits: run `attempt`, and while it reports "busy", sleep until
 /// the lock file reports a change (or a re-check is due, or the wait ends), then run it again
@@ -25,7 +27,7 @@ const QUIET_RECHECK: Duration = Duration::from_secs(1);
 pub(super) async fn wait_for(
     path: &Path,
     wait: Wait,
-    attempt: impl FnMut() -> Result<bool> + Send,
+    attempt: impl FnMut() -> Result<Progress> + Send,
 ) -> Result<bool> {
     let mut contender = FileWaits { path, attempt };
     Ok(
@@ -41,15 +43,18 @@ struct FileWaits<'a, A> {
     attempt: A,
 }
 
-impl<A: FnMut() -> Result<bool> + Send> Contender for FileWaits<'_, A> {
+impl<A: FnMut() -> Result<Progress> + Send> Contender for FileWaits<'_, A> {
     type Held = ();
     type Wake = watch::Registration;
 
     async fn attempt(&mut self) -> Result<Attempt<()>> {
-        Ok(if (self.attempt)()? {
-            Attempt::Taken(())
-        } else {
-            Attempt::Busy { retry_within: None }
+        Ok(match (self.attempt)()? {
+            Progress::Complete => Attempt::Taken(()),
+            Progress::Busy => Attempt::Busy { retry_within: None },
+            // Jittered, so that two attempts that keep meeting part.
+            Progress::Briefly => Attempt::Busy {
+                retry_within: Some(kit::wait::jitter(BRIEF_RECHECK)),
+            },
         })
     }
 

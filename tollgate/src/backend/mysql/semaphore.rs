@@ -18,7 +18,12 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A MySQL / MariaDB semaphore: ticket `i` is the user lock `tollgate_s_<hash>_<i>`.
-/// Processes that name it with different max counts share the tickets they have in common.
+///
+/// The max count is **not stored** (user locks carry no data, and a table would break the
+/// no-schema promise): processes that name one semaphore with different max counts are not
+/// refused; they share the tickets they have in common, and each keeps to its own ceiling.
+/// Give every user of a name the same max count. (The local and Redis backends store it and
+/// refuse a mismatch.)
 #[derive(Clone, Debug)]
 pub struct MySqlSemaphore {
     name: Arc<str>,

@@ -23,8 +23,13 @@ use crate::{check_max_count, Acquire, Error, Handle, Result, Semaphore, Semaphor
 const FIRST_BACKOFF: Duration = Duration::from_millis(25);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A PostgreSQL counting semaphore. Processes that name it with different max counts share
-/// the tickets they have in common, and each keeps to its own ceiling.
+/// A PostgreSQL counting semaphore: ticket `i` is advisory lock `base + i`.
+///
+/// The max count is **not stored** (advisory locks carry no data, and a table would break
+/// the no-schema promise): processes that name one semaphore with different max counts are
+/// not refused; they share the tickets they have in common, and each keeps to its own
+/// ceiling. Give every user of a name the same max count. (The local and Redis backends
+/// store it and refuse a mismatch.)
 #[derive(Clone, Debug)]
 pub struct PostgresSemaphore {
     named: Arc<Named>,

@@ -405,12 +405,11 @@ impl Tally {
             )));
         }
         if let Some(stored) = other_max {
-            return Err(Error::invalid(format!(
-                "semaphore {:?} is in use with max count {stored}, not {}; every user of a \
-                 semaphore must give the same max count",
-                target.name,
+            return Err(crate::primitive::max_count_mismatch(
+                &target.name,
+                stored,
                 String::from_utf8_lossy(target.extra.first().map_or(&[][..], Vec::as_slice)),
-            )));
+            ));
         }
         if failed > servers - quorum {
             let error = first_error.unwrap_or_else(|| Error::invalid("no servers"));

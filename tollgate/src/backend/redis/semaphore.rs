@@ -94,10 +94,11 @@ impl RedisSemaphore {
             [1, live] => {
                 Ok(u32::try_from(*live).map_or(0, |live| self.max_count.saturating_sub(live)))
             }
-            [-1, stored] => Err(Error::invalid(format!(
-                "semaphore {:?} is in use with max count {stored}, not {}",
-                self.target.name, self.max_count
-            ))),
+            [-1, stored] => Err(crate::primitive::max_count_mismatch(
+                &self.target.name,
+                stored,
+                self.max_count,
+            )),
             other => Err(Error::backend(
                 BACKEND,
                 format!("counting the tickets of {:?}", self.target.name),
