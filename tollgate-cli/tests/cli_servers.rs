@@ -76,13 +76,22 @@ fn run_hold_and_busy(url: &str, label: &str, others: &[&[&str]]) {
 
 /// An unreachable server exits 69 (with `says` on stderr); a malformed URL exits 2.
 fn unreachable_and_bad_urls(unreachable: &str, says: &str, bad: &str) {
+    // A wait rides out an unreachable server until its deadline (or the backend's
+    // unreachable_timeout, 30 s by default), then says so.
+    let started = Instant::now();
     let output = tollgate(unreachable)
-        .args(["run", "x", "--", "true"])
+        .args(["run", "x", "--timeout", "1s", "--", "true"])
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(69));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(says), "{stderr}");
+    assert!(stderr.contains("unreachable for"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
     let output = tollgate(bad)
         .args(["run", "x", "--", "true"])
         .output()
@@ -272,7 +281,7 @@ fn fails_without_showing_the_password(
     let name = unique("cli-secret");
     let dir = tempfile::tempdir().unwrap();
     let mut command = tollgate(url);
-    command.args(["run", &name, "-v", "--timeout", "5s"]);
+    command.args(["run", &name, "-v", "--timeout", "1s"]);
     if let Some(password) = password {
         let file = dir.path().join("password");
         std::fs::write(&file, format!("{password}\n")).unwrap();

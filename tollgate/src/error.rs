@@ -95,6 +95,16 @@ impl Error {
         matches!(self, Error::Backend { .. })
     }
 
+    /// True for a transient fault: an [`Error::Backend`] that trying again on a fresh
+    /// connection may get past (the connection dropped or was killed, the server is
+    /// restarting or cannot be reached, a connect or request timed out); false for wrong
+    /// credentials, a missing database, bad statements and every other kind of error. Waits
+    /// already ride transient faults out until their deadline or the backend's
+    /// `unreachable_timeout`; this tells a caller whether its own retry may help.
+    pub fn is_transient(&self) -> bool {
+        crate::backend::kit::fault::is_transient(self)
+    }
+
     /// True for [`Error::InvalidArgument`]: a bad name, max count, option or URL.
     pub fn is_invalid_argument(&self) -> bool {
         matches!(self, Error::InvalidArgument(_))

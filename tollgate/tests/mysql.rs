@@ -725,3 +725,70 @@ async fn idle_connections_close_and_options_match_postgres() {
         assert!(matches!(error, Error::InvalidArgument(_)), "{bad}: {error}");
     }
 }
+
+/// The id of a connection to database `db` waiting in `GET_LOCK`, other than `not`, once
+/// there is one. (Waiters under test connect to a database no other test uses, so that
+/// this finds theirs.)
+async fn waiting_connection(admin: &mut mysql_async::Conn, db: &str, not: Option<u64>) -> u64 {
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let id: Option<u64> = admin
+                .exec_first(
+                    "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? \
+                     AND STATE = 'User lock' AND ID <> ? LIMIT 1",
+                    (db, not.unwrap_or(0)),
+                )
+                .await
+                .unwrap();
+            if let Some(id) = id {
+                return id;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a connection waits for the lock")
+}
+
+mod faults {
+    use super::*;
+    use crate::conformance::faults;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_waiter_whose_connection_is_killed_keeps_waiting() {
+        let name = unique("ride-kill");
+        let waiters = MySqlProvider::from_url("mysql://root@127.0.0.1:3306/mysql").unwrap();
+        faults::waiter_rides_out(provider(), waiters, &name, || async {
+            let mut admin = admin().await;
+            // Twice: the second kill lands on the connection the waiter opened after the first.
+            let mut killed = None;
+            for _ in 0..2 {
+                let id = waiting_connection(&mut admin, "mysql", killed).await;
+                admin
+                    .query_drop(format!("KILL CONNECTION {id}"))
+                    .await
+                    .unwrap();
+                killed = Some(id);
+            }
+            waiting_connection(&mut admin, "mysql", killed).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_unreachable_server_ends_a_wait_after_the_limit() {
+        let url = format!(
+            "mysql://root@127.0.0.1:{}/test?unreachable_timeout=1s",
+            faults::closed_port()
+        );
+        faults::unreachable_server_fails_after_the_limit(MySqlProvider::from_url(&url).unwrap())
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_missing_database_fails_at_once() {
+        let url = "mysql://root@127.0.0.1:3306/tollgate_no_such_database";
+        faults::errors_a_retry_cannot_mend_fail_at_once(MySqlProvider::from_url(url).unwrap())
+            .await;
+    }
+}

@@ -684,3 +684,69 @@ mod pool_edges {
         }
     }
 }
+
+/// The pid of a session waiting (not granted) for `name`'s key, other than `not`, once there
+/// is one.
+async fn waiting_pid(admin: &tokio_postgres::Client, name: &str, not: Option<i32>) -> i32 {
+    let key = key_value(name);
+    tokio::time::timeout(PROMPT, async {
+        loop {
+            let row = admin
+                .query_opt(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted \
+                     AND (classid::bigint << 32 | objid::bigint) = $1 AND pid <> $2 LIMIT 1",
+                    &[&key, &not.unwrap_or(0)],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = row {
+                return row.get::<_, i32>(0);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a session waits for the lock")
+}
+
+mod faults {
+    use super::*;
+    use crate::conformance::faults;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_waiter_whose_session_is_killed_keeps_waiting() {
+        let name = unique("ride-kill");
+        faults::waiter_rides_out(provider(), provider(), &name, || async {
+            let admin = admin().await;
+            // Twice: the second kill lands on the session the waiter opened after the first.
+            let mut killed = None;
+            for _ in 0..2 {
+                let pid = waiting_pid(&admin, &name, killed).await;
+                admin
+                    .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                    .await
+                    .unwrap();
+                killed = Some(pid);
+            }
+            waiting_pid(&admin, &name, killed).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn an_unreachable_server_ends_a_wait_after_the_limit() {
+        let url = format!(
+            "postgres://postgres@127.0.0.1:{}/test?sslmode=disable&unreachable_timeout=1s",
+            faults::closed_port()
+        );
+        faults::unreachable_server_fails_after_the_limit(PostgresProvider::from_url(&url).unwrap())
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_missing_database_fails_at_once() {
+        let url = "postgres://postgres@127.0.0.1:5432/tollgate_no_such_database?sslmode=disable";
+        faults::errors_a_retry_cannot_mend_fail_at_once(PostgresProvider::from_url(url).unwrap())
+            .await;
+    }
+}

@@ -12,6 +12,7 @@
 #![allow(dead_code)]
 
 pub mod composite;
+pub mod faults;
 pub mod mutex;
 pub mod rw;
 pub mod semaphore;

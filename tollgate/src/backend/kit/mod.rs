@@ -5,12 +5,14 @@
 //!   abandoned operations run, and the count of releases under way (flushed at exit).
 //! - [`hold`]: the hold shell: release exactly once, on drop or by a cancel-safe `release()`.
 //! - [`completion`]: operations that finish even when their caller stops waiting.
+//! - [`fault`]: which errors are transient, and how a wait rides them out.
 //! - [`names`]: the name hashing of DistributedLock's name mappings.
 //! - [`notes`]: releases under way per key, so this process's next acquire waits for them.
 //! - [`options`]: URL options, with one duration grammar and unknown keys named.
 //! - [`pool`]: the multiplexed session pool of the SQL backends.
 //! - [`wait`]: the one wait loop and its jittered, capped backoff.
 
+pub(crate) mod fault;
 #[cfg(any(feature = "local", feature = "mysql"))]
 pub(crate) mod names;
 pub(crate) mod options;
@@ -19,6 +21,7 @@ pub(crate) mod wait;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod completion;
+
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
 pub(crate) mod hold;
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]

@@ -96,32 +96,87 @@ pub(crate) struct Settings {
     pub(crate) keepalive: Option<Keepalive>,
     /// Sessions that held nothing for this long are closed.
     pub(crate) idle_timeout: Option<Duration>,
+    /// How long the pool's waits ride out an unreachable server (see [`super::fault`]).
+    pub(crate) unreachable_timeout: Option<Duration>,
 }
 
-/// Checks the options every SQL backend's builder takes, in the same words for each:
-/// `backend` names the backend in the message.
-pub(crate) fn check_options(
-    backend: &str,
-    pool_size: usize,
-    keepalive: Option<Duration>,
-    idle_timeout: Option<Duration>,
-) -> crate::Result<()> {
-    if pool_size == 0 {
-        return Err(crate::Error::invalid(format!(
-            "{backend} pool size must be at least 1"
-        )));
+/// The options every SQL backend's builder and URL take, read and checked once for all, in
+/// the same words for each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PoolOptions {
+    /// At most this many sessions (`pool_size`, default 16).
+    pub(crate) pool_size: usize,
+    /// How often sessions are pinged (`keepalive`, default 1 s; `None`: never).
+    pub(crate) keepalive: Option<Duration>,
+    /// Sessions that held nothing this long close (`idle_timeout`, default 60 s).
+    pub(crate) idle_timeout: Option<Duration>,
+    /// How long a wait rides out an unreachable server (`unreachable_timeout`, default 30 s;
+    /// `None`: until the wait's deadline); see [`super::fault`].
+    pub(crate) unreachable_timeout: Option<Duration>,
+}
+
+impl Default for PoolOptions {
+    fn default() -> Self {
+        PoolOptions {
+            pool_size: 16,
+            keepalive: Some(Duration::from_secs(1)),
+            idle_timeout: Some(Duration::from_secs(60)),
+            unreachable_timeout: Some(super::fault::DEFAULT_UNREACHABLE_TIMEOUT),
+        }
     }
-    if keepalive.is_some_and(|interval| interval.is_zero()) {
-        return Err(crate::Error::invalid(format!(
-            "{backend} keepalive interval must be above zero"
-        )));
+}
+
+impl PoolOptions {
+    /// The defaults, with whatever of `pool_size`, `keepalive`, `idle_timeout` and
+    /// `unreachable_timeout` the URL gives (durations also `never`).
+    pub(crate) fn from_url(options: &mut super::options::UrlOptions) -> crate::Result<Self> {
+        let defaults = PoolOptions::default();
+        Ok(PoolOptions {
+            pool_size: options.count("pool_size")?.unwrap_or(defaults.pool_size),
+            keepalive: options
+                .duration_or_never("keepalive")?
+                .unwrap_or(defaults.keepalive),
+            idle_timeout: options
+                .duration_or_never("idle_timeout")?
+                .unwrap_or(defaults.idle_timeout),
+            unreachable_timeout: super::fault::unreachable_timeout_option(options)?,
+        })
     }
-    if idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
-        return Err(crate::Error::invalid(format!(
-            "{backend} idle timeout must be above zero"
-        )));
+
+    /// Rejects values no pool can work with; `backend` names the backend in the message.
+    pub(crate) fn check(&self, backend: &str) -> crate::Result<()> {
+        if self.pool_size == 0 {
+            return Err(crate::Error::invalid(format!(
+                "{backend} pool size must be at least 1"
+            )));
+        }
+        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
+            return Err(crate::Error::invalid(format!(
+                "{backend} keepalive interval must be above zero"
+            )));
+        }
+        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
+            return Err(crate::Error::invalid(format!(
+                "{backend} idle timeout must be above zero"
+            )));
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// The pool's settings, its sessions pinged as `pinged` says, each shared session taking
+    /// `holds_per_session` keys before another opens.
+    pub(crate) fn settings(&self, pinged: Pinged, holds_per_session: usize) -> Settings {
+        Settings {
+            max_sessions: self.pool_size,
+            holds_per_session,
+            max_idle: None,
+            keepalive: self
+                .keepalive
+                .map(|interval| Keepalive { interval, pinged }),
+            idle_timeout: self.idle_timeout,
+            unreachable_timeout: self.unreachable_timeout,
+        }
+    }
 }
 
 /// How long a keepalive ping sent every `interval` may go unanswered before its session
@@ -300,6 +355,11 @@ impl<P: Protocol> Pool<P> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How long this pool's waits ride out an unreachable server (see [`super::fault`]).
+    pub(crate) fn unreachable_timeout(&self) -> Option<Duration> {
+        self.settings.unreachable_timeout
     }
 
     pub(crate) fn protocol(&self) -> &P {

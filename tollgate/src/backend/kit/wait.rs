@@ -25,6 +25,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::fault::Outage;
 use crate::Result;
 
 /// What one attempt found.
@@ -161,8 +162,10 @@ pub(crate) trait Contender: Send {
 }
 
 /// Runs `contender` until it takes the primitive (`Ok(Some)`) or `deadline` (from
-/// [`Wait::deadline`](crate::Wait::deadline), taken when the acquire began) passes after at least one attempt
-/// (`Ok(None)`); an attempt's error ends the wait.
+/// [`Wait::deadline`](crate::Wait::deadline), taken when the acquire began) passes after at
+/// least one attempt (`Ok(None)`). An error of an attempt or a pause that `outage` rides (a
+/// transient fault, see [`super::fault`]) is followed by another attempt; any other ends the
+/// wait.
 ///
 /// # Cancel safety
 /// As cancel-safe as the contender's attempt, subscribe and pause futures: the loop itself
@@ -171,6 +174,7 @@ pub(crate) async fn wait_for<C: Contender>(
     contender: &mut C,
     deadline: Option<Instant>,
     schedule: &mut impl Schedule,
+    outage: &mut Outage,
 ) -> Result<Option<C::Held>> {
     let mut wake: Option<C::Wake> = None;
     let mut subscribed = false;
@@ -178,10 +182,15 @@ pub(crate) async fn wait_for<C: Contender>(
         if let Some(wake) = wake.as_mut() {
             wake.arm();
         }
-        let retry_within = match contender.attempt().await? {
-            Attempt::Taken(held) => return Ok(Some(held)),
-            Attempt::Busy { retry_within } => retry_within,
+        let retry_within = match contender.attempt().await {
+            Ok(Attempt::Taken(held)) => return Ok(Some(held)),
+            Ok(Attempt::Busy { retry_within }) => retry_within,
+            Err(error) => {
+                outage.ride(error, deadline).await?;
+                continue;
+            }
         };
+        outage.over();
         let now = Instant::now();
         if deadline.is_some_and(|deadline| now >= deadline) {
             return Ok(None);
@@ -197,10 +206,11 @@ pub(crate) async fn wait_for<C: Contender>(
         let pause = retry_within.map_or(pause, |within| pause.min(within));
         let until = now + pause;
         let until = deadline.map_or(until, |deadline| deadline.min(until));
-        match contender.pause(wake.as_mut(), until).await? {
-            Paused::Taken(held) => return Ok(Some(held)),
-            Paused::Woken => schedule.woken(),
-            Paused::Elapsed => {}
+        match contender.pause(wake.as_mut(), until).await {
+            Ok(Paused::Taken(held)) => return Ok(Some(held)),
+            Ok(Paused::Woken) => schedule.woken(),
+            Ok(Paused::Elapsed) => {}
+            Err(error) => outage.ride(error, deadline).await?,
         }
     }
 }
@@ -254,12 +264,15 @@ mod tests {
     async fn zero_wait_is_one_attempt() {
         let mut contender = counter(2, None);
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_secs(1));
-        assert!(
-            wait_for(&mut contender, Wait::NO_WAIT.deadline(), &mut backoff)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        assert!(wait_for(
+            &mut contender,
+            Wait::NO_WAIT.deadline(),
+            &mut backoff,
+            &mut Outage::none()
+        )
+        .await
+        .unwrap()
+        .is_none());
         assert_eq!((contender.attempts, contender.subscribes), (1, 0));
     }
 
@@ -268,10 +281,15 @@ mod tests {
         let mut contender = counter(u32::MAX, None);
         let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(100));
         let wait = Wait::AtMost(Duration::from_secs(1));
-        assert!(wait_for(&mut contender, wait.deadline(), &mut backoff)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(wait_for(
+            &mut contender,
+            wait.deadline(),
+            &mut backoff,
+            &mut Outage::none()
+        )
+        .await
+        .unwrap()
+        .is_none());
         // 10, 20, 40, 80, then 100 ms pauses (±50 %) in one second: a handful, not thousands.
         assert!(
             (6..=40).contains(&contender.attempts),
@@ -288,10 +306,11 @@ mod tests {
         let seen = contender.seen.clone();
         let mut backoff = Backoff::new(Duration::from_secs(3600), Duration::from_secs(3600));
         let started = Instant::now();
-        let waiter =
-            tokio::spawn(
-                async move { wait_for(&mut contender, None, &mut backoff).await.unwrap() },
-            );
+        let waiter = tokio::spawn(async move {
+            wait_for(&mut contender, None, &mut backoff, &mut Outage::none())
+                .await
+                .unwrap()
+        });
         // Attempt 1 busy, subscribe, attempt 2 (armed before it) busy at once, then the
         // pause: wake it.
         while seen.load(std::sync::atomic::Ordering::SeqCst) < 2 {

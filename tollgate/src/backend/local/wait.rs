@@ -30,11 +30,15 @@ pub(super) async fn wait_for(
     attempt: impl FnMut() -> Result<Progress> + Send,
 ) -> Result<bool> {
     let mut contender = FileWaits { path, attempt };
-    Ok(
-        kit::wait::wait_for(&mut contender, wait.deadline(), &mut Rechecks::default())
-            .await?
-            .is_some(),
+    Ok(kit::wait::wait_for(
+        &mut contender,
+        wait.deadline(),
+        &mut Rechecks::default(),
+        // Lock files have no server to come back.
+        &mut kit::fault::Outage::none(),
     )
+    .await?
+    .is_some())
 }
 
 /// A wait on a lock file, as the shared wait loop runs it.

@@ -8,10 +8,6 @@ use crate::backend::kit::options::UrlOptions;
 use crate::backend::kit::pool;
 use crate::{Error, Result};
 
-const DEFAULT_POOL_SIZE: usize = 16;
-const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
-/// How long a connection that holds nothing stays open by default.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The URL options of mysql_async 0.37 that apply to a single connection, handed on to it.
 const PASSED_ON: &[&str] = &[
     "tcp_keepalive",
@@ -36,16 +32,14 @@ const PASSED_ON: &[&str] = &[
 #[derive(Clone, Debug)]
 pub struct MySqlProviderBuilder {
     opts: mysql_async::Opts,
-    pool_size: usize,
-    keepalive: Option<Duration>,
-    idle_timeout: Option<Duration>,
+    pool: pool::PoolOptions,
     exact_names: bool,
 }
 
 impl MySqlProviderBuilder {
     /// At most this many connections (default 16).
     pub fn pool_size(mut self, pool_size: usize) -> Self {
-        self.pool_size = pool_size;
+        self.pool.pool_size = pool_size;
         self
     }
 
@@ -54,14 +48,26 @@ impl MySqlProviderBuilder {
     /// answer within twice the interval (at least 1 s), fires the loss signals of the
     /// connection's handles.
     pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
-        self.keepalive = interval;
+        self.pool.keepalive = interval;
         self
     }
 
     /// Closes a connection once it has held nothing for this long (default 60 s); `None`
     /// keeps every connection open until the provider is dropped.
     pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
-        self.idle_timeout = idle_timeout;
+        self.pool.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// How long a wait keeps trying a server it cannot reach, or whose connection keeps
+    /// dropping (default 30 s; `None`: until the wait's own deadline). A wait whose
+    /// connection drops, whose session is killed or whose server restarts reconnects with a
+    /// jittered backoff (50 ms doubling to 1 s) and keeps waiting; it fails, saying for how
+    /// long the server was unreachable, only at its deadline or once this much time has passed
+    /// without an answer. Errors that a retry cannot mend (a wrong password, a missing
+    /// database) fail at once.
+    pub fn unreachable_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.pool.unreachable_timeout = limit;
         self
     }
 
@@ -74,9 +80,8 @@ impl MySqlProviderBuilder {
 
     /// The provider. Connections are opened when first needed.
     pub fn build(self) -> Result<MySqlProvider> {
-        pool::check_options(BACKEND, self.pool_size, self.keepalive, self.idle_timeout)?;
-        let pool =
-            connection::new_pool(self.opts, self.pool_size, self.keepalive, self.idle_timeout);
+        self.pool.check(BACKEND)?;
+        let pool = connection::new_pool(self.opts, &self.pool);
         Ok(MySqlProvider {
             pool: Arc::new(pool),
             exact_names: self.exact_names,
@@ -86,9 +91,10 @@ impl MySqlProviderBuilder {
 
 impl MySqlProvider {
     /// A builder from a URL: `mysql://user:password@host:3306/db` (or `mariadb://`), with
-    /// `pool_size=N`, `keepalive=DURATION` (default 1 s) and `idle_timeout=DURATION` (default
-    /// 60 s), each also `never` (durations as [`crate::parse_duration`] reads them: `30`,
-    /// `250ms`, `5s`), and the options of mysql_async that apply to a connection
+    /// `pool_size=N`, `keepalive=DURATION` (default 1 s), `idle_timeout=DURATION` (default
+    /// 60 s) and `unreachable_timeout=DURATION` (default 30 s), each also `never` (durations
+    /// as [`crate::parse_duration`] reads them: `30`, `250ms`, `5s`; see the builder's methods
+    /// of the same names), and the options of mysql_async that apply to a connection
     /// (`require_ssl`, `verify_ca`, `compression`, `socket`, `tcp_keepalive`, …; its pool
     /// options do not apply: tollgate pools its own connections). Any other key is an error
     /// that names it.
@@ -100,13 +106,7 @@ impl MySqlProvider {
         let mut parsed = url::Url::parse(&format!("mysql://{rest}"))
             .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
         let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
-        let pool_size = options.count("pool_size")?.unwrap_or(DEFAULT_POOL_SIZE);
-        let keepalive = options
-            .duration_or_never("keepalive")?
-            .unwrap_or(Some(DEFAULT_KEEPALIVE));
-        let idle_timeout = options
-            .duration_or_never("idle_timeout")?
-            .unwrap_or(Some(DEFAULT_IDLE_TIMEOUT));
+        let pool = pool::PoolOptions::from_url(&mut options)?;
         let kept = options.finish(PASSED_ON)?;
         if kept.is_empty() {
             parsed.set_query(None);
@@ -117,9 +117,7 @@ impl MySqlProvider {
             .map_err(|error| Error::invalid(format!("bad mysql URL: {error}")))?;
         Ok(MySqlProviderBuilder {
             opts,
-            pool_size,
-            keepalive,
-            idle_timeout,
+            pool,
             exact_names: false,
         })
     }

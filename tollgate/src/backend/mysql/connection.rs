@@ -9,6 +9,24 @@ use crate::backend::kit::pool;
 pub(crate) use crate::backend::kit::pool::Use;
 use crate::{Error, Result};
 
+/// Whether a MySQL client error is a transient fault (see [`crate::backend::kit::fault`]): an
+/// I/O error, a closed connection, or a server error saying the connection was killed or
+/// lost, the server is shutting down, or it has no connection slot free. Other server errors
+/// (access denied, unknown database…) are not.
+pub(crate) fn transient(link: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    use mysql_async::{DriverError, Error};
+    Some(match link.downcast_ref::<Error>()? {
+        Error::Io(_) => true,
+        Error::Driver(DriverError::ConnectionClosed | DriverError::PoolDisconnected) => true,
+        // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_NET_READ_ERROR.., ER_CONNECTION_KILLED;
+        // client-side CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
+        Error::Server(error) => {
+            matches!(error.code, 1040 | 1053 | 1158..=1161 | 1927 | 2006 | 2013)
+        }
+        Error::Driver(_) | Error::Other(_) | Error::Url(_) => false,
+    })
+}
+
 /// The MySQL protocol of the session pool.
 pub(crate) struct MySql {
     opts: mysql_async::Opts,
@@ -23,26 +41,12 @@ pub(crate) type Reservation = pool::Reservation<MySql>;
 /// Names held on a connection for a handle.
 pub(crate) type Held = pool::Held<MySql>;
 
-/// Builds the pool: at most `max_connections` connections; those that hold locks are pinged
-/// every `keepalive`, and those that hold nothing close after `idle_timeout`.
-pub(crate) fn new_pool(
-    opts: mysql_async::Opts,
-    max_connections: usize,
-    keepalive: Option<std::time::Duration>,
-    idle_timeout: Option<std::time::Duration>,
-) -> Pool {
+/// Builds the pool as `options` say: those connections that hold locks are pinged, those that
+/// hold nothing close after the idle timeout.
+pub(crate) fn new_pool(opts: mysql_async::Opts, options: &pool::PoolOptions) -> Pool {
     Pool::new(
         MySql { opts },
-        pool::Settings {
-            max_sessions: max_connections,
-            holds_per_session: usize::MAX,
-            max_idle: None,
-            keepalive: keepalive.map(|interval| pool::Keepalive {
-                interval,
-                pinged: pool::Pinged::Holding,
-            }),
-            idle_timeout,
-        },
+        options.settings(pool::Pinged::Holding, usize::MAX),
     )
 }
 

@@ -17,6 +17,11 @@
 //!   dropped future never leaves a connection mid-query; a dropped wait kills its connection.
 //! - **Handle loss**: every connection that holds locks is pinged (default every second);
 //!   when it fails (`KILL CONNECTION`, network failure), its handles' loss signals fire.
+//! - **Faults are ridden out**: a wait whose connection is killed or drops, or whose server
+//!   restarts, starts again on a fresh connection and keeps waiting, until its deadline or
+//!   `unreachable_timeout` (default 30 s) passes with the server unreachable (see
+//!   [`MySqlProviderBuilder::unreachable_timeout`]); locks on a caller's own connection are not
+//!   ridden.
 //! - **Locks on a caller's own connection**: [`lock_on_connection`], with the same
 //!   contract (not re-entrant, cancel-safe).
 //! - **Semaphores**: ticket `i` is a user lock of its own; a try takes the first free ticket.
@@ -36,10 +41,12 @@ mod wait;
 use std::sync::Arc;
 
 use crate::backend::kit::completion::run_to_completion;
+use crate::backend::kit::fault::ride;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::{Acquire, Error, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 pub use builder::MySqlProviderBuilder;
+pub(crate) use connection::transient;
 use connection::{Got, Held, Pool, Reservation, Use};
 pub use connection_lock::{lock_on_connection, ConnectionLockHandle, SharedConnection};
 pub use name::lock_name;
@@ -279,13 +286,18 @@ impl Acquire for MySqlLock {
         self.pool
             .wait_for_releases(std::slice::from_ref(&self.lock_name))
             .await;
-        if let Some(handle) = self.try_once().await? {
-            return Ok(Some(handle));
-        }
-        if wait == Wait::NO_WAIT {
-            return Ok(None);
-        }
-        self.wait_dedicated(deadline).await
+        // A dropped connection, a killed session or a restarting server is ridden out (see
+        // `kit::fault`): the acquire starts again on a fresh connection.
+        ride(self.pool.unreachable_timeout(), deadline, || async {
+            if let Some(handle) = self.try_once().await? {
+                return Ok(Some(handle));
+            }
+            if wait == Wait::NO_WAIT {
+                return Ok(None);
+            }
+            self.wait_dedicated(deadline).await
+        })
+        .await
     }
 }
 

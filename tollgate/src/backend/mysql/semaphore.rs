@@ -9,6 +9,7 @@ use super::connection::{Pool, Use};
 use super::wait::wait_dedicated;
 use super::{give_back, MySqlHandle, MySqlProvider};
 use crate::backend::kit::completion::run_to_completion;
+use crate::backend::kit::fault::Outage;
 use crate::backend::kit::wait::{wait_for, Attempt, Backoff, Contender, NoWake, Paused};
 use crate::{check_max_count, Acquire, Result, Semaphore, SemaphoreProvider, Wait};
 
@@ -127,6 +128,7 @@ impl Acquire for MySqlSemaphore {
             },
             deadline,
             &mut backoff,
+            &mut Outage::new(self.pool.unreachable_timeout()),
         )
         .await
     }

@@ -8,12 +8,6 @@ use crate::backend::kit::options::UrlOptions;
 use crate::backend::kit::pool;
 use crate::{Error, Result};
 
-pub(super) const DEFAULT_POOL_SIZE: usize = 16;
-/// How often sessions are pinged by default, so that a dead connection is noticed within a
-/// few seconds.
-const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(1);
-/// How long a session that holds nothing stays open by default.
-const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The URL options tokio-postgres reads (0.7.18's `Config::param`), handed on to it;
 /// tollgate reads `sslmode` itself.
 const PASSED_ON: &[&str] = &[
@@ -49,9 +43,7 @@ pub(crate) enum Tls {
 pub struct PostgresProviderBuilder {
     pub(super) config: tokio_postgres::Config,
     pub(super) tls: Tls,
-    pub(super) pool_size: usize,
-    pub(super) keepalive: Option<Duration>,
-    pub(super) idle_timeout: Option<Duration>,
+    pub(super) pool: pool::PoolOptions,
     pub(super) allow_hashing: bool,
 }
 
@@ -59,9 +51,7 @@ impl std::fmt::Debug for PostgresProviderBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresProviderBuilder")
             .field("hosts", &self.config.get_hosts())
-            .field("pool_size", &self.pool_size)
-            .field("keepalive", &self.keepalive)
-            .field("idle_timeout", &self.idle_timeout)
+            .field("pool", &self.pool)
             .finish()
     }
 }
@@ -70,7 +60,7 @@ impl PostgresProviderBuilder {
     /// At most this many sessions (default 16). Held locks share sessions; each wait that
     /// cannot be satisfied at once needs a session of its own while it waits.
     pub fn pool_size(mut self, pool_size: usize) -> Self {
-        self.pool_size = pool_size;
+        self.pool.pool_size = pool_size;
         self
     }
 
@@ -79,14 +69,26 @@ impl PostgresProviderBuilder {
     /// signals fire: a ping that fails, or gets no answer within twice the interval (at least
     /// 1 s), ends the session. A session the server ends is noticed at once either way.
     pub fn keepalive(mut self, interval: Option<Duration>) -> Self {
-        self.keepalive = interval;
+        self.pool.keepalive = interval;
         self
     }
 
     /// Closes a session once it has held nothing for this long (default 60 s); `None` keeps
     /// every session open until the provider is dropped.
     pub fn idle_timeout(mut self, idle_timeout: Option<Duration>) -> Self {
-        self.idle_timeout = idle_timeout;
+        self.pool.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// How long a wait keeps trying a server it cannot reach, or whose connection keeps
+    /// dropping (default 30 s; `None`: until the wait's own deadline). A wait whose
+    /// connection drops, whose session is killed or whose server restarts reconnects with a
+    /// jittered backoff (50 ms doubling to 1 s) and keeps waiting; it fails, saying for how
+    /// long the server was unreachable, only at its deadline or once this much time has passed
+    /// without an answer. Errors that a retry cannot mend (a wrong password, a missing
+    /// database) fail at once.
+    pub fn unreachable_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.pool.unreachable_timeout = limit;
         self
     }
 
@@ -99,15 +101,9 @@ impl PostgresProviderBuilder {
 
     /// The provider. Connections are opened when first needed.
     pub fn build(self) -> Result<PostgresProvider> {
-        pool::check_options(BACKEND, self.pool_size, self.keepalive, self.idle_timeout)?;
+        self.pool.check(BACKEND)?;
         let listener = listener::Listener::new(self.config.clone(), self.tls.clone());
-        let pool = connection::new_pool(
-            self.config,
-            self.tls,
-            self.pool_size,
-            self.keepalive,
-            self.idle_timeout,
-        );
+        let pool = connection::new_pool(self.config, self.tls, &self.pool);
         Ok(PostgresProvider {
             pool: Arc::new(pool),
             listener: Arc::new(listener),
@@ -123,25 +119,20 @@ impl PostgresProvider {
     /// Besides libpq's options that tokio-postgres understands, the URL may carry
     /// `sslmode` (`disable`, `prefer` (default), `require`: encrypt without verifying,
     /// `verify-full`: encrypt and verify the certificate and host name), `pool_size=N`,
-    /// `keepalive=DURATION` (default 1 s) and `idle_timeout=DURATION` (default 60 s), each
-    /// also `never` (see [`PostgresProviderBuilder::keepalive`] and
-    /// [`PostgresProviderBuilder::idle_timeout`]); durations as [`crate::parse_duration`]
+    /// `keepalive=DURATION` (default 1 s), `idle_timeout=DURATION` (default 60 s) and
+    /// `unreachable_timeout=DURATION` (default 30 s), each also `never` (see
+    /// [`PostgresProviderBuilder::keepalive`], [`PostgresProviderBuilder::idle_timeout`] and
+    /// [`PostgresProviderBuilder::unreachable_timeout`]); durations as [`crate::parse_duration`]
     /// reads them (`30`, `250ms`, `5s`). Any other key is an error that names it.
     pub fn builder(url: &str) -> Result<PostgresProviderBuilder> {
-        let mut pool_size = DEFAULT_POOL_SIZE;
-        let mut keepalive = Some(DEFAULT_KEEPALIVE);
-        let mut idle_timeout = Some(DEFAULT_IDLE_TIMEOUT);
+        let mut pool = pool::PoolOptions::default();
         let mut sslmode = String::from("prefer");
         let connection_string =
             if url.starts_with("postgres://") || url.starts_with("postgresql://") {
                 let mut parsed = url::Url::parse(url)
                     .map_err(|error| Error::invalid(format!("bad postgres URL: {error}")))?;
                 let mut options = UrlOptions::new(BACKEND, parsed.query().unwrap_or(""))?;
-                pool_size = options.count("pool_size")?.unwrap_or(pool_size);
-                keepalive = options.duration_or_never("keepalive")?.unwrap_or(keepalive);
-                idle_timeout = options
-                    .duration_or_never("idle_timeout")?
-                    .unwrap_or(idle_timeout);
+                pool = pool::PoolOptions::from_url(&mut options)?;
                 sslmode = options.take("sslmode").unwrap_or(sslmode);
                 let kept = options.finish(PASSED_ON)?;
                 if kept.is_empty() {
@@ -163,9 +154,7 @@ impl PostgresProvider {
         Ok(PostgresProviderBuilder {
             config,
             tls,
-            pool_size,
-            keepalive,
-            idle_timeout,
+            pool,
             allow_hashing: true,
         })
     }

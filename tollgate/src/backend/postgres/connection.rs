@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use tokio_postgres::{CancelToken, Client, SimpleQueryMessage, Statement};
 
@@ -68,6 +67,19 @@ fn postgres_error(message: impl Into<String>, error: tokio_postgres::Error) -> E
     Error::backend(BACKEND, message, error)
 }
 
+/// Whether a PostgreSQL client error is a transient fault (see [`crate::backend::kit::fault`]):
+/// the connection closed, a connection exception (class 08), the server shutting down,
+/// crashed, starting up (57P01–57P03) or out of connection slots (53300). Other server errors
+/// (wrong password, missing database…) are not; an error without a code defers to its source.
+pub(crate) fn transient(link: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let error = link.downcast_ref::<tokio_postgres::Error>()?;
+    if error.is_closed() {
+        return Some(true);
+    }
+    let code = sqlstate(error)?;
+    Some(code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300"))
+}
+
 /// The SQLSTATE of a server error, if it is one.
 pub(crate) fn sqlstate(error: &tokio_postgres::Error) -> Option<&str> {
     error.as_db_error().map(|db| db.code().code())
@@ -88,27 +100,16 @@ pub(crate) type Reservation = pool::Reservation<Postgres>;
 /// Keys held on a session for a handle.
 pub(crate) type Held = pool::Held<Postgres>;
 
-/// Builds the pool: at most `max_connections` sessions, each taking up to
+/// Builds the pool as `options` say, each session taking up to
 /// [`HOLDS_PER_SESSION`] holds while another may be opened.
 pub(crate) fn new_pool(
     config: tokio_postgres::Config,
     tls: super::Tls,
-    max_connections: usize,
-    keepalive: Option<Duration>,
-    idle_timeout: Option<Duration>,
+    options: &pool::PoolOptions,
 ) -> Pool {
     Pool::new(
         Postgres { config, tls },
-        pool::Settings {
-            max_sessions: max_connections,
-            holds_per_session: HOLDS_PER_SESSION,
-            max_idle: None,
-            keepalive: keepalive.map(|interval| pool::Keepalive {
-                interval,
-                pinged: pool::Pinged::Open,
-            }),
-            idle_timeout,
-        },
+        options.settings(pool::Pinged::Open, HOLDS_PER_SESSION),
     )
 }
 

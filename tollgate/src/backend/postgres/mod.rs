@@ -18,6 +18,11 @@
 //!   the optional keepalive), every handle on it fires its loss signal; handles on other
 //!   sessions are unaffected. A killed holder process frees its locks as soon as the server
 //!   sees its socket close.
+//! - **Faults are ridden out**: a wait whose session is killed, whose connection drops or
+//!   whose server restarts starts again on a fresh session and keeps waiting, until its
+//!   deadline or `unreachable_timeout` (default 30 s) passes with the server unreachable (see
+//!   [`PostgresProviderBuilder::unreachable_timeout`]). The caller-controlled scopes below
+//!   run on the caller's connection and are not ridden.
 //! - **Caller-controlled scopes** ([`transaction`]): a lock inside the caller's own
 //!   transaction (`pg_advisory_xact_lock`, works through PgBouncer's transaction pooling), an
 //!   owned-transaction provider, and locks on the caller's own connection.
@@ -50,7 +55,8 @@ use crate::{
     UpgradeableReadWriteLockProvider, Wait,
 };
 pub use builder::PostgresProviderBuilder;
-use builder::{Tls, DEFAULT_POOL_SIZE};
+use builder::Tls;
+pub(crate) use connection::transient;
 use connection::{Held, Mode, Pool};
 pub use key::AdvisoryKey;
 use rwlock::upgrade_key;

@@ -17,6 +17,7 @@ use super::connection::{Connection, Mode, Reservation, Use};
 use super::listener::Subscription;
 use super::{Named, PostgresHandle, PostgresProvider, BACKEND};
 use crate::backend::kit::completion::run_interruptible;
+use crate::backend::kit::fault::Outage;
 use crate::backend::kit::wait::{wait_for, Attempt, Backoff, Contender};
 use crate::{check_max_count, Acquire, Error, Handle, Result, Semaphore, SemaphoreProvider, Wait};
 
@@ -186,7 +187,8 @@ impl Acquire for PostgresSemaphore {
         let deadline = wait.deadline();
         self.named.pool.wait_for_releases(&[self.marker()]).await;
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
-        wait_for(&mut Scans(self), deadline, &mut backoff).await
+        let mut outage = Outage::new(self.named.pool.unreachable_timeout());
+        wait_for(&mut Scans(self), deadline, &mut backoff, &mut outage).await
     }
 }
 

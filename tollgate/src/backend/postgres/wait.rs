@@ -7,6 +7,7 @@ use super::connection::{key_args, sqlstate, Connection, Mode, Pool, Reservation,
 use super::AdvisoryKey;
 use super::{Hold, Named, BACKEND};
 use crate::backend::kit::completion::{interrupt_until_done, run_interruptible, Caller};
+use crate::backend::kit::fault::ride;
 use crate::backend::kit::hold::Shell;
 use crate::{Error, Result, Wait};
 
@@ -50,6 +51,8 @@ impl Named {
 
     /// Acquires every step, waiting as `wait` says. A hold on a dedicated session stays
     /// dedicated when `keep_dedicated` (upgradeable reads, whose upgrade blocks the session).
+    /// A dropped connection, a killed session or a restarting server is ridden out (see
+    /// [`crate::backend::kit::fault`]): the acquire starts again on a fresh session.
     pub(super) async fn acquire(
         self: &Arc<Self>,
         steps: Vec<Step>,
@@ -57,9 +60,24 @@ impl Named {
         keep_dedicated: bool,
     ) -> Result<Option<Shell<Hold>>> {
         let deadline = wait.deadline();
-        let keys = Self::keys(&steps);
         // A hold of ours that was just dropped is still being released: wait for that first.
-        self.pool.wait_for_releases(&keys).await;
+        self.pool.wait_for_releases(&Self::keys(&steps)).await;
+        ride(self.pool.unreachable_timeout(), deadline, || {
+            self.acquire_once(steps.clone(), wait, deadline, keep_dedicated)
+        })
+        .await
+    }
+
+    /// One acquire: a try on a shared session, then, if the wait goes on, a wait in the
+    /// server on a session of its own.
+    async fn acquire_once(
+        self: &Arc<Self>,
+        steps: Vec<Step>,
+        wait: Wait,
+        deadline: Option<tokio::time::Instant>,
+        keep_dedicated: bool,
+    ) -> Result<Option<Shell<Hold>>> {
+        let keys = Self::keys(&steps);
         if !keep_dedicated {
             // The fast path: one try on a shared session.
             let Some(reservation) = self.pool.reserve(keys.clone(), Use::Shared).await? else {

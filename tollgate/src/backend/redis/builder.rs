@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::redlock::{Server, Shared};
 use super::{Lease, RedisProvider, BACKEND};
+use crate::backend::kit::fault;
 use crate::backend::kit::options::UrlOptions;
 use crate::{Error, Result};
 
@@ -25,6 +26,7 @@ pub struct RedisProviderBuilder {
     min_validity: Option<Duration>,
     extension_cadence: Option<Duration>,
     connect_timeout: Duration,
+    unreachable_timeout: Option<Duration>,
     key_prefix: String,
 }
 
@@ -42,6 +44,7 @@ impl std::fmt::Debug for RedisProviderBuilder {
             .field("expiry", &self.expiry)
             .field("min_validity", &self.min_validity)
             .field("extension_cadence", &self.extension_cadence)
+            .field("unreachable_timeout", &self.unreachable_timeout)
             .field("key_prefix", &self.key_prefix)
             .finish()
     }
@@ -64,6 +67,7 @@ impl RedisProviderBuilder {
             min_validity: None,
             extension_cadence: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            unreachable_timeout: Some(fault::DEFAULT_UNREACHABLE_TIMEOUT),
             key_prefix: String::new(),
         }
     }
@@ -93,6 +97,17 @@ impl RedisProviderBuilder {
     /// How long opening a connection may take (default 5 s).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long a wait keeps trying servers it cannot reach (for RedLock: a majority of
+    /// them), or whose connections keep dropping (default 30 s; `None`: until the wait's own
+    /// deadline). A wait whose connection drops or whose server restarts reconnects with a
+    /// jittered backoff (50 ms doubling to 1 s) and keeps waiting; it fails, saying for how
+    /// long the server was unreachable, only at its deadline or once this much time has passed
+    /// without an answer. Errors that a retry cannot mend (wrong credentials) fail at once.
+    pub fn unreachable_timeout(mut self, limit: Option<Duration>) -> Self {
+        self.unreachable_timeout = limit;
         self
     }
 
@@ -153,7 +168,7 @@ impl RedisProviderBuilder {
             .map(|(client, label)| Server::new(client, label, self.connect_timeout))
             .collect();
         Ok(RedisProvider {
-            shared: Arc::new(Shared::new(servers, lease)),
+            shared: Arc::new(Shared::new(servers, lease, self.unreachable_timeout)),
             prefix: self.key_prefix.into(),
         })
     }
@@ -162,8 +177,9 @@ impl RedisProviderBuilder {
 impl RedisProvider {
     /// A builder from a URL (see the [module docs](super)): `redis://host:6379/0`,
     /// `rediss://host/`, or `redis://h1:6379,h2:6379,h3:6379` for RedLock, with options
-    /// `expiry`, `min_validity`, `extension_cadence`, `connect_timeout` (durations as
-    /// [`crate::parse_duration`] reads them: `30`, `250ms`, `5s`) and `prefix` in the query
+    /// `expiry`, `min_validity`, `extension_cadence`, `connect_timeout`,
+    /// `unreachable_timeout` (also `never`; durations as [`crate::parse_duration`] reads
+    /// them: `30`, `250ms`, `5s`) and `prefix` in the query
     /// string, and the `redis` crate's `protocol` (and `db`, `user`, `pass` for Unix
     /// sockets). Any other key is an error that names it.
     pub fn builder(url: &str) -> Result<RedisProviderBuilder> {
@@ -200,6 +216,7 @@ impl RedisProvider {
         if let Some(timeout) = options.duration("connect_timeout")? {
             builder.connect_timeout = timeout;
         }
+        builder.unreachable_timeout = fault::unreachable_timeout_option(&mut options)?;
         if let Some(prefix) = options.take("prefix") {
             builder.key_prefix = prefix;
         }

@@ -12,7 +12,13 @@
 //!   only when more than half grant it with at least the minimum validity (default 90 % of
 //!   the expiry) left; otherwise whatever it took is given back at once. Each server gets at
 //!   most expiry − min validity to answer, so a hung server cannot stall an acquire longer;
-//!   when more than half fail, acquire fails with the first server's error.
+//!   when more than half fail, the attempt fails with the first server's error.
+//! - **Faults are ridden out.** A wait whose servers cannot be reached (a majority of them,
+//!   with RedLock), whose connections drop or whose server restarts reconnects and keeps
+//!   waiting, until its deadline or `unreachable_timeout` (default 30 s) passes with the
+//!   servers unreachable, then fails saying so (see
+//!   [`RedisProviderBuilder::unreachable_timeout`]). A release whose connection dropped goes
+//!   again once on a fresh one.
 //! - **Waiting reacts to releases at once.** Release scripts publish on the primitive's
 //!   channel (`tollgate:released:<key>`); a waiter subscribes before trying again, so a
 //!   release wakes it immediately. A jittered backoff from 50 ms to 1 s, never sleeping past
@@ -40,8 +46,8 @@
 //! URLs: `redis://[user:password@]host[:port][/db]`, `rediss://…` for TLS (`#insecure` skips
 //! certificate checks), and for RedLock a comma-separated list of hosts sharing the rest of
 //! the URL: `redis://h1:6379,h2:6379,h3:6379/0`. Query options: `expiry`, `min_validity`,
-//! `extension_cadence`, `connect_timeout` (durations such as `30s`, `250ms`, or seconds),
-//! and `prefix` (the key prefix).
+//! `extension_cadence`, `connect_timeout`, `unreachable_timeout` (durations such as `30s`,
+//! `250ms`, or seconds; the last also `never`), and `prefix` (the key prefix).
 
 mod builder;
 mod listener;
@@ -59,6 +65,29 @@ use crate::{
     SemaphoreProvider, Wait,
 };
 pub use builder::RedisProviderBuilder;
+
+/// Whether a Redis client error is a transient fault (see [`crate::backend::kit::fault`]): the
+/// connection refused, dropped or timed out, or the server loading its data set, asking to
+/// try again, without a master, or turned read-only (a failover under way). Wrong credentials and script errors are not.
+pub(crate) fn transient(link: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    let error = link.downcast_ref::<redis::RedisError>()?;
+    Some(
+        error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            || matches!(
+                error.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::BusyLoading
+                        | redis::ServerErrorKind::TryAgain
+                        | redis::ServerErrorKind::MasterDown
+                        | redis::ServerErrorKind::ClusterDown
+                        | redis::ServerErrorKind::ReadOnly
+                )
+            ),
+    )
+}
 pub use redlock::RedisHandle;
 use redlock::{Kind, Shared, Target};
 pub use rwlock::{RedisReadWriteLock, RedisReader, RedisWriter};

@@ -37,6 +37,8 @@ pub(crate) use server::{Route, Server};
 pub(crate) struct Shared {
     pub(crate) servers: Box<[Server]>,
     pub(crate) lease: Lease,
+    /// How long a wait rides out unreachable servers (see [`crate::backend::kit::fault`]).
+    pub(crate) unreachable_timeout: Option<std::time::Duration>,
     pub(crate) listener: Arc<Listener>,
     release_notes: Arc<ReleaseNotes<Vec<u8>>>,
     /// Per primitive and side, the turn to wait on the servers: one waiter of this process
@@ -46,11 +48,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(servers: Vec<Server>, lease: Lease) -> Self {
+    pub(crate) fn new(
+        servers: Vec<Server>,
+        lease: Lease,
+        unreachable_timeout: Option<std::time::Duration>,
+    ) -> Self {
         let clients = servers.iter().map(|server| server.client.clone()).collect();
         Shared {
             servers: servers.into_boxed_slice(),
             lease,
+            unreachable_timeout,
             listener: Arc::new(Listener::new(clients)),
             release_notes: Arc::default(),
             turns: std::sync::Mutex::default(),
@@ -362,7 +369,10 @@ impl Tally {
             Err(_) => Some(server_error(
                 server,
                 "acquire timed out",
-                format!("no answer within {budget:?}"),
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {budget:?}"),
+                ),
             )),
         };
         if let Some(error) = error {

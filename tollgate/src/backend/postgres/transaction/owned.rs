@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_postgres::{Client, NoTls};
 
-use super::super::{PostgresProvider, DEFAULT_POOL_SIZE};
+use super::super::PostgresProvider;
 use super::{
     backend_error, finish, key_args, other_error, sqlstate, wait_error, AdvisoryKey, Canceller,
     Cleanup, PendingRelease, PostgresProviderBuilder, Running, ServerWait, Tls, BACKEND,
@@ -13,7 +13,7 @@ use super::{
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::pool::{self, Use};
-use crate::{Acquire, Error, Handle, Lock, LockProvider, LossSignal, Result, Wait};
+use crate::{Acquire, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 
 /// Creates locks that are held by a transaction of their own: each hold opens (or reuses) a
 /// connection, runs `BEGIN`, takes `pg_advisory_xact_lock` and keeps the transaction open
@@ -55,11 +55,13 @@ impl TransactionLockProvider {
     /// A provider with the connection settings of a [`PostgresProviderBuilder`] (its
     /// `pool_size` is the number of idle connections kept; keepalive is ignored).
     pub fn from_builder(builder: PostgresProviderBuilder) -> Result<Self> {
-        if builder.pool_size == 0 {
-            return Err(Error::invalid("postgres pool size must be at least 1"));
-        }
+        builder.pool.check(crate::backend::postgres::BACKEND)?;
         Ok(TransactionLockProvider {
-            sessions: Arc::new(sessions(builder.config, builder.tls, builder.pool_size)),
+            sessions: Arc::new(sessions(
+                builder.config,
+                builder.tls,
+                builder.pool.pool_size,
+            )),
             allow_hashing: builder.allow_hashing,
         })
     }
@@ -68,7 +70,11 @@ impl TransactionLockProvider {
     /// `ssl_mode` must not be `Require`), keeping up to 16 idle connections.
     pub fn new(config: tokio_postgres::Config) -> Self {
         TransactionLockProvider {
-            sessions: Arc::new(sessions(config, Tls::Plain, DEFAULT_POOL_SIZE)),
+            sessions: Arc::new(sessions(
+                config,
+                Tls::Plain,
+                pool::PoolOptions::default().pool_size,
+            )),
             allow_hashing: true,
         }
     }
@@ -124,6 +130,8 @@ fn sessions(config: tokio_postgres::Config, tls: Tls, max_idle: usize) -> Sessio
             max_idle: Some(max_idle),
             keepalive: None,
             idle_timeout: None,
+            // Owned transactions are acquired by their caller's statements, not ridden.
+            unreachable_timeout: None,
         },
     )
 }

@@ -11,6 +11,7 @@ use super::super::listener::Subscription;
 use super::{
     attempt, lease_ms, random_id, script_args, Attempt, RedisHandle, Shared, Target, Turn,
 };
+use crate::backend::kit::fault::Outage;
 use crate::backend::kit::runtime::spawn_release;
 use crate::backend::kit::wait::{wait_for, Attempt as WaitAttempt, Backoff, Contender, Wake};
 use crate::{Result, Wait};
@@ -112,7 +113,8 @@ pub(crate) async fn acquire_wait(
         target,
         waiter: mark.waiter(),
     };
-    match wait_for(&mut contender, deadline, &mut backoff).await? {
+    let mut outage = Outage::new(shared.unreachable_timeout);
+    match wait_for(&mut contender, deadline, &mut backoff, &mut outage).await? {
         Some(handle) => {
             mark.disarm();
             Ok(Some(handle))
