@@ -49,8 +49,8 @@ use distributed_lock_postgres::lock::PostgresDistributedLock;
 use distributed_lock_postgres::PostgresLockProvider;
 use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
-use tollgate::backend::postgres::{AdvisoryKey, PostgresLock, PostgresProvider};
-use tollgate::{Acquire, Handle, LockProvider};
+use tollgate::backend::postgres::{AdvisoryKey, PostgresLock, PostgresProvider, PostgresSemaphore};
+use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
 
 /// Set in the partner process: which role it plays.
 const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
@@ -66,6 +66,8 @@ const UNCONTENDED_NAME: &str = "bench-uncontended";
 const UNCONTENDED_PEER_NAME: &str = "bench-peer-uncontended";
 /// The raw floor's key (any key nobody else uses).
 const FLOOR_KEY: i64 = 0x746f_6c6c_0000_0001;
+/// The first ticket of the semaphore floor's three.
+const FLOOR_SEMAPHORE_BASE: i64 = 0x746f_6c6c_0000_0100;
 /// The hand-off keys, for tollgate (`lock_with_key`) and the raw floor alike, so that the
 /// two can be paired: this plus the pair's index.
 const HANDOFF_KEY: i64 = 0x746f_6c6c_0000_0010;
@@ -293,16 +295,22 @@ enum Variant {
     FloorSimple,
     PeerTry,
     PeerAcquire,
+    /// A semaphore of max 3, all tickets free: `try_acquire` + `release`.
+    TollgateSemaphore,
+    /// The semaphore floor: one prepared `CASE` over the 3 tickets + a prepared unlock.
+    FloorSemaphore,
 }
 
 impl Variant {
-    const ALL: [Variant; 6] = [
+    const ALL: [Variant; 8] = [
         Variant::TollgateTry,
         Variant::TollgateAcquire,
         Variant::FloorPrepared,
         Variant::FloorSimple,
         Variant::PeerTry,
         Variant::PeerAcquire,
+        Variant::TollgateSemaphore,
+        Variant::FloorSemaphore,
     ];
 
     fn name(self) -> &'static str {
@@ -313,6 +321,8 @@ impl Variant {
             Variant::FloorSimple => "floor simple_query try+unlock",
             Variant::PeerTry => "distributed-lock try_acquire+release",
             Variant::PeerAcquire => "distributed-lock acquire+release",
+            Variant::TollgateSemaphore => "tollgate semaphore(3) try+release",
+            Variant::FloorSemaphore => "floor semaphore(3) CASE scan+unlock",
         }
     }
 
@@ -325,6 +335,8 @@ impl Variant {
             Variant::FloorSimple => "floor-simple",
             Variant::PeerTry => "peer-try",
             Variant::PeerAcquire => "peer-acquire",
+            Variant::TollgateSemaphore => "tollgate-semaphore",
+            Variant::FloorSemaphore => "floor-semaphore",
         }
     }
 }
@@ -341,6 +353,8 @@ struct Subjects {
     try_sql: String,
     unlock_sql: String,
     peer_lock: PostgresDistributedLock,
+    semaphore: PostgresSemaphore,
+    scan_statement: tokio_postgres::Statement,
 }
 
 impl Subjects {
@@ -360,6 +374,14 @@ impl Subjects {
             .prepare("SELECT pg_advisory_unlock($1)")
             .await
             .expect("prepare");
+        let scan_statement = client
+            .prepare(
+                "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 0 \
+                 WHEN pg_try_advisory_lock($1 + 1) THEN 1 \
+                 WHEN pg_try_advisory_lock($1 + 2) THEN 2 END",
+            )
+            .await
+            .expect("prepare");
         let peer = PostgresLockProvider::new(with_application_name(url, &application("peer")))
             .await
             .expect("distributed-lock provider");
@@ -372,14 +394,18 @@ impl Subjects {
             try_sql: format!("SELECT pg_try_advisory_lock({FLOOR_KEY})"),
             unlock_sql: format!("SELECT pg_advisory_unlock({FLOOR_KEY})"),
             peer_lock: peer.create_lock(UNCONTENDED_PEER_NAME),
+            semaphore: provider.semaphore(UNCONTENDED_NAME, 3).expect("semaphore"),
+            scan_statement,
         };
         for variant in Variant::ALL {
             subjects.cycle(variant).await;
         }
         for variant in Variant::ALL {
             let who = match variant {
-                Variant::TollgateTry | Variant::TollgateAcquire => "tollgate",
-                Variant::FloorPrepared | Variant::FloorSimple => "floor",
+                Variant::TollgateTry | Variant::TollgateAcquire | Variant::TollgateSemaphore => {
+                    "tollgate"
+                }
+                Variant::FloorPrepared | Variant::FloorSimple | Variant::FloorSemaphore => "floor",
                 Variant::PeerTry | Variant::PeerAcquire => "peer",
             };
             let rows = subjects
@@ -482,6 +508,32 @@ impl Subjects {
             Variant::PeerAcquire => {
                 let handle = self.peer_lock.acquire(None).await.expect("acquire");
                 handle.release().await.expect("release");
+            }
+            Variant::TollgateSemaphore => {
+                let ticket = self
+                    .semaphore
+                    .try_acquire()
+                    .await
+                    .expect("try_acquire")
+                    .expect("an uncontended semaphore has tickets");
+                ticket.release().await.expect("release");
+            }
+            Variant::FloorSemaphore => {
+                let row = self
+                    .client
+                    .query_one(&self.scan_statement, &[&FLOOR_SEMAPHORE_BASE])
+                    .await
+                    .expect("scan");
+                let ticket: i32 = row.get(0);
+                let row = self
+                    .client
+                    .query_one(
+                        &self.unlock_statement,
+                        &[&(FLOOR_SEMAPHORE_BASE + i64::from(ticket))],
+                    )
+                    .await
+                    .expect("pg_advisory_unlock");
+                assert!(row.get::<_, bool>(0), "the floor's ticket was held");
             }
         }
     }
@@ -664,6 +716,13 @@ fn interleaved(url: &str, repetitions: usize, blocks: usize, per_block: usize) {
             ratio(index, Variant::FloorPrepared),
         );
     }
+    println!(
+        "semaphore(3): tollgate × its floor (one prepared CASE scan + unlock): {}",
+        ratio(
+            position(Variant::TollgateSemaphore),
+            Variant::FloorSemaphore
+        )
+    );
     println!(
         "(ratios: medians of blocks in which both sessions ran on the same placement, \
          \"our\" vCPU when there are enough such blocks, else the other)\n"

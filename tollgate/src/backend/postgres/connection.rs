@@ -124,11 +124,45 @@ pub(crate) struct Session {
     driver: tokio::task::AbortHandle,
 }
 
-/// The advisory-lock functions the hot path runs as prepared statements.
+/// The statements the hot path runs prepared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Function {
     TryLock,
     Unlock,
+    /// A semaphore's scan: the first free ticket, taken (see [`Session::scan_tickets`]).
+    ScanTickets,
+    /// A semaphore ticket's release with its waiters' notification.
+    UnlockAndNotify,
+}
+
+impl Function {
+    /// The statement's text for `mode` and a key pair (`pair`) or a single key.
+    fn sql(self, mode: Mode, pair: bool) -> String {
+        let args = if pair {
+            "$1::int4, $2::int4"
+        } else {
+            "$1::int8"
+        };
+        let suffix = mode.suffix();
+        match self {
+            Function::TryLock => format!("SELECT pg_try_advisory_lock{suffix}({args})"),
+            Function::Unlock => format!("SELECT pg_advisory_unlock{suffix}({args})"),
+            // Ticket i is key $1 + i, for i below $2; the session's own tickets ($3) are
+            // skipped (advisory locks are re-entrant per session). Stops at the first taken.
+            Function::ScanTickets => "WITH RECURSIVE scan(ticket, taken) AS ( \
+                   SELECT -1::int8, false \
+                   UNION ALL \
+                   SELECT ticket + 1, CASE WHEN ticket + 1 = ANY($3::int8[]) THEN false \
+                     ELSE pg_try_advisory_lock($1::int8 + ticket + 1) END \
+                   FROM scan WHERE NOT taken AND ticket + 1 < $2::int8 \
+                 ) SELECT ticket FROM scan WHERE taken"
+                .to_owned(),
+            // The notification goes out when the statement commits, after the unlock.
+            Function::UnlockAndNotify => {
+                "SELECT pg_advisory_unlock($1::int8), pg_notify($2::text, '')".to_owned()
+            }
+        }
+    }
 }
 
 impl pool::Protocol for Postgres {
@@ -244,17 +278,7 @@ impl Session {
         if let Some(statement) = self.statements().get(&(function, mode, pair)) {
             return Ok(statement.clone());
         }
-        let name = match function {
-            Function::TryLock => "pg_try_advisory_lock",
-            Function::Unlock => "pg_advisory_unlock",
-        };
-        let args = if pair {
-            "$1::int4, $2::int4"
-        } else {
-            "$1::int8"
-        };
-        let sql = format!("SELECT {name}{}({args})", mode.suffix());
-        let statement = self.client.prepare(&sql).await?;
+        let statement = self.client.prepare(&function.sql(mode, pair)).await?;
         self.statements()
             .insert((function, mode, pair), statement.clone());
         Ok(statement)
@@ -275,6 +299,58 @@ impl Session {
             }
         };
         row.try_get(0)
+    }
+
+    /// Takes the first free ticket of the semaphore whose ticket `i` is key `base + i`, for
+    /// `i` below `max`, skipping the tickets this session holds already (`skip`): the ticket
+    /// taken, if any. One round trip, planned once per session.
+    pub(crate) async fn scan_tickets(
+        &self,
+        base: i64,
+        max: u32,
+        skip: &[i64],
+    ) -> Result<Option<i64>, tokio_postgres::Error> {
+        let statement = self
+            .prepared(
+                Function::ScanTickets,
+                AdvisoryKey::Single(base),
+                Mode::Exclusive,
+            )
+            .await?;
+        let row = self
+            .client
+            .query_opt(&statement, &[&base, &i64::from(max), &skip])
+            .await?;
+        row.map(|row| row.try_get(0)).transpose()
+    }
+
+    /// Releases a semaphore ticket and notifies `channel` (its waiters) in one round trip:
+    /// whether the ticket was held. Runs again after a stray cancel, as [`Session::unlock`].
+    pub(crate) async fn unlock_and_notify(
+        &self,
+        ticket: i64,
+        channel: &str,
+    ) -> Result<bool, tokio_postgres::Error> {
+        let statement = self
+            .prepared(
+                Function::UnlockAndNotify,
+                AdvisoryKey::Single(ticket),
+                Mode::Exclusive,
+            )
+            .await?;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self
+                .client
+                .query_one(&statement, &[&ticket, &channel])
+                .await
+            {
+                Err(error) if sqlstate(&error) == Some("57014") && attempts < 3 => {}
+                Err(error) => return Err(error),
+                Ok(row) => return row.try_get(0),
+            }
+        }
     }
 
     /// `pg_try_advisory_lock[_shared]`: whether the lock was granted.

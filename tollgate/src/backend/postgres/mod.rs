@@ -169,6 +169,29 @@ impl std::fmt::Debug for Hold {
 async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> {
     let connection = held.session().clone();
     let mut first_error = None;
+    // A semaphore ticket: unlocked and its waiters notified in one round trip.
+    if let (Some((_, channel)), &[(AdvisoryKey::Single(ticket), Mode::Exclusive)]) =
+        (&named.semaphore, steps)
+    {
+        if !connection.is_broken() {
+            match connection.unlock_and_notify(ticket, channel).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(name = %named.name, "semaphore ticket was not held at release")
+                }
+                Err(_) if connection.is_broken() => {}
+                Err(error) => {
+                    first_error = Some(Error::backend(
+                        BACKEND,
+                        format!("cannot release {:?}", named.name),
+                        error,
+                    ));
+                }
+            }
+        }
+        held.released();
+        return first_error.map_or(Ok(()), Err);
+    }
     if !connection.is_broken() {
         for &(key, mode) in steps.iter().rev() {
             match connection.unlock(key, mode).await {
@@ -186,12 +209,6 @@ async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> 
                     ));
                 }
             }
-        }
-    }
-    if let (Some((_, channel)), false) = (&named.semaphore, connection.is_broken()) {
-        // Wakes this semaphore's waiters everywhere (LISTEN/NOTIFY).
-        if let Err(error) = connection.query_value(&format!("NOTIFY {channel}")).await {
-            tracing::debug!(%error, "NOTIFY after release failed");
         }
     }
     held.released();

@@ -1,9 +1,9 @@
 //! Semaphores on advisory locks, with no table to create: ticket `i` of a semaphore is the
 //! 64-bit advisory lock `base + i`, where `base` comes from a hash of the name.
 //!
-//! A try scans the tickets in the server in one round trip (a recursive query that stops at
-//! the first ticket it gets). A waiter re-scans when a release `NOTIFY`s the semaphore's
-//! channel; since a holder whose session dies sends no notification, waiters also re-scan
+//! A try scans the tickets in the server in one round trip (a recursive query, prepared once
+//! per session, that stops at the first ticket it gets). A release unlocks its ticket and
+//! notifies the semaphore's channel in one statement, and a waiter re-scans when it hears it; since a holder whose session dies sends no notification, waiters also re-scan
 //! on a jittered backoff (25 ms doubling to 1 s).
 
 use std::sync::Arc;
@@ -107,26 +107,10 @@ impl PostgresSemaphore {
             return Ok(None);
         };
         let skip = self.held_tickets(reservation.session());
-        let skip = skip
-            .iter()
-            .map(i64::to_string)
-            .collect::<Vec<_>>()
-            .join(",");
-        let sql = format!(
-            "WITH RECURSIVE scan(ticket, taken) AS ( \
-               SELECT -1::bigint, false \
-               UNION ALL \
-               SELECT ticket + 1, CASE WHEN ticket + 1 = ANY('{{{skip}}}'::bigint[]) THEN false \
-                 ELSE pg_try_advisory_lock({base} + ticket + 1) END \
-               FROM scan WHERE NOT taken AND ticket + 1 < {max} \
-             ) SELECT ticket FROM scan WHERE taken",
-            base = self.base,
-            max = self.max_count,
-        );
         // The scan runs to completion: a ticket nobody waits for any more is given back.
         let (semaphore, pool) = (self.clone(), self.named.pool.clone());
         run_interruptible(
-            |_caller| semaphore.scan(reservation, sql),
+            |_caller| semaphore.scan(reservation, skip),
             move || pool.note(vec![marker]),
             |outcome| async move {
                 if let Ok(Some(handle)) = outcome {
@@ -137,18 +121,20 @@ impl PostgresSemaphore {
         .await
     }
 
-    /// Runs the scan `sql` on the session `reservation`: the ticket it took, held.
+    /// Scans on the session `reservation`, skipping the session's own tickets (`skip`): the
+    /// ticket it took, held.
     async fn scan(
         self,
         mut reservation: Reservation,
-        sql: String,
+        skip: Vec<i64>,
     ) -> Result<Option<PostgresHandle>> {
-        let outcome = reservation.session().query_value(&sql).await;
+        let outcome = reservation
+            .session()
+            .scan_tickets(self.base, self.max_count, &skip)
+            .await;
         // In every case below, the marker's claim goes with the reservation.
         let ticket = match outcome {
-            Ok(Some(ticket)) => ticket.parse::<i64>().map_err(|error| {
-                Error::backend(BACKEND, format!("unexpected ticket {ticket:?}"), error)
-            })?,
+            Ok(Some(ticket)) => ticket,
             Ok(None) => return Ok(None),
             Err(error) => {
                 return Err(Error::backend(
