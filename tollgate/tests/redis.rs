@@ -1178,3 +1178,31 @@ fn error_chain(error: &Error) -> String {
     }
     text
 }
+
+/// One server under two names (`localhost` and `127.0.0.1`) in a RedLock list would count its
+/// vote twice: found by its `run_id` at the first attempt, refused, and nothing is left held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_server_under_two_names_is_refused() {
+    let servers = Servers::start(2);
+    let (first, second) = (servers.ports[0], servers.ports[1]);
+    let url =
+        format!("redis://localhost:{first},127.0.0.1:{first},127.0.0.1:{second}/?{SUITE_OPTIONS}");
+    let provider = RedisProvider::from_url(&url).unwrap();
+    let name = unique("aliased");
+    let lock = provider.lock(&name).unwrap();
+    match lock.try_acquire().await {
+        Err(Error::InvalidArgument(message)) => {
+            assert!(message.contains("one server"), "{message}");
+            assert!(message.contains(&format!("localhost:{first}")), "{message}");
+            assert!(message.contains(&format!("127.0.0.1:{first}")), "{message}");
+        }
+        other => panic!("expected the aliased servers to be refused, got {other:?}"),
+    }
+    // Nothing was left held where the attempt got in.
+    let single = RedisProvider::from_url(&servers.url(SUITE_OPTIONS)).unwrap();
+    let held = tokio::time::timeout(PROMPT, single.lock(&name).unwrap().acquire())
+        .await
+        .expect("nothing left held")
+        .unwrap();
+    drop(held);
+}

@@ -162,10 +162,11 @@ impl RedisProviderBuilder {
                 )));
             }
         }
+        let redlock = self.servers.len() > 1;
         let servers = self
             .servers
             .into_iter()
-            .map(|(client, label)| Server::new(client, label, self.connect_timeout))
+            .map(|(client, label)| Server::new(client, label, self.connect_timeout, redlock))
             .collect();
         Ok(RedisProvider {
             shared: Arc::new(Shared::new(servers, lease, self.unreachable_timeout)),

@@ -64,6 +64,29 @@ impl Shared {
         }
     }
 
+    /// With RedLock: an error if two entries of the server list turned out to be one server
+    /// (the same `run_id`, e.g. `localhost` and `127.0.0.1`), whose votes would count twice.
+    pub(crate) fn check_distinct(&self) -> Result<()> {
+        let identities: Vec<(usize, String)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, server)| Some((index, server.identity()?)))
+            .collect();
+        for (position, (first, identity)) in identities.iter().enumerate() {
+            if let Some((second, _)) = identities[position + 1..]
+                .iter()
+                .find(|(_, other)| other == identity)
+            {
+                return Err(Error::invalid(format!(
+                    "redis servers {} and {} are one server (the same run_id): RedLock needs                      distinct servers",
+                    self.servers[*first].label, self.servers[*second].label
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
         self.turns
             .lock()
@@ -247,6 +270,11 @@ async fn attempt_on_servers(
     let started = Instant::now();
     let budget = lease.attempt_budget();
     let tally = acquire_on_servers(shared, target, &args, budget).await;
+    if let Err(error) = shared.check_distinct() {
+        // A majority counted twice is no majority: give back whatever was taken.
+        give_back(shared, target, owner, &tally.answered);
+        return Err(error);
+    }
     let elapsed = started.elapsed();
     let validity = lease
         .expiry

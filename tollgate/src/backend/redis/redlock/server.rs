@@ -47,6 +47,9 @@ pub(crate) struct Server {
     /// After a failed connect, further connects wait this long (growing while they fail), so
     /// that a dead server costs nothing to the attempts that include it.
     down: std::sync::Mutex<Option<Down>>,
+    /// With RedLock: the `run_id` the server reported on the last connection opened, by which
+    /// two entries of the list that are one server (under two names) are found.
+    identity: Option<std::sync::Mutex<Option<String>>>,
 }
 
 /// A connection in its slot. Its I/O is driven by a task of the runtime it was opened on;
@@ -98,7 +101,14 @@ const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 impl Server {
-    pub(crate) fn new(client: redis::Client, label: String, connect_timeout: Duration) -> Self {
+    /// A server of the list; `identify` (with RedLock) asks each new connection for the
+    /// server's `run_id` (see [`Server::identity`]).
+    pub(crate) fn new(
+        client: redis::Client,
+        label: String,
+        connect_timeout: Duration,
+        identify: bool,
+    ) -> Self {
         Server {
             client,
             label,
@@ -107,7 +117,43 @@ impl Server {
             background_connection: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             down: std::sync::Mutex::new(None),
+            identity: identify.then(std::sync::Mutex::default),
         }
+    }
+
+    /// The `run_id` the server reported when a connection to it was last opened (with
+    /// RedLock only): two entries with the same one are one server.
+    pub(crate) fn identity(&self) -> Option<String> {
+        let identity = self.identity.as_ref()?;
+        identity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Asks a new connection for the server's `run_id`. A server that does not tell (a user
+    /// without the right to `INFO`) is left unidentified, and is logged.
+    async fn identify(&self, connection: &mut MultiplexedConnection) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let info: redis::RedisResult<String> = redis::cmd("INFO")
+            .arg("server")
+            .query_async(connection)
+            .await;
+        let run_id = match info {
+            Ok(info) => info
+                .lines()
+                .find_map(|line| line.strip_prefix("run_id:"))
+                .map(|run_id| run_id.trim().to_owned()),
+            Err(error) => {
+                tracing::debug!(server = %self.label, %error, "cannot read the server's run_id");
+                None
+            }
+        };
+        *identity
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = run_id;
     }
 
     fn down(&self) -> std::sync::MutexGuard<'_, Option<Down>> {
@@ -168,6 +214,8 @@ impl Server {
             }
         };
         *self.down() = None;
+        let mut connection = connection;
+        self.identify(&mut connection).await;
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         *slot = Some(Opened::new(generation, connection.clone()));
         Ok((generation, connection))
