@@ -1,7 +1,7 @@
 //! Benchmarks of the PostgreSQL backend, each beside the raw floor measured in the same run.
 //!
 //! ```text
-//! cargo bench -p tollgate --features postgres --bench postgres
+//! cargo bench -p tollgate-bench --features postgres --bench postgres
 //! ```
 //!
 //! The server is `TOLLGATE_POSTGRES_URL`, by default

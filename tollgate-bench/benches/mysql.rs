@@ -1,7 +1,7 @@
 //! Benchmarks of the MySQL / MariaDB backend, each beside the raw floor measured in the same run.
 //!
 //! ```text
-//! cargo bench -p tollgate --features mysql --bench mysql
+//! cargo bench -p tollgate-bench --features mysql --bench mysql
 //! ```
 //!
 //! The server is `TOLLGATE_MYSQL_URL`, by default `mysql://root@127.0.0.1:3306/test` (as for

@@ -1,7 +1,7 @@
 //! Benchmarks of the Redis backend, each beside the raw floor measured in the same run.
 //!
 //! ```text
-//! cargo bench -p tollgate --features redis --bench redis
+//! cargo bench -p tollgate-bench --features redis --bench redis
 //! ```
 //!
 //! The server is `TOLLGATE_REDIS_URL`, by default `redis://127.0.0.1:6379` (as for the tests).

@@ -1,7 +1,7 @@
 //! Benchmarks of the local backend, each beside the raw kernel floor measured in the same run.
 //!
 //! ```text
-//! cargo bench -p tollgate --bench local
+//! cargo bench -p tollgate-bench --bench local
 //! ```
 //!
 //! 1. **Uncontended acquire + release** (criterion): a `LocalLock` and a `LocalSemaphore` of
@@ -23,7 +23,7 @@
 //!
 //! The lock files live in a fresh temporary directory (`TMPDIR`, so `TMPDIR=/dev/shm` measures
 //! tmpfs). Under `cargo test --benches` every benchmark runs once and the hand-off only a few
-//! rounds. A criterion filter (`cargo bench -p tollgate --bench local -- lock`) also skips the
+//! rounds. A criterion filter (`cargo bench -p tollgate-bench --bench local -- lock`) also skips the
 //! hand-off section unless it matches "handoff".
 //!
 //! For profiling the library alone, `TOLLGATE_BENCH_PARTNER=cycles <bench binary>` runs
