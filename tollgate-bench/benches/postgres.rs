@@ -120,6 +120,7 @@ fn main() {
         println!("interleaved: bench");
         println!("handoff: bench");
         println!("held: bench");
+        println!("contention: bench");
         return;
     }
     if !testing {
@@ -148,9 +149,143 @@ fn main() {
     if section_selected(&args, "held") {
         held(&url, if testing { 100 } else { HELD });
     }
+    if section_selected(&args, "contention") {
+        let (rounds, span) = if testing {
+            (1, Duration::from_millis(200))
+        } else {
+            (CONTENTION_ROUNDS, CONTENTION_SPAN)
+        };
+        contention(&url, rounds, span);
+    }
     if !testing {
         runtime.block_on(peer_drop_check(&url));
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Contention: tasks of one process taking turns on one name.
+
+/// How many tasks contend for the one name.
+const CONTENTION_TASKS: usize = 8;
+/// How long each side of one round runs.
+const CONTENTION_SPAN: Duration = Duration::from_secs(3);
+/// Rounds, tollgate and the floor alternating.
+const CONTENTION_ROUNDS: usize = 4;
+/// The floor's key for the contention section.
+const CONTENTION_KEY: i64 = 0x746f_6c6c_0000_0200;
+
+/// `CONTENTION_TASKS` tasks on a multi-threaded runtime, each looping acquire + release of
+/// one name for `span`: acquisitions per second, tollgate (one provider, its pool) against the
+/// floor (a raw session per task, each `SELECT pg_advisory_lock($1)` blocking in the server +
+/// `SELECT pg_advisory_unlock($1)`, prepared), alternating for `rounds` rounds.
+fn contention(url: &str, rounds: usize, span: Duration) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nContention: {CONTENTION_TASKS} tasks, one name, {span:?} per side, {rounds} rounds \
+         (load average at start: {})",
+        load().trim()
+    );
+    let (mut ours, mut floors) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let tollgate = runtime.block_on(contend_tollgate(url, round, span));
+        let floor = runtime.block_on(contend_floor(url, span));
+        println!(
+            "  round {round}: tollgate {tollgate:.0}/s, floor {floor:.0}/s, {:.2}×",
+            tollgate / floor
+        );
+        ours.push(tollgate);
+        floors.push(floor);
+    }
+    let median = |values: &mut Vec<f64>| {
+        values.sort_by(f64::total_cmp);
+        values[values.len() / 2]
+    };
+    let (ours, floors) = (median(&mut ours), median(&mut floors));
+    println!(
+        "  median: tollgate {ours:.0} acquisitions/s, floor {floors:.0}/s: {:.2}× (load average \
+         at end: {})",
+        ours / floors,
+        load().trim()
+    );
+}
+
+/// Acquisitions per second of tollgate tasks contending for one lock.
+async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
+    let provider = PostgresProvider::from_url(url).expect("provider");
+    let name = format!("bench-contention-{round}");
+    // Warm: a shared session opened and its statements prepared.
+    let warm = provider.lock(&name).expect("lock");
+    warm.acquire()
+        .await
+        .expect("acquire")
+        .release()
+        .await
+        .expect("release");
+    let stop = Instant::now() + span;
+    let tasks: Vec<_> = (0..CONTENTION_TASKS)
+        .map(|_| {
+            let lock = provider.lock(&name).expect("lock");
+            tokio::spawn(async move {
+                let mut count = 0u64;
+                while Instant::now() < stop {
+                    let handle = lock.acquire().await.expect("acquire");
+                    handle.release().await.expect("release");
+                    count += 1;
+                }
+                count
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("task");
+    }
+    total as f64 / span.as_secs_f64()
+}
+
+/// Acquisitions per second of raw sessions contending for one advisory lock.
+async fn contend_floor(url: &str, span: Duration) -> f64 {
+    let mut sessions = Vec::new();
+    for _ in 0..CONTENTION_TASKS {
+        let client = raw_client(url).await;
+        let lock = client
+            .prepare("SELECT pg_advisory_lock($1)")
+            .await
+            .expect("prepare");
+        let unlock = client
+            .prepare("SELECT pg_advisory_unlock($1)")
+            .await
+            .expect("prepare");
+        sessions.push((client, lock, unlock));
+    }
+    let stop = Instant::now() + span;
+    let mut tasks = Vec::new();
+    for (client, lock, unlock) in sessions {
+        tasks.push(tokio::spawn(async move {
+            let mut count = 0u64;
+            while Instant::now() < stop {
+                client
+                    .query_one(&lock, &[&CONTENTION_KEY])
+                    .await
+                    .expect("pg_advisory_lock");
+                client
+                    .query_one(&unlock, &[&CONTENTION_KEY])
+                    .await
+                    .expect("pg_advisory_unlock");
+                count += 1;
+            }
+            count
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.expect("task");
+    }
+    total as f64 / span.as_secs_f64()
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -401,6 +401,17 @@ impl<P: Protocol> Pool<P> {
         self.changed.notify_waiters();
     }
 
+    /// Whether one of `keys` is claimed on a session of this pool: held by a hold of this
+    /// process, or being taken or waited for by one of its operations. A waiter for an
+    /// exclusive key that is claimed goes straight to its wait in the server: a try on another
+    /// session could only fail (or race the operation under way).
+    pub(crate) fn is_claimed(&self, keys: &[P::Key]) -> bool {
+        self.lock().sessions.iter().any(|session| {
+            let claims = session.claims();
+            keys.iter().any(|key| claims.keys.contains_key(key))
+        })
+    }
+
     /// A session of its own (see [`Use::Dedicated`]) with `keys` claimed on it, for a wait
     /// in the server: `None` when `deadline` passes before one is free.
     ///

@@ -289,11 +289,17 @@ impl Acquire for MySqlLock {
         // A dropped connection, a killed session or a restarting server is ridden out (see
         // `kit::fault`): the acquire starts again on a fresh connection.
         ride(self.pool.unreachable_timeout(), deadline, || async {
-            if let Some(handle) = self.try_once().await? {
-                return Ok(Some(handle));
-            }
-            if wait == Wait::NO_WAIT {
-                return Ok(None);
+            // A wait for a name this process holds or waits for already goes to the server's
+            // queue at once: a try first could only fail.
+            let doomed = wait != Wait::NO_WAIT
+                && self.pool.is_claimed(std::slice::from_ref(&self.lock_name));
+            if !doomed {
+                if let Some(handle) = self.try_once().await? {
+                    return Ok(Some(handle));
+                }
+                if wait == Wait::NO_WAIT {
+                    return Ok(None);
+                }
             }
             self.wait_dedicated(deadline).await
         })

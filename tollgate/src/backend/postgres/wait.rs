@@ -78,7 +78,12 @@ impl Named {
         keep_dedicated: bool,
     ) -> Result<Option<Shell<Hold>>> {
         let keys = Self::keys(&steps);
-        if !keep_dedicated {
+        // A wait for exclusive keys that this process holds or waits for already goes to the
+        // server's queue at once: a try first could only fail.
+        let doomed = wait != Wait::NO_WAIT
+            && steps.iter().all(|(_, mode)| *mode == Mode::Exclusive)
+            && self.pool.is_claimed(&keys);
+        if !keep_dedicated && !doomed {
             // The fast path: one try on a shared session.
             let Some(reservation) = self.pool.reserve(keys.clone(), Use::Shared).await? else {
                 return self
