@@ -133,6 +133,8 @@ enum Function {
     ScanTickets,
     /// A semaphore ticket's release with its waiters' notification.
     UnlockAndNotify,
+    /// A wait in the server under a `lock_timeout` given with it.
+    WaitLock,
 }
 
 impl Function {
@@ -157,6 +159,20 @@ impl Function {
                    FROM scan WHERE NOT taken AND ticket + 1 < $2::int8 \
                  ) SELECT ticket FROM scan WHERE taken"
                 .to_owned(),
+            // The subquery (volatile, so never flattened) runs first: the timeout is set for
+            // the session before the wait starts. $3 is the timeout in ms (0: none).
+            Function::WaitLock => {
+                let args = if pair {
+                    "$1::int4, $2::int4"
+                } else {
+                    "$1::int8"
+                };
+                let timeout = if pair { "$3" } else { "$2" };
+                format!(
+                    "SELECT pg_advisory_lock{suffix}({args}) FROM \
+                     (SELECT set_config('lock_timeout', {timeout}::text, false)) AS timeout"
+                )
+            }
             // The notification goes out when the statement commits, after the unlock.
             Function::UnlockAndNotify => {
                 "SELECT pg_advisory_unlock($1::int8), pg_notify($2::text, '')".to_owned()
@@ -351,6 +367,29 @@ impl Session {
                 Ok(row) => return row.try_get(0),
             }
         }
+    }
+
+    /// `pg_advisory_lock[_shared]` under a `lock_timeout` of `timeout_ms` (0: none), set on
+    /// the session in the same prepared statement: one round trip.
+    pub(crate) async fn wait_lock(
+        &self,
+        key: AdvisoryKey,
+        mode: Mode,
+        timeout_ms: i64,
+    ) -> Result<(), tokio_postgres::Error> {
+        let statement = self.prepared(Function::WaitLock, key, mode).await?;
+        let timeout = timeout_ms.to_string();
+        match key {
+            AdvisoryKey::Single(key) => {
+                self.client.query_one(&statement, &[&key, &timeout]).await?
+            }
+            AdvisoryKey::Pair(high, low) => {
+                self.client
+                    .query_one(&statement, &[&high, &low, &timeout])
+                    .await?
+            }
+        };
+        Ok(())
     }
 
     /// `pg_try_advisory_lock[_shared]`: whether the lock was granted.

@@ -293,12 +293,7 @@ async fn wait_one(
                 (millis.clamp(1, i32::MAX as u128), millis > i32::MAX as u128)
             }
         };
-        let suffix = if mode == Mode::Shared { "_shared" } else { "" };
-        let sql = format!(
-            "SET lock_timeout = {timeout_ms}; SELECT pg_advisory_lock{suffix}({})",
-            key_args(key)
-        );
-        let query = connection.query_value(&sql);
+        let query = connection.wait_lock(key, mode, timeout_ms as i64);
         tokio::pin!(query);
         let result = tokio::select! {
             biased;
