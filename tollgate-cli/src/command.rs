@@ -15,6 +15,13 @@
 //! checks that tollgate is still there after setting it. Processes the command started keep
 //! running then (the signal reaches the command only); in the second case they can be found
 //! by its process group.
+//!
+//! The command shares the hold's descriptors (its lock files and server connections, as
+//! `flock(1)` passes its lock file on), so that a killed tollgate's lock goes only when the
+//! command and everything it started that kept them are gone too: the kernel frees the
+//! lock of a lock file, and a server ends a session, at the last close. Without that, the
+//! kernel closes tollgate's descriptors before the command gets its signal, and the next
+//! holder could start while the command (or what it started) still runs. `-o` opts out.
 
 use std::ffi::OsString;
 use std::io;
@@ -63,12 +70,47 @@ fn foreground_on_terminal() -> bool {
     }
 }
 
-/// Starts `program` with `arguments` and the extra environment `env`.
+/// The descriptors that keep this process's hold: its lock files (`*.lock`) and its server
+/// connections (sockets). A command that inherits them keeps the hold alive if tollgate dies
+/// first: the kernel frees a lock file's lock, and a server ends a session, only when the
+/// last descriptor of it is closed. (Releasing still works as ever: an unlock is by open
+/// file or by session, not by descriptor.)
+pub fn hold_descriptors() -> Vec<std::os::fd::RawFd> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let fd: std::os::fd::RawFd = entry.file_name().to_str()?.parse().ok()?;
+            if fd <= 2 {
+                return None;
+            }
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let socket = target
+                .to_str()
+                .is_some_and(|link| link.starts_with("socket:"));
+            // The directory's descriptor from read_dir is no lock file, nor a socket.
+            let lock_file = target
+                .extension()
+                .is_some_and(|extension| extension == "lock")
+                && std::fs::metadata(entry.path())
+                    .is_ok_and(|meta| !meta.file_type().is_socket() && meta.is_file());
+            (socket || lock_file).then_some(fd)
+        })
+        .collect()
+}
+
+/// Starts `program` with `arguments` and the extra environment `env`; the descriptors in
+/// `inherit` stay open in it (see [`hold_descriptors`]).
 pub fn spawn(
     program: &OsString,
     arguments: &[OsString],
     env: &[(&str, String)],
+    inherit: &[std::os::fd::RawFd],
 ) -> io::Result<(tokio::process::Child, Started)> {
+    let inherit = inherit.to_vec();
     let own_group = !foreground_on_terminal();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
@@ -79,7 +121,7 @@ pub fn spawn(
         command.env(key, value);
     }
     // SAFETY: the closure runs in the child between fork and exec and calls only
-    // async-signal-safe functions (prctl, getppid, setpgid, raise).
+    // async-signal-safe functions (prctl, getppid, setpgid, raise, fcntl).
     unsafe {
         command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
@@ -91,6 +133,10 @@ pub fn spawn(
             }
             if own_group && libc::setpgid(0, 0) != 0 {
                 return Err(io::Error::last_os_error());
+            }
+            // In this child only: the hold's descriptors survive the exec.
+            for &fd in &inherit {
+                libc::fcntl(fd, libc::F_SETFD, 0);
             }
             Ok(())
         });

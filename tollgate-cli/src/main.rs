@@ -85,11 +85,16 @@ then SIGKILL after --kill-after; it exits 79. How soon a loss is noticed depends
 backend: PostgreSQL at once when the server ends the session; PostgreSQL and MySQL within
 about twice their keepalive (default 1 s) when the connection dies silently; Redis at the
 next lease extension (every 2.5 s by default);
-local lock files cannot be lost while tollgate runs.
+local lock files cannot be lost while tollgate runs. A loss that the command outran (it ended
+before the loss was noticed) is found at the release and reported the same way, exit 79.
 
 The command runs in a process group of its own (signalled as a whole), except when tollgate
 is a foreground job on a terminal, where it shares tollgate's so that job control works.
-If tollgate itself is killed, the command gets SIGKILL (processes it started do not).
+If tollgate itself is killed, the command gets SIGKILL (processes it started do not). The
+command shares the lock's descriptors (lock file, server connection), as with flock(1), so
+the lock goes only once the command and whatever it started that kept them are gone too;
+-o (--close) does not pass them on (then processes the command started may run on after
+the lock went). A Redis lease is not extended without tollgate, and lapses after its expiry.
 
 The command's environment has TOLLGATE_LOCK_NAME (the name) and, where the backend gives one,
 TOLLGATE_FENCING_TOKEN (a number that grows with every acquisition of the lock). It does not
@@ -295,6 +300,11 @@ pub struct Supervision {
     /// or a duration such as 500ms, 10s
     #[arg(long, value_name = "DURATION", default_value = "5", value_parser = tollgate::parse_duration)]
     pub kill_after: Duration,
+
+    /// Do not let the command share the lock's descriptors (as flock -o): then if tollgate
+    /// is killed, the lock goes at once, even while processes the command started run on
+    #[arg(short = 'o', long)]
+    pub close: bool,
 }
 
 fn parse_max(text: &str) -> Result<u32, String> {
@@ -548,8 +558,14 @@ async fn run(
     if let Ok(url) = std::env::var("TOLLGATE_BACKEND") {
         env.push(("TOLLGATE_BACKEND", secrets::without_password(&url)));
     }
-    // Lock files are opened close-on-exec: the command does not inherit the hold.
-    let (mut child, started) = match command::spawn(program, arguments, &env) {
+    // The command shares the hold's descriptors (as with flock(1)), so that if tollgate is
+    // killed, the lock goes only once the command, and whatever it started, is gone too.
+    let inherit = if supervision.close {
+        Vec::new()
+    } else {
+        command::hold_descriptors()
+    };
+    let (mut child, started) = match command::spawn(program, arguments, &env, &inherit) {
         Ok(spawned) => spawned,
         Err(error) => {
             release(&target, handle).await;
@@ -567,11 +583,23 @@ async fn run(
     )
     .await;
     signals.set_command(None, true);
-    if supervised.lost {
+    let mut lost = supervised.lost;
+    if lost {
         // Released with the session or lease; a release would only report that.
         drop(handle);
     } else {
+        // A loss that no one noticed while the command ran (say, a MySQL connection killed
+        // between two keepalives) shows at the release: the command ran without the lock for a
+        // while, and says so as a loss seen during the run would.
+        let loss = handle.loss_signal();
         release(&target, handle).await;
+        if loss.is_lost() && supervision.on_lost != OnLost::Ignore {
+            lost = true;
+            say(format_args!(
+                "lost {target} on {} while the command ran (found when releasing it)",
+                target.backend_label()
+            ));
+        }
     }
     let exit = supervised.waited.map_err(|error| {
         Failure::new(
@@ -579,7 +607,7 @@ async fn run(
             format!("cannot wait for {}: {error}", program.to_string_lossy()),
         )
     })?;
-    if supervised.lost && supervision.on_lost != OnLost::Ignore {
+    if lost && supervision.on_lost != OnLost::Ignore {
         return Ok(Outcome::Exit(status::LOST));
     }
     // Killed by a signal that was meant for tollgate too (say, Ctrl-C): end the same way, so

@@ -462,29 +462,68 @@ fn a_command_that_cannot_be_run_exits_127_or_126() {
 }
 
 #[test]
-fn the_command_does_not_inherit_the_lock_file() {
+fn the_command_shares_the_lock_file_unless_told_not_to() {
     let backend = backend();
     for kind in [&[][..], &["--max", "2"], &["--read"], &["--write"]] {
-        let mut args = kind.to_vec();
-        args.extend(["--", "ls", "-l", "/proc/self/fd"]);
-        let output = backend.run("inherit", &args);
-        assert_status(&output, 0);
-        let listing = String::from_utf8_lossy(&output.stdout);
-        assert!(listing.contains(" 1 -> "), "{kind:?}: {listing}");
-        assert!(!listing.contains(".lock"), "{kind:?}: {listing}");
-        let directory = backend.path().to_string_lossy();
-        assert!(!listing.contains(&*directory), "{kind:?}: {listing}");
+        for close in [false, true] {
+            let mut args = kind.to_vec();
+            if close {
+                args.push("-o");
+            }
+            args.extend(["--", "ls", "-l", "/proc/self/fd"]);
+            let output = backend.run("inherit", &args);
+            assert_status(&output, 0);
+            let listing = String::from_utf8_lossy(&output.stdout);
+            assert!(listing.contains(" 1 -> "), "{kind:?}: {listing}");
+            let directory = backend.path().to_string_lossy();
+            let shared = listing
+                .lines()
+                .filter(|line| line.contains(&*directory) && line.ends_with(".lock"))
+                .count();
+            assert_eq!(
+                shared,
+                usize::from(!close),
+                "{kind:?} -o {close}: {listing}"
+            );
+        }
     }
-    // The holds really were lock files in the directory (and its `rw/`, `semaphore/`).
-    let lock_files = ["", "rw", "semaphore"]
-        .iter()
-        .flat_map(|sub| std::fs::read_dir(backend.path().join(sub)).expect("list a lock directory"))
-        .filter(|entry| {
-            let entry = entry.as_ref().expect("entry");
-            entry.file_name().to_string_lossy().ends_with(".lock")
-        })
-        .count();
-    assert!(lock_files > 0);
+}
+
+/// A killed tollgate's command dies with it, but what the command started lives on: it keeps
+/// the lock (it shares the lock file), so nothing else runs until it is gone; with -o the
+/// lock goes at once.
+#[test]
+fn a_killed_tollgate_leaves_its_lock_to_what_its_command_started() {
+    let backend = backend();
+    for close in [false, true] {
+        let name = if close { "heir-o" } else { "heir" };
+        let mut args = vec!["run", name, "--backend", &backend.url];
+        if close {
+            args.push("-o");
+        }
+        args.extend(["--", "sh", "-c", "sleep 3 & echo started; wait"]);
+        let mut child = tollgate()
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn tollgate run");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("piped stdout"))
+            .read_line(&mut line)
+            .expect("read the command's stdout");
+        assert_eq!(line, "started\n");
+        child.kill().expect("SIGKILL tollgate");
+        let _ = child.wait();
+        let output = backend.run(name, &["--timeout", "0", "--", "true"]);
+        if close {
+            assert_status(&output, 0);
+        } else {
+            assert_not_acquired(&output, name);
+            // Free once the `sleep` is gone.
+            assert_status(&backend.run(name, &["--timeout", "20s", "--", "true"]), 0);
+        }
+    }
 }
 
 #[test]

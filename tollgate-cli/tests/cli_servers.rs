@@ -235,6 +235,58 @@ fn killed_tollgate_takes_the_command(url: &str, label: &str) {
     assert_eq!(free.code(), Some(0));
 }
 
+/// `kill -9` of tollgate while a process its command started runs on: that process shares
+/// the hold's server connection, so the lock stays held (nothing else runs) until it is gone
+/// (or, on Redis, the unextended lease lapses); with `-o` the lock is free at once.
+fn killed_tollgate_leaves_its_lock_to_what_its_command_started(url: &str, label: &str) {
+    for close in [false, true] {
+        let name = unique(label);
+        let mut command = tollgate(url);
+        command.args(["run", &name]);
+        if close {
+            command.arg("-o");
+        }
+        let mut child = command
+            .args(["--", "sh", "-c", "sleep 3 & echo started; wait"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (line, _stdout) = first_line(&mut child);
+        assert_eq!(line, "started\n");
+        child.kill().unwrap();
+        let _ = child.wait();
+        let tried = tollgate(url)
+            .args(["run", &name, "--timeout", "0", "--", "true"])
+            .output()
+            .unwrap();
+        // A Redis lease outlives a killed tollgate until it expires, whatever holds its
+        // connection.
+        let leased = url.starts_with("redis");
+        if close && !leased {
+            // The server sees the connection close with tollgate: free without waiting for
+            // the `sleep`.
+            let free = tollgate(url)
+                .args(["run", &name, "--timeout", "2s", "--", "true"])
+                .status()
+                .unwrap();
+            assert_eq!(free.code(), Some(0));
+        } else {
+            assert_eq!(
+                tried.status.code(),
+                Some(75),
+                "{}",
+                String::from_utf8_lossy(&tried.stderr)
+            );
+            let free = tollgate(url)
+                .args(["run", &name, "--timeout", "20s", "--", "true"])
+                .status()
+                .unwrap();
+            assert_eq!(free.code(), Some(0));
+        }
+    }
+}
+
 /// The command's environment names its lock, and carries the fencing token where `tollgate
 /// hold` prints one.
 fn command_sees_its_lock(url: &str, label: &str, has_token: bool) {
@@ -371,6 +423,14 @@ macro_rules! every_backend {
         }
 
         #[test]
+        fn killed_tollgate_leaves_its_lock_to_what_its_command_started() {
+            super::killed_tollgate_leaves_its_lock_to_what_its_command_started(
+                $url,
+                concat!($label, "-heir"),
+            );
+        }
+
+        #[test]
         fn command_sees_its_lock() {
             super::command_sees_its_lock($url, concat!($label, "-env"), $token);
         }
@@ -479,6 +539,25 @@ mod mysql {
         super::fails_without_showing_the_password(URL, "mysql://127.0.0.1:3306", Some(secret), 69);
         // The root user here has an empty password: TOLLGATE_PASSWORD= is right.
         super::the_command_gets_no_password("mysql://root:@127.0.0.1:3306/test", URL);
+    }
+
+    #[test]
+    fn a_loss_the_command_outran_is_found_at_release_and_exits_79() {
+        // No keepalive: only the release can find the connection killed under the command.
+        let url = format!("{URL}?keepalive=never");
+        let name = super::unique("cli-mysql-outran");
+        let kill = format!(
+            "id=$(mariadb -h 127.0.0.1 -uroot -N -e \"SELECT IS_USED_LOCK('{name}')\") && \
+             mariadb -h 127.0.0.1 -uroot -e \"KILL CONNECTION $id\""
+        );
+        let output = super::tollgate(&url)
+            .args(["run", &name, "--", "sh", "-c", &kill])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(79), "{stderr}");
+        assert!(stderr.contains("found when releasing"), "{stderr}");
+        assert!(stderr.contains(&name), "{stderr}");
     }
 
     #[test]

@@ -792,3 +792,26 @@ mod faults {
             .await;
     }
 }
+
+/// A connection killed between two keepalives (here: none at all) is found at the release:
+/// the release succeeds (nothing is left to give back) and the loss signal fires, so the
+/// holder learns that it ran without the lock for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loss_found_at_release_fires_the_loss_signal() {
+    let provider = MySqlProvider::from_url(&format!("{}?keepalive=never", url())).unwrap();
+    let lock = provider.lock(&unique("loss-at-release")).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let loss = handle.loss_signal();
+    let mut admin = admin().await;
+    let holder: Option<u64> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock.lock_name(),))
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!("KILL CONNECTION {}", holder.expect("held")))
+        .await
+        .unwrap();
+    assert!(!loss.is_lost(), "nothing can have noticed yet");
+    handle.release().await.unwrap();
+    assert!(loss.is_lost(), "the release found the lock gone");
+}

@@ -1206,3 +1206,23 @@ async fn one_server_under_two_names_is_refused() {
         .unwrap();
     drop(held);
 }
+
+/// A hold deleted behind its holder's back and released before the next extension noticed:
+/// the release finds it gone and fires the loss signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loss_found_at_release_fires_the_loss_signal() {
+    let provider = RedisProvider::from_url(&format!("{}/?expiry=30s", server())).unwrap();
+    let lock = provider.lock(&unique("loss-at-release")).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let loss = handle.loss_signal();
+    let mut admin = admin().await;
+    let deleted: i64 = redis::cmd("DEL")
+        .arg(lock.key())
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    assert!(!loss.is_lost(), "the next extension is seconds away");
+    handle.release().await.unwrap();
+    assert!(loss.is_lost(), "the release found the hold gone");
+}

@@ -864,6 +864,21 @@ impl<P: Protocol> Held<P> {
         &lease.expect("a held lease is given back once").session
     }
 
+    /// The release found the server no longer holding the hold's keys on this session
+    /// (taken away behind our back): fires the hold's loss signal, so that its holder learns
+    /// that it ran without the hold for a while, however short.
+    pub(crate) fn found_lost(&self) {
+        let lease = self
+            .lease
+            .as_ref()
+            .expect("a held lease is given back once");
+        for key in &lease.keys {
+            if let Some(Some(notifier)) = lease.session.claims().keys.get(key) {
+                notifier.notify_lost();
+            }
+        }
+    }
+
     /// The server has released the keys here (or the session ended): the claims go, and the
     /// session is the pool's again.
     pub(crate) fn released(mut self) {

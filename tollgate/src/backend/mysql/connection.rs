@@ -189,21 +189,23 @@ impl Connection {
         }
     }
 
-    /// `RELEASE_LOCK(name)`; a connection that is gone has released everything already.
-    pub(crate) async fn release_lock(&self, name: &str) -> Result<()> {
+    /// `RELEASE_LOCK(name)`: whether this connection still held it. A connection that is
+    /// gone has released everything already (and held nothing any more).
+    pub(crate) async fn release_lock(&self, name: &str) -> Result<bool> {
         if self.is_broken() {
-            return Ok(());
+            return Ok(false);
         }
         let mut conn = self.conn.lock().await;
         let result: std::result::Result<Option<Option<i64>>, _> =
             conn.exec_first("SELECT RELEASE_LOCK(?)", (name,)).await;
         match result {
-            Ok(_) => Ok(()),
-            Err(_) if self.is_broken() => Ok(()),
+            // 1: released; 0: held by another connection; NULL: held by none.
+            Ok(released) => Ok(released == Some(Some(1))),
+            Err(_) if self.is_broken() => Ok(false),
             Err(error) => {
                 if is_disconnect(&error) {
                     self.mark_broken();
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(mysql_error(format!("RELEASE_LOCK({name:?}) failed"), error))
             }

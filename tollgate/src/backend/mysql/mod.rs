@@ -162,7 +162,11 @@ impl MySqlHandle {
 /// connection cannot take the name again for someone else by re-entrancy meanwhile. If the
 /// server refused the release, the connection is in doubt and retired (dropping `held`).
 async fn release(held: Held, lock_name: &str) -> Result<()> {
-    held.session().release_lock(lock_name).await?;
+    if !held.session().release_lock(lock_name).await? {
+        // Taken away (the connection was killed, or the lock released behind our back) and
+        // not noticed until now: the holder learns it from its loss signal.
+        held.found_lost();
+    }
     held.released();
     Ok(())
 }

@@ -177,7 +177,8 @@ async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> 
             match connection.unlock_and_notify(ticket, channel).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(name = %named.name, "semaphore ticket was not held at release")
+                    tracing::warn!(name = %named.name, "semaphore ticket was not held at release");
+                    held.found_lost();
                 }
                 Err(_) if connection.is_broken() => {}
                 Err(error) => {
@@ -197,7 +198,8 @@ async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> 
             match connection.unlock(key, mode).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    tracing::warn!(name = %named.name, "advisory lock was not held at release")
+                    tracing::warn!(name = %named.name, "advisory lock was not held at release");
+                    held.found_lost();
                 }
                 // A session that ended has released everything with it.
                 Err(_) if connection.is_broken() => break,

@@ -487,14 +487,14 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
 
 /// Runs the release script on the given servers, each on a task of its own; returns once
 /// all answered or a majority of all servers did (stragglers finish in the background), with
-/// how many answered and the first error.
+/// how many answered, how many of those still held it, and the first error.
 async fn release_on(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     owner: &str,
     servers: &[usize],
     limit: Duration,
-) -> (usize, Option<Error>) {
+) -> (usize, usize, Option<Error>) {
     let quorum = shared.quorum();
     let release_one = |index: usize| {
         let (shared, target, owner) = (shared.clone(), target.clone(), owner.to_owned());
@@ -509,7 +509,9 @@ async fn release_on(
             )
             .await;
             match result {
-                Ok(Ok(_)) => Ok(()),
+                // Released, or gone already (a retry after a dropped connection proves nothing:
+                // its first run may have released).
+                Ok(Ok((released, retried))) => Ok(released == 1 || retried),
                 Ok(Err(error)) => Err(server_error(server, "release failed", error)),
                 Err(_) => Err(server_error(
                     server,
@@ -522,18 +524,21 @@ async fn release_on(
     if let [index] = servers {
         // One server: no straggler to leave behind, so no task of its own.
         return match release_one(*index).await {
-            Ok(()) => (1, None),
-            Err(error) => (0, Some(error)),
+            Ok(released) => (1, usize::from(released), None),
+            Err(error) => (0, 0, Some(error)),
         };
     }
     let mut runs: FuturesUnordered<_> = servers
         .iter()
         .map(|&index| tokio::spawn(release_one(index)))
         .collect();
-    let (mut answered, mut first_error) = (0, None);
+    let (mut answered, mut released, mut first_error) = (0, 0, None);
     while let Some(result) = runs.next().await {
         match result {
-            Ok(Ok(())) => answered += 1,
+            Ok(Ok(was_held)) => {
+                answered += 1;
+                released += usize::from(was_held);
+            }
             Ok(Err(error)) => {
                 first_error.get_or_insert(error);
             }
@@ -545,7 +550,7 @@ async fn release_on(
             break;
         }
     }
-    (answered, first_error)
+    (answered, released, first_error)
 }
 
 /// What a handle shares with its lease task.
@@ -681,7 +686,7 @@ async fn keep_alive(hold: Arc<Hold>, mut deadline: Instant) {
 
 async fn release_hold(hold: &Hold) -> Result<()> {
     let all: Vec<usize> = (0..hold.shared.servers.len()).collect();
-    let (answered, error) = release_on(
+    let (answered, released, error) = release_on(
         &hold.shared,
         &hold.target,
         &hold.owner,
@@ -689,6 +694,12 @@ async fn release_hold(hold: &Hold) -> Result<()> {
         hold.shared.lease.expiry,
     )
     .await;
+    // Gone from more servers than a hold can spare: it was lost (expired, deleted) before the
+    // extensions noticed, and its holder learns it from its loss signal.
+    let servers = hold.shared.servers.len();
+    if answered - released > servers - hold.shared.quorum() {
+        hold.notifier.notify_lost();
+    }
     match error {
         Some(error) if answered < hold.shared.quorum() && !hold.notifier.is_lost() => Err(error),
         _ => Ok(()),

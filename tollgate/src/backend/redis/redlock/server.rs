@@ -233,17 +233,19 @@ impl Server {
 
     /// [`Server::run`] for a script that may run twice (a release): if the connection was
     /// dropped under it (killed, or the server restarted), it goes again once on a fresh one.
+    /// With the reply, whether it went again (then the first run may have done the work, and
+    /// the reply of the second tells only what was left).
     pub(crate) async fn run_idempotent<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[Vec<u8>],
         args: &[&[u8]],
-    ) -> redis::RedisResult<T> {
+    ) -> redis::RedisResult<(T, bool)> {
         match self.run(script, keys, args).await {
             Err(error) if error.is_connection_dropped() || error.is_io_error() => {
-                self.run(script, keys, args).await
+                Ok((self.run(script, keys, args).await?, true))
             }
-            other => other,
+            other => other.map(|reply| (reply, false)),
         }
     }
 
