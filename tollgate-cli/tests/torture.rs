@@ -249,12 +249,17 @@ fn reaper() -> &'static Reaper {
 impl Reaper {
     /// Starts `command`, its pid registered before the reaper can see it exit.
     fn spawn(&self, command: &mut Command) -> i32 {
+        self.try_spawn(command).expect("spawn")
+    }
+
+    /// [`Reaper::spawn`], or `None` if the program cannot be run.
+    fn try_spawn(&self, command: &mut Command) -> Option<i32> {
         let mut children = self.children.lock().unwrap();
-        let pid = command.spawn().expect("spawn").id() as i32;
+        let pid = command.spawn().ok()?.id() as i32;
         children.0.insert(pid, None);
         children.1 += 1;
         self.changed.notify_all();
-        pid
+        Some(pid)
     }
 
     /// Reaps every child, orphans reparented to us included (their statuses are dropped).
@@ -459,6 +464,203 @@ fn redis_server_pid(port: u16) -> Option<i32> {
         .find_map(|line| line.strip_prefix("process_id:")?.trim().parse().ok())
 }
 
+/// A PostgreSQL or MariaDB server of the suite's own on a free loopback port, in a
+/// directory of its own, restartable (the machine's shared servers are never restarted).
+struct SqlServer {
+    pid: i32,
+    port: u16,
+    dir: tempfile::TempDir,
+    engine: Engine,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    MariaDb,
+}
+
+impl SqlServer {
+    /// Prepares a data directory and starts the server; `None` if this machine has no
+    /// such server to run.
+    fn start(engine: Engine) -> Option<SqlServer> {
+        let dir = tempfile::tempdir().expect("a server directory");
+        let data = dir.path().join("data");
+        let mut prepare = match engine {
+            Engine::Postgres => {
+                let mut command = Command::new(postgres_program("initdb")?);
+                command
+                    .arg("-D")
+                    .arg(&data)
+                    .args(["-A", "trust", "-U", "postgres", "--no-sync"]);
+                std::os::unix::fs::chown(dir.path(), Some(postgres_user()?.0), None)
+                    .expect("chown the server directory");
+                as_postgres(&mut command);
+                command
+            }
+            Engine::MariaDb => {
+                let mut command = Command::new("mariadb-install-db");
+                command
+                    .args(["--no-defaults", "--user=root", "--skip-test-db"])
+                    .arg(format!("--datadir={}", data.display()));
+                command
+            }
+        };
+        prepare.stdout(Stdio::null()).stderr(Stdio::null());
+        let pid = reaper().try_spawn(&mut prepare)?;
+        let prepared = reaper()
+            .wait(pid, HANG)
+            .expect("the data directory is made");
+        assert!(prepared.success(), "preparing a data directory failed");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let mut server = SqlServer {
+            pid: 0,
+            port,
+            dir,
+            engine,
+        };
+        server.pid = server.spawn();
+        Some(server)
+    }
+
+    fn url(&self) -> String {
+        match self.engine {
+            Engine::Postgres => format!(
+                "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
+                self.port
+            ),
+            Engine::MariaDb => format!("mysql://root@127.0.0.1:{}/mysql", self.port),
+        }
+    }
+
+    /// Starts the server on its directory and port, returned once it takes connections.
+    fn spawn(&self) -> i32 {
+        let (dir, port) = (self.dir.path(), self.port.to_string());
+        let mut command = match self.engine {
+            Engine::Postgres => {
+                let mut command = Command::new(postgres_program("postgres").expect("postgres"));
+                command
+                    .arg("-D")
+                    .arg(dir.join("data"))
+                    .args(["-p", &port, "-k"])
+                    .arg(dir)
+                    .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                    .args(["-c", "max_connections=200"]);
+                as_postgres(&mut command);
+                command
+            }
+            Engine::MariaDb => {
+                let mut command = Command::new("mariadbd");
+                command
+                    .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1"])
+                    .args(["--skip-grant-tables", "--skip-log-bin"])
+                    .args(["--innodb-buffer-pool-size=16M", "--max-connections=200"])
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--datadir={}", dir.join("data").display()))
+                    .arg(format!("--socket={}", dir.join("socket").display()));
+                die_with_this_process(&mut command);
+                command
+            }
+        };
+        command.stdout(Stdio::null()).stderr(Stdio::null());
+        let pid = reaper().spawn(&mut command);
+        let started = Instant::now();
+        while !block_on(self.answers()) {
+            assert!(
+                reaper().wait(pid, Duration::from_millis(50)).is_none(),
+                "the server on port {port} exited"
+            );
+            assert!(
+                started.elapsed() < HANG,
+                "the server on port {port} did not come up"
+            );
+        }
+        pid
+    }
+
+    async fn answers(&self) -> bool {
+        match self.engine {
+            Engine::Postgres => tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+                .await
+                .is_ok(),
+            Engine::MariaDb => match mysql_async::Conn::from_url(self.url()).await {
+                Ok(conn) => conn.disconnect().await.is_ok(),
+                Err(_) => false,
+            },
+        }
+    }
+
+    /// Ends the server at once (PostgreSQL: immediate shutdown; MariaDB: SIGKILL, a crash).
+    fn stop(&self) {
+        let signal = match self.engine {
+            Engine::Postgres => libc::SIGQUIT,
+            Engine::MariaDb => libc::SIGKILL,
+        };
+        reaper().signal(self.pid, signal);
+        reaper().wait(self.pid, HANG).expect("the server exits");
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.pid = self.spawn();
+    }
+}
+
+impl Drop for SqlServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A program of this machine's PostgreSQL (`PATH`, else the newest under /usr/lib/postgresql).
+fn postgres_program(name: &str) -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join(name))
+            .find(|program| program.is_file())
+    });
+    on_path.or_else(|| {
+        let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()?
+            .filter_map(|entry| Some(entry.ok()?.path().join("bin").join(name)))
+            .filter(|program| program.is_file())
+            .collect();
+        versions.sort();
+        versions.pop()
+    })
+}
+
+/// The uid and gid of the `postgres` user (PostgreSQL refuses to run as root).
+fn postgres_user() -> Option<(u32, u32)> {
+    // SAFETY: getpwnam returns a pointer into static storage or null; read at once.
+    unsafe {
+        let user = libc::getpwnam(c"postgres".as_ptr());
+        (!user.is_null()).then(|| ((*user).pw_uid, (*user).pw_gid))
+    }
+}
+
+/// Runs `command` as the `postgres` user (when we are root), dying with this process.
+fn as_postgres(command: &mut Command) {
+    // SAFETY: getuid has no preconditions.
+    let root = unsafe { libc::getuid() } == 0;
+    let user = postgres_user().filter(|_| root);
+    // SAFETY: setgid, setuid and prctl are async-signal-safe; the parent-death signal is
+    // set after the change of user, which would clear it.
+    unsafe {
+        command.pre_exec(move || {
+            if let Some((uid, gid)) = user {
+                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Backends and their faults.
 
@@ -474,15 +676,26 @@ enum Chaos {
 /// A backend under torture: its URL and the faults it can be given.
 enum Backend {
     Files(String),
-    Postgres { url: String, application: String },
-    MySql { url: String },
-    Redis { servers: RedisServers, next: usize },
+    /// `own`: a server of the suite's own, which it may restart.
+    Postgres {
+        url: String,
+        application: String,
+        own: Option<SqlServer>,
+    },
+    MySql {
+        url: String,
+        own: Option<SqlServer>,
+    },
+    Redis {
+        servers: RedisServers,
+        next: usize,
+    },
 }
 
 impl Backend {
     fn url(&self) -> String {
         match self {
-            Backend::Files(url) | Backend::Postgres { url, .. } | Backend::MySql { url } => {
+            Backend::Files(url) | Backend::Postgres { url, .. } | Backend::MySql { url, .. } => {
                 url.clone()
             }
             Backend::Redis { servers, .. } => servers.url(),
@@ -493,7 +706,12 @@ impl Backend {
         let mut kinds = vec![Chaos::KillCommand, Chaos::KillTollgate];
         match self {
             Backend::Files(_) => {}
-            Backend::Postgres { .. } | Backend::MySql { .. } => kinds.push(Chaos::KillConnection),
+            Backend::Postgres { own, .. } | Backend::MySql { own, .. } => {
+                kinds.push(Chaos::KillConnection);
+                if own.is_some() {
+                    kinds.push(Chaos::RestartServer);
+                }
+            }
             Backend::Redis { .. } => kinds.extend([Chaos::KillConnection, Chaos::RestartServer]),
         }
         kinds
@@ -503,10 +721,10 @@ impl Backend {
     fn kill_connection(&mut self, name: &str) -> bool {
         match self {
             Backend::Files(_) => false,
-            Backend::Postgres { url, application } => {
-                block_on(terminate_postgres(url, application))
-            }
-            Backend::MySql { url } => block_on(kill_mysql(url, name)),
+            Backend::Postgres {
+                url, application, ..
+            } => block_on(terminate_postgres(url, application)),
+            Backend::MySql { url, .. } => block_on(kill_mysql(url, name)),
             Backend::Redis { servers, next } => {
                 // Every client of one server of ours (waiters too): the holder's among them.
                 let index = *next % servers.ports.len();
@@ -523,6 +741,10 @@ impl Backend {
                 let index = *next % servers.ports.len();
                 *next += 1;
                 servers.restart(index);
+                true
+            }
+            Backend::Postgres { own: Some(own), .. } | Backend::MySql { own: Some(own), .. } => {
+                own.restart();
                 true
             }
             _ => false,
@@ -1225,26 +1447,53 @@ fn file() {
     torture("file", Backend::Files(url));
 }
 
+/// PostgreSQL at `url`, its holders' sessions named so that they can be ended.
+fn postgres_backend(url: &str, own: Option<SqlServer>) -> Backend {
+    let application = unique("pg");
+    let separator = if url.contains('?') { '&' } else { '?' };
+    Backend::Postgres {
+        url: format!("{url}{separator}application_name={application}"),
+        application,
+        own,
+    }
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres() {
-    let application = unique("pg");
-    let url = postgres_url();
-    let separator = if url.contains('?') { '&' } else { '?' };
-    let holder_url = format!("{url}{separator}application_name={application}");
-    torture(
-        "postgres",
-        Backend::Postgres {
-            url: holder_url,
-            application,
-        },
-    );
+    torture("postgres", postgres_backend(&postgres_url(), None));
+}
+
+/// A PostgreSQL server of the suite's own, restarted too (skipped where none can be run).
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_restarted() {
+    let Some(server) = SqlServer::start(Engine::Postgres) else {
+        println!("postgres_restarted: skipped, no PostgreSQL programs here");
+        return;
+    };
+    let url = server.url();
+    torture("postgres-restarted", postgres_backend(&url, Some(server)));
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn mysql() {
-    torture("mysql", Backend::MySql { url: mysql_url() });
+    let url = mysql_url();
+    torture("mysql", Backend::MySql { url, own: None });
+}
+
+/// A MariaDB server of the suite's own, restarted too (skipped where none can be run).
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_restarted() {
+    let Some(server) = SqlServer::start(Engine::MariaDb) else {
+        println!("mysql_restarted: skipped, no MariaDB programs here");
+        return;
+    };
+    let url = server.url();
+    let own = Some(server);
+    torture("mysql-restarted", Backend::MySql { url, own });
 }
 
 #[cfg(feature = "redis")]
