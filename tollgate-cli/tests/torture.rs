@@ -1099,25 +1099,69 @@ fn unique(label: &str) -> String {
     format!("torture-{label}-{}-{}", std::process::id(), now_ns())
 }
 
+/// Why a section started while an earlier one lived, as far as the suite can tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Cause {
+    /// The earlier tollgate reported the loss (exit 79): the server freed the lock at a
+    /// fault, before tollgate could stop its command.
+    LossReported,
+    /// A server fault freed the earlier hold, and its tollgate never said so (its command
+    /// ended, or was killed, first).
+    ServerFault,
+    /// The earlier tollgate was SIGKILLed and its command was already dying: the kernel
+    /// frees the command's resources late in its exit.
+    Dying,
+    /// The earlier tollgate was SIGKILLed and its command still ran, not yet signalled: the
+    /// kernel freed tollgate's lock before it sent the command's parent-death signal.
+    KilledTollgate,
+    /// Nothing explains it: mutual exclusion failed.
+    Unexplained,
+}
+
+impl Cause {
+    /// In the report's order.
+    const ALL: [Cause; 5] = [
+        Cause::Unexplained,
+        Cause::KilledTollgate,
+        Cause::Dying,
+        Cause::ServerFault,
+        Cause::LossReported,
+    ];
+
+    /// The report's row for this cause.
+    fn row(self) -> &'static str {
+        match self {
+            Cause::Unexplained => "OVERLAPS, no server fault (must be 0)",
+            Cause::KilledTollgate => "OVERLAPS, tollgate killed, command ran",
+            Cause::Dying => "overlaps, tollgate killed, command dying",
+            Cause::ServerFault => "overlaps, server fault, loss unreported",
+            Cause::LossReported => "overlaps, loss reported (exit 79)",
+        }
+    }
+
+    fn of(earlier: Option<&ExitStatus>, faulted: bool, dying: bool) -> Cause {
+        if earlier.and_then(ExitStatus::code) == Some(79) {
+            Cause::LossReported
+        } else if faulted {
+            Cause::ServerFault
+        } else if dying {
+            Cause::Dying
+        } else if earlier.and_then(ExitStatus::signal) == Some(libc::SIGKILL) {
+            Cause::KilledTollgate
+        } else {
+            Cause::Unexplained
+        }
+    }
+}
+
 /// What a torture found.
 struct Report {
     elapsed: Duration,
     acquisitions: u64,
     completed: u64,
     faults: BTreeMap<Chaos, u64>,
-    /// Overlaps whose earlier holder's tollgate reported the loss (exit 79).
-    overlaps_after_loss: u64,
-    /// Overlaps after a server fault during the earlier hold, whose tollgate did not report
-    /// it (it ended first, or its command was killed first): run ids and status.
-    overlaps_after_fault: Vec<(String, String, String)>,
-    /// Overlaps whose earlier section was already dying (killed, not yet freed by the kernel).
-    overlaps_dying: Vec<(String, String, String)>,
-    /// Overlaps whose earlier section still ran, not yet killed, after its tollgate was
-    /// SIGKILLed: the kernel freed the tollgate's lock before the command's parent-death
-    /// signal was sent.
-    overlaps_killed_tollgate: Vec<(String, String, String)>,
-    /// Overlaps that no fault on the server explains (earlier run, later run, its status).
-    overlaps_unexplained: Vec<(String, String, String)>,
+    /// Each overlap by its cause: the earlier run, the later run, the earlier run's status.
+    overlaps: BTreeMap<Cause, Vec<(String, String, String)>>,
     orphans_after_loss: u64,
     orphans_unreported: Vec<(String, String)>,
     statuses: BTreeMap<String, u64>,
@@ -1147,11 +1191,7 @@ impl Report {
             acquisitions: 0,
             completed: 0,
             faults: BTreeMap::new(),
-            overlaps_after_loss: 0,
-            overlaps_after_fault: Vec::new(),
-            overlaps_dying: Vec::new(),
-            overlaps_killed_tollgate: Vec::new(),
-            overlaps_unexplained: Vec::new(),
+            overlaps: BTreeMap::new(),
             orphans_after_loss: 0,
             orphans_unreported: Vec::new(),
             statuses: BTreeMap::new(),
@@ -1210,17 +1250,8 @@ impl Report {
                         run.clone(),
                         describe(status),
                     );
-                    if status.and_then(ExitStatus::code) == Some(79) {
-                        report.overlaps_after_loss += 1;
-                    } else if faulted {
-                        report.overlaps_after_fault.push(row);
-                    } else if *dying {
-                        report.overlaps_dying.push(row);
-                    } else if status.and_then(ExitStatus::signal) == Some(libc::SIGKILL) {
-                        report.overlaps_killed_tollgate.push(row);
-                    } else {
-                        report.overlaps_unexplained.push(row);
-                    }
+                    let cause = Cause::of(status, faulted, *dying);
+                    report.overlaps.entry(cause).or_default().push(row);
                 }
                 Event::Orphan { run } => {
                     if lost(run) {
@@ -1251,6 +1282,10 @@ impl Report {
         format!("{:.0} ms", self.recovery_ms[index])
     }
 
+    fn overlaps(&self, cause: Cause) -> &[(String, String, String)] {
+        self.overlaps.get(&cause).map_or(&[], Vec::as_slice)
+    }
+
     fn print(&self, torture: &Torture) {
         let kind = |kind| self.faults.get(&kind).copied().unwrap_or(0);
         let mut out = format!(
@@ -1262,6 +1297,7 @@ impl Report {
             torture.url,
         );
         let exits = |status: &str| self.statuses.get(status).copied().unwrap_or(0);
+        let overlaps = Cause::ALL.map(|cause| (cause.row(), count(self.overlaps(cause))));
         let rows = [
             ("acquisitions (sections started)", self.acquisitions),
             ("sections completed", self.completed),
@@ -1269,26 +1305,10 @@ impl Report {
             ("kills: tollgate (SIGKILL)", kind(Chaos::KillTollgate)),
             ("kills: server connection", kind(Chaos::KillConnection)),
             ("server restarts", kind(Chaos::RestartServer)),
-            (
-                "OVERLAPS, no server fault (must be 0)",
-                count(&self.overlaps_unexplained),
-            ),
-            (
-                "overlaps, loss reported (exit 79)",
-                self.overlaps_after_loss,
-            ),
-            (
-                "overlaps, server fault, loss unreported",
-                count(&self.overlaps_after_fault),
-            ),
-            (
-                "overlaps, earlier command dying",
-                count(&self.overlaps_dying),
-            ),
-            (
-                "OVERLAPS, tollgate killed, command ran",
-                count(&self.overlaps_killed_tollgate),
-            ),
+        ]
+        .into_iter()
+        .chain(overlaps)
+        .chain([
             (
                 "COMMANDS WITHOUT LOCK (must be 0)",
                 count(&self.orphans_unreported),
@@ -1298,7 +1318,7 @@ impl Report {
             ("exits 69 (backend failed)", exits("69")),
             ("exits 75 (not acquired in time)", exits("75")),
             ("exits 79 (hold lost)", exits("79")),
-        ]
+        ])
         .map(|(what, value)| (what, value.to_string()));
         let recovery = [
             (
@@ -1308,7 +1328,7 @@ impl Report {
             ("recovery, p99", self.percentile(0.99)),
             ("recovery, max", self.percentile(1.0)),
         ];
-        for (what, value) in rows.into_iter().chain(recovery) {
+        for (what, value) in rows.chain(recovery) {
             out.push_str(&format!("  {what:<44} {value:>10}\n"));
         }
         let statuses: Vec<String> = self
@@ -1323,25 +1343,18 @@ impl Report {
         for message in &self.backend_failures {
             out.push_str(&format!("  exit 69 said: {message}\n"));
         }
-        for (earlier, later, status) in &self.overlaps_unexplained {
-            out.push_str(&format!(
-                "  OVERLAP: run {later} started while run {earlier} (tollgate status {status}) still ran\n"
-            ));
-        }
-        for (earlier, later, status) in &self.overlaps_killed_tollgate {
-            out.push_str(&format!(
-                "  OVERLAP: run {later} started while run {earlier} (its tollgate SIGKILLed, status {status}) still ran, not yet killed\n"
-            ));
-        }
-        for (earlier, later, status) in self.overlaps_dying.iter().take(10) {
-            out.push_str(&format!(
-                "  earlier command dying: run {later} started while run {earlier} (tollgate status {status}) was not yet freed\n"
-            ));
-        }
-        for (earlier, later, status) in self.overlaps_after_fault.iter().take(10) {
-            out.push_str(&format!(
-                "  after a server fault: run {later} started while run {earlier} (tollgate status {status}) still ran\n"
-            ));
+        for cause in Cause::ALL {
+            // Every overlap that counts against tollgate, a few of the others.
+            let shown = match cause {
+                Cause::Unexplained | Cause::KilledTollgate => usize::MAX,
+                Cause::Dying | Cause::ServerFault => 10,
+                Cause::LossReported => 0,
+            };
+            for (earlier, later, status) in self.overlaps(cause).iter().take(shown) {
+                out.push_str(&format!(
+                    "  {cause:?}: run {later} started while run {earlier} (tollgate status {status}) lived\n"
+                ));
+            }
         }
         for (run, status) in &self.orphans_unreported {
             out.push_str(&format!(
@@ -1355,12 +1368,13 @@ impl Report {
         let label = torture.label;
         if std::env::var_os("TOLLGATE_TORTURE_STRICT").is_some() {
             assert!(
-                self.overlaps_killed_tollgate.is_empty() && self.overlaps_dying.is_empty(),
+                self.overlaps(Cause::KilledTollgate).is_empty()
+                    && self.overlaps(Cause::Dying).is_empty(),
                 "{label}: commands outlived their SIGKILLed tollgate's lock"
             );
         }
         assert!(
-            self.overlaps_unexplained.is_empty(),
+            self.overlaps(Cause::Unexplained).is_empty(),
             "{label}: overlaps without a reported loss"
         );
         assert!(
