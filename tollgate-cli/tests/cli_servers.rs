@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::wait_within;
+use common::{block_on, wait_within};
 
 /// How long any child may take before the test calls it hung.
 const HANG: Duration = Duration::from_secs(60);
@@ -135,15 +135,6 @@ fn release_holder(mut holder: Child) {
         .write_all(b"release\n")
         .unwrap();
     assert!(wait_within(&mut holder, HANG).success());
-}
-
-/// Runs `future` to its end on a runtime of its own.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(future)
 }
 
 /// `tollgate run NAME ARGS -- sh -c 'echo started; sleep SECONDS; touch FILE'`, returned once

@@ -1,4 +1,4 @@
-//! What both CLI test files need.
+//! What the CLI test files need.
 
 use std::process::{Child, ExitStatus};
 use std::time::{Duration, Instant};
@@ -17,4 +17,14 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> ExitStatus {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Runs `future` to its end on a runtime of its own.
+#[allow(dead_code, reason = "cli.rs talks to no server")]
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
 }
