@@ -1366,13 +1366,19 @@ impl Report {
 
     fn check(&self, torture: &Torture) {
         let label = torture.label;
-        if std::env::var_os("TOLLGATE_TORTURE_STRICT").is_some() {
-            assert!(
-                self.overlaps(Cause::KilledTollgate).is_empty()
-                    && self.overlaps(Cause::Dying).is_empty(),
-                "{label}: commands outlived their SIGKILLed tollgate's lock"
-            );
-        }
+        // The command shares the hold's descriptors, so a SIGKILLed tollgate's lock goes only
+        // with its command.
+        assert!(
+            self.overlaps(Cause::KilledTollgate).is_empty()
+                && self.overlaps(Cause::Dying).is_empty(),
+            "{label}: commands outlived their SIGKILLed tollgate's lock"
+        );
+        // A hold that a server fault took away is reported (exit 79), at the latest when its
+        // release finds it gone.
+        assert!(
+            self.overlaps(Cause::ServerFault).is_empty(),
+            "{label}: a hold lost to a server fault went unreported"
+        );
         assert!(
             self.overlaps(Cause::Unexplained).is_empty(),
             "{label}: overlaps without a reported loss"

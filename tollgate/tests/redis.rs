@@ -1226,3 +1226,22 @@ async fn a_loss_found_at_release_fires_the_loss_signal() {
     handle.release().await.unwrap();
     assert!(loss.is_lost(), "the release found the hold gone");
 }
+
+/// The server restarts (empty) under a hold, and the holder releases before an extension
+/// noticed: the release goes again on a fresh connection, finds a new server without the
+/// hold, and fires the loss signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_wiped_by_a_restart_is_found_lost_at_release() {
+    let mut servers = Servers::start(1);
+    let provider = RedisProvider::from_url(&servers.url("expiry=30s")).unwrap();
+    let lock = provider.lock(&unique("wiped")).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let loss = handle.loss_signal();
+    servers.restart(0);
+    assert!(!loss.is_lost(), "the next extension is seconds away");
+    handle.release().await.unwrap();
+    assert!(
+        loss.is_lost(),
+        "the release found the hold gone with the old server"
+    );
+}

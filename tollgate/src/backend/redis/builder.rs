@@ -162,11 +162,10 @@ impl RedisProviderBuilder {
                 )));
             }
         }
-        let redlock = self.servers.len() > 1;
         let servers = self
             .servers
             .into_iter()
-            .map(|(client, label)| Server::new(client, label, self.connect_timeout, redlock))
+            .map(|(client, label)| Server::new(client, label, self.connect_timeout))
             .collect();
         Ok(RedisProvider {
             shared: Arc::new(Shared::new(servers, lease, self.unreachable_timeout)),

@@ -480,24 +480,37 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
     if !rollback.is_empty() {
         let (shared, target) = (shared.clone(), target.clone());
         spawn_release(async move {
-            release_on(&shared, &target, &owner, &rollback, shared.lease.expiry).await;
+            release_on(
+                &shared,
+                &target,
+                &owner,
+                &rollback,
+                shared.lease.expiry,
+                &[],
+            )
+            .await;
         });
     }
 }
 
 /// Runs the release script on the given servers, each on a task of its own; returns once
 /// all answered or a majority of all servers did (stragglers finish in the background), with
-/// how many answered, how many of those still held it, and the first error.
+/// how many answered, how many of those still held it, and the first error. `incarnations`
+/// (each server's `run_id` when the hold was taken, if known) tells apart a release that went
+/// again after a dropped connection and found nothing because the first run released (the
+/// server is the same) from one whose server restarted without the hold.
 async fn release_on(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     owner: &str,
     servers: &[usize],
     limit: Duration,
+    incarnations: &[Option<String>],
 ) -> (usize, usize, Option<Error>) {
     let quorum = shared.quorum();
     let release_one = |index: usize| {
         let (shared, target, owner) = (shared.clone(), target.clone(), owner.to_owned());
+        let taken_on = incarnations.get(index).cloned().flatten();
         async move {
             let server = &shared.servers[index];
             let ttl = lease_ms(shared.lease.expiry);
@@ -509,9 +522,10 @@ async fn release_on(
             )
             .await;
             match result {
-                // Released, or gone already (a retry after a dropped connection proves nothing:
-                // its first run may have released).
-                Ok(Ok((released, retried))) => Ok(released == 1 || retried),
+                // Released; or, after a dropped connection, perhaps by the first run, unless
+                // the server is a new one since the hold was taken.
+                Ok(Ok((released, retried))) => Ok(released == 1
+                    || (retried && taken_on.is_none_or(|taken| server.identity() == Some(taken)))),
                 Ok(Err(error)) => Err(server_error(server, "release failed", error)),
                 Err(_) => Err(server_error(
                     server,
@@ -559,6 +573,9 @@ struct Hold {
     target: Arc<Target>,
     owner: String,
     notifier: LossNotifier,
+    /// Each server's `run_id` when the hold was taken: a release that finds a server
+    /// restarted since, and the hold not there, knows the hold was lost.
+    incarnations: Vec<Option<String>>,
 }
 
 /// A held Redis lock, read or write hold, or semaphore ticket, kept alive by a lease that a
@@ -603,11 +620,13 @@ impl RedisHandle {
         deadline: Instant,
     ) -> Self {
         let (notifier, loss) = LossSignal::detectable();
+        let incarnations = shared.servers.iter().map(Server::identity).collect();
         let hold = Arc::new(Hold {
             shared,
             target,
             owner,
             notifier,
+            incarnations,
         });
         let keep = keep_alive(hold.clone(), deadline);
         let lease_task = match background() {
@@ -692,6 +711,7 @@ async fn release_hold(hold: &Hold) -> Result<()> {
         &hold.owner,
         &all,
         hold.shared.lease.expiry,
+        &hold.incarnations,
     )
     .await;
     // Gone from more servers than a hold can spare: it was lost (expired, deleted) before the

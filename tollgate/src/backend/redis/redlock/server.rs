@@ -47,9 +47,10 @@ pub(crate) struct Server {
     /// After a failed connect, further connects wait this long (growing while they fail), so
     /// that a dead server costs nothing to the attempts that include it.
     down: std::sync::Mutex<Option<Down>>,
-    /// With RedLock: the `run_id` the server reported on the last connection opened, by which
-    /// two entries of the list that are one server (under two names) are found.
-    identity: Option<std::sync::Mutex<Option<String>>>,
+    /// The `run_id` the server reported on the last connection opened: by it two entries of a
+    /// RedLock list that are one server (under two names) are found, and a release knows
+    /// whether the server restarted since the hold was taken.
+    identity: std::sync::Mutex<Option<String>>,
 }
 
 /// A connection in its slot. Its I/O is driven by a task of the runtime it was opened on;
@@ -101,14 +102,9 @@ const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_millis(500);
 
 impl Server {
-    /// A server of the list; `identify` (with RedLock) asks each new connection for the
-    /// server's `run_id` (see [`Server::identity`]).
-    pub(crate) fn new(
-        client: redis::Client,
-        label: String,
-        connect_timeout: Duration,
-        identify: bool,
-    ) -> Self {
+    /// A server of the list; each new connection asks it for its `run_id` (see
+    /// [`Server::identity`]).
+    pub(crate) fn new(client: redis::Client, label: String, connect_timeout: Duration) -> Self {
         Server {
             client,
             label,
@@ -117,15 +113,14 @@ impl Server {
             background_connection: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             down: std::sync::Mutex::new(None),
-            identity: identify.then(std::sync::Mutex::default),
+            identity: std::sync::Mutex::default(),
         }
     }
 
-    /// The `run_id` the server reported when a connection to it was last opened (with
-    /// RedLock only): two entries with the same one are one server.
+    /// The `run_id` the server reported when a connection to it was last opened: two entries
+    /// with the same one are one server, and a new one means the server restarted.
     pub(crate) fn identity(&self) -> Option<String> {
-        let identity = self.identity.as_ref()?;
-        identity
+        self.identity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone()
@@ -134,9 +129,6 @@ impl Server {
     /// Asks a new connection for the server's `run_id`. A server that does not tell (a user
     /// without the right to `INFO`) is left unidentified, and is logged.
     async fn identify(&self, connection: &mut MultiplexedConnection) {
-        let Some(identity) = &self.identity else {
-            return;
-        };
         let info: redis::RedisResult<String> = redis::cmd("INFO")
             .arg("server")
             .query_async(connection)
@@ -151,7 +143,8 @@ impl Server {
                 None
             }
         };
-        *identity
+        *self
+            .identity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = run_id;
     }
