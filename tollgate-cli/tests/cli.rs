@@ -492,6 +492,24 @@ fn the_command_shares_the_lock_file_unless_told_not_to() {
 /// A killed tollgate's command dies with it, but what the command started lives on: it keeps
 /// the lock (it shares the lock file), so nothing else runs until it is gone; with -o the
 /// lock goes at once.
+/// Starts `tollgate ARGS…` whose command prints `started` first, waits for that line, and
+/// SIGKILLs tollgate (not its command).
+fn kill_tollgate_once_started(args: &[&str]) {
+    let mut child = tollgate()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn tollgate run");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped stdout"))
+        .read_line(&mut line)
+        .expect("read the command's stdout");
+    assert_eq!(line, "started\n");
+    child.kill().expect("SIGKILL tollgate");
+    let _ = child.wait();
+}
+
 #[test]
 fn a_killed_tollgate_leaves_its_lock_to_what_its_command_started() {
     let backend = backend();
@@ -502,19 +520,7 @@ fn a_killed_tollgate_leaves_its_lock_to_what_its_command_started() {
             args.push("-o");
         }
         args.extend(["--", "sh", "-c", "sleep 3 & echo started; wait"]);
-        let mut child = tollgate()
-            .args(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn tollgate run");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("piped stdout"))
-            .read_line(&mut line)
-            .expect("read the command's stdout");
-        assert_eq!(line, "started\n");
-        child.kill().expect("SIGKILL tollgate");
-        let _ = child.wait();
+        kill_tollgate_once_started(&args);
         let output = backend.run(name, &["--timeout", "0", "--", "true"]);
         if close {
             assert_status(&output, 0);
@@ -698,28 +704,16 @@ fn a_killed_tollgate_takes_its_command_along() {
     let touched = backend.path().join("touched");
     let began = Instant::now();
     let script = format!("echo started; sleep 2; touch '{}'", touched.display());
-    let mut child = tollgate()
-        .args([
-            "run",
-            "orphan",
-            "--backend",
-            &backend.url,
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn tollgate run");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("piped stdout"))
-        .read_line(&mut line)
-        .expect("read the command's stdout");
-    assert_eq!(line, "started\n");
-    child.kill().expect("SIGKILL tollgate");
-    let _ = child.wait();
+    kill_tollgate_once_started(&[
+        "run",
+        "orphan",
+        "--backend",
+        &backend.url,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
     // The lock is free at once, and the command is gone: its file never appears.
     assert_status(
         &backend.run("orphan", &["--timeout", "10s", "--", "true"]),

@@ -162,11 +162,6 @@ impl Function {
             // The subquery (volatile, so never flattened) runs first: the timeout is set for
             // the session before the wait starts. $3 is the timeout in ms (0: none).
             Function::WaitLock => {
-                let args = if pair {
-                    "$1::int4, $2::int4"
-                } else {
-                    "$1::int8"
-                };
                 let timeout = if pair { "$3" } else { "$2" };
                 format!(
                     "SELECT pg_advisory_lock{suffix}({args}) FROM \

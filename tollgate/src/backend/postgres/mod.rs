@@ -169,33 +169,16 @@ impl std::fmt::Debug for Hold {
 async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> {
     let connection = held.session().clone();
     let mut first_error = None;
-    // A semaphore ticket: unlocked and its waiters notified in one round trip.
-    if let (Some((_, channel)), &[(AdvisoryKey::Single(ticket), Mode::Exclusive)]) =
-        (&named.semaphore, steps)
-    {
-        if !connection.is_broken() {
-            match connection.unlock_and_notify(ticket, channel).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    tracing::warn!(name = %named.name, "semaphore ticket was not held at release");
-                    held.found_lost();
-                }
-                Err(_) if connection.is_broken() => {}
-                Err(error) => {
-                    first_error = Some(Error::backend(
-                        BACKEND,
-                        format!("cannot release {:?}", named.name),
-                        error,
-                    ));
-                }
-            }
-        }
-        held.released();
-        return first_error.map_or(Ok(()), Err);
-    }
     if !connection.is_broken() {
         for &(key, mode) in steps.iter().rev() {
-            match connection.unlock(key, mode).await {
+            let unlocked = match (&named.semaphore, key, mode) {
+                // A semaphore ticket: unlocked and its waiters notified in one round trip.
+                (Some((_, channel)), AdvisoryKey::Single(ticket), Mode::Exclusive) => {
+                    connection.unlock_and_notify(ticket, channel).await
+                }
+                _ => connection.unlock(key, mode).await,
+            };
+            match unlocked {
                 Ok(true) => {}
                 Ok(false) => {
                     tracing::warn!(name = %named.name, "advisory lock was not held at release");

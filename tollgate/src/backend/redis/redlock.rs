@@ -67,7 +67,10 @@ impl Shared {
     /// With RedLock: an error if two entries of the server list turned out to be one server
     /// (the same `run_id`, e.g. `localhost` and `127.0.0.1`), whose votes would count twice.
     pub(crate) fn check_distinct(&self) -> Result<()> {
-        let identities: Vec<(usize, String)> = self
+        if self.servers.len() < 2 {
+            return Ok(());
+        }
+        let identities: Vec<(usize, Arc<str>)> = self
             .servers
             .iter()
             .enumerate()
@@ -505,7 +508,7 @@ async fn release_on(
     owner: &str,
     servers: &[usize],
     limit: Duration,
-    incarnations: &[Option<String>],
+    incarnations: &[Option<Arc<str>>],
 ) -> (usize, usize, Option<Error>) {
     let quorum = shared.quorum();
     let release_one = |index: usize| {
@@ -575,7 +578,7 @@ struct Hold {
     notifier: LossNotifier,
     /// Each server's `run_id` when the hold was taken: a release that finds a server
     /// restarted since, and the hold not there, knows the hold was lost.
-    incarnations: Vec<Option<String>>,
+    incarnations: Vec<Option<Arc<str>>>,
 }
 
 /// A held Redis lock, read or write hold, or semaphore ticket, kept alive by a lease that a

@@ -50,7 +50,7 @@ pub(crate) struct Server {
     /// The `run_id` the server reported on the last connection opened: by it two entries of a
     /// RedLock list that are one server (under two names) are found, and a release knows
     /// whether the server restarted since the hold was taken.
-    identity: std::sync::Mutex<Option<String>>,
+    identity: std::sync::Mutex<Option<Arc<str>>>,
 }
 
 /// A connection in its slot. Its I/O is driven by a task of the runtime it was opened on;
@@ -119,7 +119,7 @@ impl Server {
 
     /// The `run_id` the server reported when a connection to it was last opened: two entries
     /// with the same one are one server, and a new one means the server restarted.
-    pub(crate) fn identity(&self) -> Option<String> {
+    pub(crate) fn identity(&self) -> Option<Arc<str>> {
         self.identity
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -137,7 +137,7 @@ impl Server {
             Ok(info) => info
                 .lines()
                 .find_map(|line| line.strip_prefix("run_id:"))
-                .map(|run_id| run_id.trim().to_owned()),
+                .map(|run_id| Arc::from(run_id.trim())),
             Err(error) => {
                 tracing::debug!(server = %self.label, %error, "cannot read the server's run_id");
                 None

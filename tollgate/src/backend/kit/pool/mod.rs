@@ -34,9 +34,16 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+mod lease;
+mod settings;
+
+use lease::Lease;
+pub(crate) use lease::{Held, Reservation};
+pub(crate) use settings::{ping_limit, Keepalive, Pinged, PoolOptions, Settings};
+
 use super::notes::{Note, ReleaseNotes};
 use super::runtime::{background, on_background};
-use crate::{LossNotifier, LossSignal, Result};
+use crate::{LossNotifier, Result};
 
 /// A future that completes when a session's connection has ended by itself.
 pub(crate) type Ended = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -64,126 +71,6 @@ pub(crate) trait Protocol: Send + Sync + 'static {
     /// Closes the socket of a session whose ping got no answer, so that the server ends the
     /// session (and frees its locks) once it can tell.
     fn abandon(session: &Self::Session);
-}
-
-/// Which sessions the keepalive pings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pinged {
-    /// Every session not dedicated to a blocking statement (whose wait is its keepalive).
-    Open,
-    /// Only shared sessions that hold something.
-    Holding,
-}
-
-/// The keepalive: every `interval`, a ping; one that fails, or gets no answer within
-/// [`ping_limit`], ends the session.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Keepalive {
-    pub(crate) interval: Duration,
-    pub(crate) pinged: Pinged,
-}
-
-/// How a pool sizes itself.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Settings {
-    /// At most this many sessions, open or opening.
-    pub(crate) max_sessions: usize,
-    /// How many keys a shared session takes before the pool opens another (while it may).
-    pub(crate) holds_per_session: usize,
-    /// At most this many idle sessions are kept, if set; one more is closed when it becomes
-    /// idle.
-    pub(crate) max_idle: Option<usize>,
-    pub(crate) keepalive: Option<Keepalive>,
-    /// Sessions that held nothing for this long are closed.
-    pub(crate) idle_timeout: Option<Duration>,
-    /// How long the pool's waits ride out an unreachable server (see [`super::fault`]).
-    pub(crate) unreachable_timeout: Option<Duration>,
-}
-
-/// The options every SQL backend's builder and URL take, read and checked once for all, in
-/// the same words for each.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PoolOptions {
-    /// At most this many sessions (`pool_size`, default 16).
-    pub(crate) pool_size: usize,
-    /// How often sessions are pinged (`keepalive`, default 1 s; `None`: never).
-    pub(crate) keepalive: Option<Duration>,
-    /// Sessions that held nothing this long close (`idle_timeout`, default 60 s).
-    pub(crate) idle_timeout: Option<Duration>,
-    /// How long a wait rides out an unreachable server (`unreachable_timeout`, default 30 s;
-    /// `None`: until the wait's deadline); see [`super::fault`].
-    pub(crate) unreachable_timeout: Option<Duration>,
-}
-
-impl Default for PoolOptions {
-    fn default() -> Self {
-        PoolOptions {
-            pool_size: 16,
-            keepalive: Some(Duration::from_secs(1)),
-            idle_timeout: Some(Duration::from_secs(60)),
-            unreachable_timeout: Some(super::fault::DEFAULT_UNREACHABLE_TIMEOUT),
-        }
-    }
-}
-
-impl PoolOptions {
-    /// The defaults, with whatever of `pool_size`, `keepalive`, `idle_timeout` and
-    /// `unreachable_timeout` the URL gives (durations also `never`).
-    pub(crate) fn from_url(options: &mut super::options::UrlOptions) -> crate::Result<Self> {
-        let defaults = PoolOptions::default();
-        Ok(PoolOptions {
-            pool_size: options.count("pool_size")?.unwrap_or(defaults.pool_size),
-            keepalive: options
-                .duration_or_never("keepalive")?
-                .unwrap_or(defaults.keepalive),
-            idle_timeout: options
-                .duration_or_never("idle_timeout")?
-                .unwrap_or(defaults.idle_timeout),
-            unreachable_timeout: super::fault::unreachable_timeout_option(options)?,
-        })
-    }
-
-    /// Rejects values no pool can work with; `backend` names the backend in the message.
-    pub(crate) fn check(&self, backend: &str) -> crate::Result<()> {
-        if self.pool_size == 0 {
-            return Err(crate::Error::invalid(format!(
-                "{backend} pool size must be at least 1"
-            )));
-        }
-        if self.keepalive.is_some_and(|interval| interval.is_zero()) {
-            return Err(crate::Error::invalid(format!(
-                "{backend} keepalive interval must be above zero"
-            )));
-        }
-        if self.idle_timeout.is_some_and(|timeout| timeout.is_zero()) {
-            return Err(crate::Error::invalid(format!(
-                "{backend} idle timeout must be above zero"
-            )));
-        }
-        Ok(())
-    }
-
-    /// The pool's settings, its sessions pinged as `pinged` says, each shared session taking
-    /// `holds_per_session` keys before another opens.
-    pub(crate) fn settings(&self, pinged: Pinged, holds_per_session: usize) -> Settings {
-        Settings {
-            max_sessions: self.pool_size,
-            holds_per_session,
-            max_idle: None,
-            keepalive: self
-                .keepalive
-                .map(|interval| Keepalive { interval, pinged }),
-            idle_timeout: self.idle_timeout,
-            unreachable_timeout: self.unreachable_timeout,
-        }
-    }
-}
-
-/// How long a keepalive ping sent every `interval` may go unanswered before its session
-/// counts as dead: twice the interval, at least a second. A network that silently drops
-/// everything would otherwise leave the ping waiting for as long as TCP retransmits.
-pub(crate) fn ping_limit(interval: Duration) -> Duration {
-    (interval * 2).max(Duration::from_secs(1))
 }
 
 /// What an operation wants a session for.
@@ -509,14 +396,12 @@ impl<P: Protocol> Pool<P> {
         keys: Vec<P::Key>,
         usage: Use,
     ) -> Reservation<P> {
-        Reservation {
-            lease: Some(Lease {
-                pool: self.clone(),
-                session,
-                keys,
-                usage,
-            }),
-        }
+        Reservation::new(Lease {
+            pool: self.clone(),
+            session,
+            keys,
+            usage,
+        })
     }
 
     /// Opens a session counted in `opening`, and claims `keys` on it.
@@ -717,183 +602,6 @@ async fn keep_alive<P: Protocol>(watched: &Weak<Pooled<P>>, keepalive: Keepalive
                 P::abandon(&session.session);
                 return;
             }
-        }
-    }
-}
-
-/// Keys claimed on a session for one owner; what both guards share.
-struct Lease<P: Protocol> {
-    pool: Arc<Pool<P>>,
-    session: Arc<Pooled<P>>,
-    keys: Vec<P::Key>,
-    usage: Use,
-}
-
-impl<P: Protocol> Lease<P> {
-    /// Gives the claims back and the session to the pool.
-    fn end(&mut self) {
-        let idle = {
-            let mut claims = self.session.claims();
-            claims.forget(&self.keys, self.usage);
-            claims.is_idle()
-        };
-        self.keys.clear();
-        self.usage = Use::Shared;
-        if idle {
-            self.pool.keep_idle_within_limit(&self.session);
-        }
-        self.pool.notify_change();
-    }
-}
-
-/// Keys claimed on a session for an operation under way (see the module docs). Dropping it
-/// gives the claims back and the session to the pool.
-#[must_use = "dropping a reservation gives its claims back at once"]
-pub(crate) struct Reservation<P: Protocol> {
-    // `None` only once turned into a `Held`.
-    lease: Option<Lease<P>>,
-}
-
-impl<P: Protocol> Reservation<P> {
-    fn lease(&self) -> &Lease<P> {
-        self.lease
-            .as_ref()
-            .expect("a reservation is used until it is held")
-    }
-
-    fn lease_mut(&mut self) -> &mut Lease<P> {
-        self.lease
-            .as_mut()
-            .expect("a reservation is used until it is held")
-    }
-
-    pub(crate) fn session(&self) -> &Arc<Pooled<P>> {
-        &self.lease().session
-    }
-
-    pub(crate) fn pool(&self) -> &Arc<Pool<P>> {
-        &self.lease().pool
-    }
-
-    /// Claims one more key for this operation, if the session has not claimed it yet.
-    pub(crate) fn claim(&mut self, key: P::Key) -> bool {
-        let lease = self.lease_mut();
-        let mut claims = lease.session.claims();
-        if claims.keys.contains_key(&key) {
-            return false;
-        }
-        claims.keys.insert(key.clone(), None);
-        drop(claims);
-        lease.keys.push(key);
-        true
-    }
-
-    /// Gives back the claims of `keys`, which the server does not hold here.
-    pub(crate) fn unclaim(&mut self, keys: &[P::Key]) {
-        let lease = self.lease_mut();
-        let mut claims = lease.session.claims();
-        for key in keys {
-            claims.keys.remove(key);
-        }
-        drop(claims);
-        lease.keys.retain(|key| !keys.contains(key));
-    }
-
-    /// Moves the claims of `keys` to a reservation of their own, on the same session.
-    pub(crate) fn split_off(&mut self, keys: &[P::Key]) -> Reservation<P> {
-        let lease = self.lease_mut();
-        lease.keys.retain(|key| !keys.contains(key));
-        Reservation {
-            lease: Some(Lease {
-                pool: lease.pool.clone(),
-                session: lease.session.clone(),
-                keys: keys.to_vec(),
-                usage: Use::Shared,
-            }),
-        }
-    }
-
-    /// Takes the session out of use: see [`Pool::retire`].
-    pub(crate) fn retire(&self) {
-        let lease = self.lease();
-        lease.pool.retire(&lease.session);
-    }
-
-    /// The keys are held now, for a handle known by `primary`, whose loss signal this is.
-    /// A dedicated session stays dedicated to the hold when `usage` says so.
-    pub(crate) fn into_held(mut self, primary: &P::Key, usage: Use) -> (Held<P>, LossSignal) {
-        let (notifier, signal) = LossSignal::detectable();
-        let mut lease = self.lease.take().expect("a reservation is held once");
-        let undedicate = lease.usage == Use::Dedicated && usage != Use::Dedicated;
-        {
-            let mut claims = lease.session.claims();
-            if lease.session.is_broken() {
-                notifier.notify_lost();
-            }
-            claims.keys.insert(primary.clone(), Some(notifier));
-            if undedicate {
-                claims.dedicated = false;
-            }
-        }
-        if undedicate {
-            lease.usage = Use::Shared;
-            lease.pool.notify_change();
-        }
-        (Held { lease: Some(lease) }, signal)
-    }
-}
-
-impl<P: Protocol> Drop for Reservation<P> {
-    fn drop(&mut self) {
-        if let Some(lease) = &mut self.lease {
-            lease.end();
-        }
-    }
-}
-
-/// Keys held on a session for a handle (see the module docs).
-#[must_use = "dropping a held lease retires its session"]
-pub(crate) struct Held<P: Protocol> {
-    // `None` only once given back by `released`.
-    lease: Option<Lease<P>>,
-}
-
-impl<P: Protocol> Held<P> {
-    pub(crate) fn session(&self) -> &Arc<Pooled<P>> {
-        let lease = self.lease.as_ref();
-        &lease.expect("a held lease is given back once").session
-    }
-
-    /// The release found the server no longer holding the hold's keys on this session
-    /// (taken away behind our back): fires the hold's loss signal, so that its holder learns
-    /// that it ran without the hold for a while, however short.
-    pub(crate) fn found_lost(&self) {
-        let lease = self
-            .lease
-            .as_ref()
-            .expect("a held lease is given back once");
-        for key in &lease.keys {
-            if let Some(Some(notifier)) = lease.session.claims().keys.get(key) {
-                notifier.notify_lost();
-            }
-        }
-    }
-
-    /// The server has released the keys here (or the session ended): the claims go, and the
-    /// session is the pool's again.
-    pub(crate) fn released(mut self) {
-        if let Some(mut lease) = self.lease.take() {
-            lease.end();
-        }
-    }
-}
-
-impl<P: Protocol> Drop for Held<P> {
-    fn drop(&mut self) {
-        // A release that did not run to the end: whether the server still holds the keys is
-        // unknown, and the session must not take them again for someone else.
-        if let Some(lease) = self.lease.take() {
-            lease.pool.retire(&lease.session);
         }
     }
 }
