@@ -579,14 +579,7 @@ mod pool_edges {
             "one connection holds all five"
         );
         let mut admin = admin().await;
-        let holder: Option<u64> = admin
-            .exec_first("SELECT IS_USED_LOCK(?)", (locks[0].lock_name(),))
-            .await
-            .unwrap();
-        admin
-            .query_drop(format!("KILL CONNECTION {}", holder.expect("held")))
-            .await
-            .unwrap();
+        kill_holder(&mut admin, locks[0].lock_name()).await;
         for handle in &handles {
             tokio::time::timeout(PROMPT, handle.lost())
                 .await
@@ -726,6 +719,18 @@ async fn idle_connections_close_and_options_match_postgres() {
     }
 }
 
+/// Kills the connection that holds MySQL lock `lock_name`.
+async fn kill_holder(admin: &mut mysql_async::Conn, lock_name: &str) {
+    let holder: Option<u64> = admin
+        .exec_first("SELECT IS_USED_LOCK(?)", (lock_name,))
+        .await
+        .unwrap();
+    admin
+        .query_drop(format!("KILL CONNECTION {}", holder.expect("held")))
+        .await
+        .unwrap();
+}
+
 /// The id of a connection to database `db` waiting in `GET_LOCK`, other than `not`, once
 /// there is one. (Waiters under test connect to a database no other test uses, so that
 /// this finds theirs.)
@@ -803,15 +808,33 @@ async fn a_loss_found_at_release_fires_the_loss_signal() {
     let handle = lock.acquire().await.unwrap();
     let loss = handle.loss_signal();
     let mut admin = admin().await;
-    let holder: Option<u64> = admin
-        .exec_first("SELECT IS_USED_LOCK(?)", (lock.lock_name(),))
-        .await
-        .unwrap();
-    admin
-        .query_drop(format!("KILL CONNECTION {}", holder.expect("held")))
-        .await
-        .unwrap();
+    kill_holder(&mut admin, lock.lock_name()).await;
     assert!(!loss.is_lost(), "nothing can have noticed yet");
     handle.release().await.unwrap();
     assert!(loss.is_lost(), "the release found the lock gone");
+}
+
+/// The same for a lock that was waited for: its connection was the wait's own, dedicated
+/// until the grant, then the hold's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_loss_found_at_release_after_a_wait_fires_the_loss_signal() {
+    let name = unique("loss-after-wait");
+    let holder = provider().lock(&name).unwrap();
+    let held = holder.acquire().await.unwrap();
+    // The waiter's connection is found by its database, which no other test waits in.
+    let waiter_provider =
+        MySqlProvider::from_url("mysql://root@127.0.0.1:3306/sys?keepalive=never").unwrap();
+    let waiter = waiter_provider.lock(&name).unwrap();
+    let waiting = tokio::spawn(async move { waiter.acquire().await });
+    let mut admin = admin().await;
+    waiting_connection(&mut admin, "sys", None).await;
+    held.release().await.unwrap();
+    let handle = waiting.await.unwrap().unwrap();
+    let loss = handle.loss_signal();
+    kill_holder(&mut admin, holder.lock_name()).await;
+    let other = holder.acquire().await.unwrap();
+    assert!(!loss.is_lost(), "nothing can have noticed yet");
+    handle.release().await.unwrap();
+    assert!(loss.is_lost(), "the release found the lock gone");
+    other.release().await.unwrap();
 }

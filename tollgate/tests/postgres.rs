@@ -106,6 +106,32 @@ async fn terminated_session_fires_loss_and_frees_the_lock() {
     assert!(!held.loss_signal().is_lost());
 }
 
+/// A session terminated just before the release is found by the release itself, whether or
+/// not the pool's watch of the session has seen it end: the loss signal fires, and the
+/// release is not an error (nothing is left to give back).
+#[tokio::test]
+async fn a_loss_found_at_release_fires_the_loss_signal() {
+    let name = unique("loss-at-release");
+    let lock = provider().lock(&name).unwrap();
+    for _ in 0..20 {
+        let handle = lock.acquire().await.unwrap();
+        let loss = handle.loss_signal();
+        let admin = admin().await;
+        let killed = admin
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_locks \
+                 WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid() \
+                 AND (classid::bigint << 32 | objid::bigint) = $1",
+                &[&key_value(&name)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(killed.get::<_, i64>(0), 1);
+        handle.release().await.unwrap();
+        assert!(loss.is_lost(), "the release found the session gone");
+    }
+}
+
 /// The 64-bit value of a hashed name's key, as `pg_locks` shows it.
 fn key_value(name: &str) -> i64 {
     match tollgate::backend::postgres::AdvisoryKey::from_name(name, true).unwrap() {

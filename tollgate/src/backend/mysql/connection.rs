@@ -202,13 +202,13 @@ impl Connection {
             // 1: released; 0: held by another connection; NULL: held by none.
             Ok(released) => Ok(released == Some(Some(1))),
             Err(_) if self.is_broken() => Ok(false),
-            Err(error) => {
-                if is_disconnect(&error) {
-                    self.mark_broken();
-                    return Ok(false);
-                }
-                Err(mysql_error(format!("RELEASE_LOCK({name:?}) failed"), error))
+            // A connection that was killed (the server says so with its error, 1927) or
+            // dropped has released its locks, when it went: perhaps long before this release.
+            Err(error) if is_disconnect(&error) || transient(&error) == Some(true) => {
+                self.mark_broken();
+                Ok(false)
             }
+            Err(error) => Err(mysql_error(format!("RELEASE_LOCK({name:?}) failed"), error)),
         }
     }
 }

@@ -169,7 +169,12 @@ impl std::fmt::Debug for Hold {
 async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> {
     let connection = held.session().clone();
     let mut first_error = None;
-    if !connection.is_broken() {
+    if connection.is_broken() {
+        // The session ended with the hold in it, and the server freed the hold then, perhaps
+        // long before this release (whether the pool's watch of the session has told the
+        // hold yet or not).
+        held.found_lost();
+    } else {
         for &(key, mode) in steps.iter().rev() {
             let unlocked = match (&named.semaphore, key, mode) {
                 // A semaphore ticket: unlocked and its waiters notified in one round trip.
@@ -184,8 +189,12 @@ async fn release_steps(named: &Named, held: Held, steps: &[Step]) -> Result<()> 
                     tracing::warn!(name = %named.name, "advisory lock was not held at release");
                     held.found_lost();
                 }
-                // A session that ended has released everything with it.
-                Err(_) if connection.is_broken() => break,
+                // A session that ended has released everything with it, when it ended.
+                Err(error) if connection.is_broken() || transient(&error) == Some(true) => {
+                    connection.mark_broken();
+                    held.found_lost();
+                    break;
+                }
                 Err(error) => {
                     first_error.get_or_insert(Error::backend(
                         BACKEND,
