@@ -67,6 +67,10 @@ struct Mode {
     chaos_each: u64,
     limit: Duration,
     long: bool,
+    /// The pause between two faults: at least `.0` ms, plus up to `.1` ms more.
+    pause_ms: (u64, u64),
+    /// One hold in this many is long (0.3–0.8 s), so that faults find holders mid-section.
+    long_hold_one_in: u64,
 }
 
 fn mode() -> Mode {
@@ -82,6 +86,11 @@ fn mode() -> Mode {
             chaos_each: 100,
             limit: Duration::from_secs(60 * variable("TOLLGATE_TORTURE_MINUTES", 600)),
             long: true,
+            // Sparser faults than short mode's (still hundreds of each kind in a run), so
+            // that 100,000 acquisitions fit in about half an hour per backend: on the
+            // lease-based backends every SIGKILLed tollgate costs a lease.
+            pause_ms: (200, 1_600),
+            long_hold_one_in: 50,
         }
     } else {
         Mode {
@@ -89,6 +98,8 @@ fn mode() -> Mode {
             chaos_each: 6,
             limit: Duration::from_secs(100),
             long: false,
+            pause_ms: (50, 400),
+            long_hold_one_in: 20,
         }
     }
 }
@@ -959,7 +970,7 @@ impl Torture {
             // Unique in this process: every backend's test runs in it at once.
             let run = format!("{}.{index}.{sequence}", self.label);
             // Mostly short holds, now and then a long one that chaos is likelier to hit.
-            let hold_us = if random.below(20) == 0 {
+            let hold_us = if random.below(self.mode.long_hold_one_in) == 0 {
                 300_000 + random.below(500_000)
             } else {
                 random.below(20_000)
@@ -1001,7 +1012,8 @@ impl Torture {
         let began = Instant::now();
         loop {
             // Pacing only: the faults' timing is what is random here.
-            std::thread::sleep(Duration::from_millis(50 + random.below(400)));
+            let (least, spread) = self.mode.pause_ms;
+            std::thread::sleep(Duration::from_millis(least + random.below(spread)));
             for (event, _) in tail.read() {
                 match event {
                     Event::Start { run, pid, parent } => {
