@@ -357,11 +357,7 @@ fn a_blocked_runtime_does_not_starve_the_lease() {
         .enable_all()
         .build()
         .unwrap();
-    let provider = RedisProvider::builder(&server())
-        .unwrap()
-        .expiry(Duration::from_millis(600))
-        .build()
-        .unwrap();
+    let provider = short_lease_provider();
     let name = unique("starved");
     let (lock, ticket) = runtime.block_on(async {
         let lock = provider.lock(&name).unwrap().acquire().await.unwrap();
@@ -407,13 +403,18 @@ fn a_blocked_runtime_does_not_starve_the_lease() {
     });
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn auto_extension_keeps_a_lock_past_its_expiry() {
-    let provider = RedisProvider::builder(&server())
+/// A provider of the test server whose leases last 600 ms (extended every 200 ms).
+fn short_lease_provider() -> RedisProvider {
+    RedisProvider::builder(&server())
         .unwrap()
         .expiry(Duration::from_millis(600))
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auto_extension_keeps_a_lock_past_its_expiry() {
+    let provider = short_lease_provider();
     let name = unique("extended");
     let handle = provider.lock(&name).unwrap().acquire().await.unwrap();
     let reader_side = provider.read_write_lock(&name).unwrap();
@@ -467,6 +468,61 @@ async fn auto_extension_keeps_a_lock_past_its_expiry() {
         .await
         .unwrap()
         .is_some());
+}
+
+/// One task keeps every lease of a provider: holds taken at different moments are all kept
+/// past several expiries, a deleted one fires its own loss signal and no other, and a hold
+/// taken after every other was released (the task had ended) is kept again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_lease_task_keeps_holds_taken_at_any_moment() {
+    let provider = short_lease_provider();
+    let other = RedisProvider::from_url(&url()).unwrap();
+    let base = unique("kept");
+    let mut holds = Vec::new();
+    for index in 0..8 {
+        let lock = provider.lock(&format!("{base}-{index}")).unwrap();
+        holds.push((lock.key().to_vec(), lock.acquire().await.unwrap()));
+        // Staggered, so that the holds fall due at different moments.
+        tokio::time::sleep(Duration::from_millis(90)).await;
+    }
+    let mut admin = admin().await;
+    let deleted: i64 = admin.del(&holds[3].0).await.unwrap();
+    assert_eq!(deleted, 1);
+    tokio::time::timeout(Duration::from_secs(5), holds[3].1.lost())
+        .await
+        .expect("the deleted hold's loss fires");
+    // Four expiries later, every other hold is still there.
+    tokio::time::sleep(Duration::from_millis(2400)).await;
+    for (index, (_, handle)) in holds.iter().enumerate() {
+        assert_eq!(handle.loss_signal().is_lost(), index == 3, "hold {index}");
+        let taken = other
+            .lock(&format!("{base}-{index}"))
+            .unwrap()
+            .try_acquire()
+            .await
+            .unwrap();
+        assert_eq!(taken.is_some(), index == 3, "hold {index}");
+        if let Some(taken) = taken {
+            taken.release().await.unwrap();
+        }
+    }
+    for (_, handle) in holds {
+        handle.release().await.unwrap();
+    }
+    // Past a cadence with no hold: the task has ended; a new hold starts it again.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let lock = provider.lock(&format!("{base}-again")).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(!handle.loss_signal().is_lost());
+    assert!(other
+        .lock(&format!("{base}-again"))
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap()
+        .is_none());
+    handle.release().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

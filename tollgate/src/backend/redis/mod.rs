@@ -2,12 +2,14 @@
 //! rule, reader-writer locks, and semaphores.
 //!
 //! - **Leases.** Every hold is a key (or a sorted-set member) that expires after the lease's
-//!   expiry (default 30 s) unless extended. A task owned by the handle extends it every
-//!   extension cadence (default a third of the expiry, at most 2.5 s), on a runtime thread of
-//!   the library's own with connections of its own, so that user code that blocks or starves
-//!   its runtime cannot let the lease run out. The task fires the handle's loss signal when the
-//!   hold is found gone (so within one cadence of a deletion) or the lease runs out
-//!   unextended; it stops when the handle is released or dropped. A crashed holder's hold is free once its lease expires.
+//!   expiry (default 30 s) unless extended. One task per provider extends every hold each
+//!   extension cadence (default a third of the expiry, at most 2.5 s), all holds due at once
+//!   together, on a runtime thread of the library's own with connections of its own, so that
+//!   user code that blocks or starves its runtime cannot let a lease run out. It fires a
+//!   handle's loss signal when the hold is found gone (so within one cadence of a deletion)
+//!   or the lease runs out unextended; a hold leaves it when the handle is released or
+//!   dropped, and taking or giving back a hold wakes no thread of its own. A crashed holder's
+//!   hold is free once its lease expires.
 //! - **RedLock.** With several servers, an attempt runs on all of them at once and counts
 //!   only when more than half grant it with at least the minimum validity (default 90 % of
 //!   the expiry) left; otherwise whatever it took is given back at once. Each server gets at

@@ -21,7 +21,7 @@ use super::{Lease, BACKEND};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
-use crate::backend::kit::runtime::{background, spawn_release};
+use crate::backend::kit::runtime::spawn_release;
 use crate::{Error, Handle, LossNotifier, LossSignal, Result};
 
 mod wait;
@@ -29,6 +29,10 @@ mod wait;
 pub(crate) use wait::acquire_wait;
 
 mod server;
+
+mod keeper;
+
+use keeper::{Keeper, Slot};
 
 pub(crate) use server::{Route, Server};
 
@@ -41,6 +45,8 @@ pub(crate) struct Shared {
     pub(crate) unreachable_timeout: Option<std::time::Duration>,
     pub(crate) listener: Arc<Listener>,
     release_notes: Arc<ReleaseNotes<Vec<u8>>>,
+    /// Keeps every hold's lease alive.
+    keeper: Arc<Keeper>,
     /// Per primitive and side, the turn to wait on the servers: one waiter of this process
     /// at a time tries there, the others queue here in order, so a release does not set off
     /// a stampede of attempts (nor split votes between this process's own waiters).
@@ -60,6 +66,7 @@ impl Shared {
             unreachable_timeout,
             listener: Arc::new(Listener::new(clients)),
             release_notes: Arc::default(),
+            keeper: Arc::default(),
             turns: std::sync::Mutex::default(),
         }
     }
@@ -570,7 +577,7 @@ async fn release_on(
     (answered, released, first_error)
 }
 
-/// What a handle shares with its lease task.
+/// What a handle shares with its provider's [`Keeper`].
 struct Hold {
     shared: Arc<Shared>,
     target: Arc<Target>,
@@ -581,8 +588,8 @@ struct Hold {
     incarnations: Vec<Option<Arc<str>>>,
 }
 
-/// A held Redis lock, read or write hold, or semaphore ticket, kept alive by a lease that a
-/// task owned by the handle extends. Dropping it releases on a background task;
+/// A held Redis lock, read or write hold, or semaphore ticket, kept alive by a lease that the
+/// provider's lease task extends. Dropping it releases on a background task;
 /// [`Handle::release`] waits for the servers to confirm.
 #[must_use = "dropping the handle releases it"]
 pub struct RedisHandle {
@@ -591,10 +598,10 @@ pub struct RedisHandle {
     token: Option<u64>,
 }
 
-/// A hold and the task that extends its lease, which ends with it.
+/// A hold and its place among the leases its provider keeps, which it leaves at the release.
 struct Leased {
     hold: Arc<Hold>,
-    lease_task: tokio::task::AbortHandle,
+    slot: Slot,
 }
 
 impl std::fmt::Debug for Leased {
@@ -631,79 +638,13 @@ impl RedisHandle {
             notifier,
             incarnations,
         });
-        let keep = keep_alive(hold.clone(), deadline);
-        let lease_task = match background() {
-            Ok(runtime) => runtime.spawn(keep),
-            // Without a thread of its own, the lease is kept by the caller's runtime.
-            Err(_) => tokio::spawn(keep),
-        };
+        let slot = hold.shared.keeper.join(hold.clone(), deadline);
         RedisHandle {
-            lease: Shell::new(Leased {
-                hold,
-                lease_task: lease_task.abort_handle(),
-            }),
+            lease: Shell::new(Leased { hold, slot }),
             loss,
             token,
         }
     }
-}
-
-/// Extends the lease every extension cadence; retries sooner after a failure; fires the
-/// loss signal when the majority says the hold is gone or the lease runs out unextended.
-async fn keep_alive(hold: Arc<Hold>, mut deadline: Instant) {
-    let lease = hold.shared.lease;
-    let servers = hold.shared.servers.len();
-    let quorum = hold.shared.quorum();
-    let ttl = lease_ms(lease.expiry);
-    let args = script_args(hold.owner.as_bytes(), &ttl, &hold.target, None);
-    let mut next = Instant::now() + lease.extension_cadence;
-    loop {
-        tokio::time::sleep_until(next.min(deadline)).await;
-        let started = Instant::now();
-        if started >= deadline {
-            break;
-        }
-        let limit = deadline - started;
-        let mut runs: FuturesUnordered<_> = hold
-            .shared
-            .servers
-            .iter()
-            .map(|server| {
-                let (args, target) = (&args, &hold.target);
-                tokio::time::timeout(
-                    limit,
-                    server.run_on::<i64>(Route::Background, target.kind.extend, &target.keys, args),
-                )
-            })
-            .collect();
-        // Decided as soon as a majority extended or said the hold is gone: a hung server
-        // does not hold up the others.
-        let (mut extended, mut gone) = (0, 0);
-        while let Some(result) = runs.next().await {
-            match result {
-                Ok(Ok(1)) => extended += 1,
-                Ok(Ok(_)) => gone += 1,
-                _ => {}
-            }
-            if extended >= quorum || gone > servers - quorum {
-                break;
-            }
-        }
-        drop(runs);
-        if extended >= quorum {
-            let validity = lease
-                .expiry
-                .saturating_sub(started.elapsed() + lease.drift());
-            deadline = Instant::now() + validity;
-            next = started + lease.extension_cadence;
-        } else if gone > servers - quorum {
-            break;
-        } else {
-            next = Instant::now() + (lease.extension_cadence / 4).max(Duration::from_millis(10));
-        }
-    }
-    tracing::warn!(name = ?hold.target.name, "a Redis hold was lost");
-    hold.notifier.notify_lost();
 }
 
 async fn release_hold(hold: &Hold) -> Result<()> {
@@ -744,7 +685,7 @@ impl Release for Leased {
     }
 
     fn release(self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-        self.lease_task.abort();
+        self.hold.shared.keeper.leave(self.slot);
         async move { release_hold(&self.hold).await }
     }
 }
