@@ -8,8 +8,11 @@
 //! - **Crash-safe without timers.** Holds are kernel locks owned by an open file description
 //!   (`flock(2)` for locks, `F_OFD_SETLK` byte ranges for semaphores and reader-writer locks).
 //!   When a holder exits, panics or is killed, the kernel drops its locks at once.
-//! - **Event-driven hand-off.** Waiters watch the lock file with inotify; a release (unlock,
-//!   then close) wakes them at once. One recovery path polls, bounded: the kernel reports a
+//! - **Event-driven hand-off.** Waiters watch the lock file with inotify, through one inotify
+//!   instance per tokio runtime registered with that runtime's reactor; a release (unlock,
+//!   then close) wakes the waiting runtime's thread at once, itself (waits therefore need a
+//!   runtime with I/O enabled, as every backend's do; the [blocking API](crate::blocking)
+//!   waits on tollgate's own). One recovery path polls, bounded: the kernel reports a
 //!   dead process's close a moment before it drops that process's file locks, so after an
 //!   event that did not lead to an acquire, a waiter checks again 1, 4, 16 and 64 ms later.
 //!   Beyond that, a waiter that hears nothing re-checks once a second, which only matters

@@ -1,16 +1,19 @@
-//! Release notifications: one inotify instance per process, read by one thread, fanned out
-//! to every waiter of a file through a `tokio::sync::watch` counter.
+//! Release notifications: per tokio runtime, one inotify instance registered with that
+//! runtime's own reactor and read by a task of that runtime, fanned out to every waiter of a
+//! file through a `tokio::sync::watch` counter.
 //!
 //! A holder releases by unlocking and closing its descriptor (or by unlocking and touching
 //! the file), and the kernel closes the descriptors of a process that dies. Each of those
 //! produces an inotify event on the lock file, so waiters retry exactly when something may
-//! have changed instead of sleeping and polling. The thread is runtime-independent, so it
-//! serves every tokio runtime of the process and the blocking API alike.
+//! have changed instead of sleeping and polling. The kernel's event wakes the waiting
+//! runtime's thread itself (the reader task then wakes the waiter on that same thread), so a
+//! hand-off costs one thread wake-up; the blocking API waits on tollgate's own runtime and
+//! is served the same way there.
 //!
-//! A watch nobody uses any more is removed by the thread a few seconds later rather than at
-//! once, which keeps `inotify_rm_watch` (and the thread it wakes) off the hand-off path and
-//! lets a busy lock keep its watch. The thread exits once it has no watches and is started
-//! again when needed.
+//! A watch nobody uses any more is removed by the reader a few seconds later rather than at
+//! once, which keeps `inotify_rm_watch` off the hand-off path and lets a busy lock keep its
+//! watch. The reader ends once it has no watches, and its instance closes with the last
+//! registration; both start again when needed.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -18,29 +21,35 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::watch;
 
 use crate::backend::kit::wait::Wake;
 
 const EVENTS: u32 =
     libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB | libc::IN_DONT_FOLLOW;
-/// How often the thread looks for unused watches (and whether it can exit).
+/// How often the reader looks for unused watches (and whether it can end).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an unused watch is kept in case it is needed again.
 const UNUSED_WATCH_KEPT: Duration = Duration::from_secs(3);
+/// Room for a few hundred events per read.
+const READ_BUFFER: usize = 16 * 1024;
 
+/// The inotify instance of one runtime, and its watches.
 struct Watcher {
-    fd: OwnedFd,
+    fd: AsyncFd<OwnedFd>,
     shared: Mutex<Shared>,
 }
 
 #[derive(Default)]
 struct Shared {
     watches: HashMap<i32, Entry>,
-    thread_running: bool,
+    /// Whether the reader task runs.
+    reading: bool,
 }
 
 struct Entry {
@@ -52,6 +61,7 @@ struct Entry {
 
 /// A waiter's subscription to the events of one lock file. Dropping it unsubscribes.
 pub struct Registration {
+    watcher: Arc<Watcher>,
     watch_descriptor: i32,
     events: watch::Receiver<u64>,
 }
@@ -71,8 +81,7 @@ impl Wake for Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        let Ok(watcher) = watcher() else { return };
-        let mut shared = watcher.lock();
+        let mut shared = self.watcher.lock();
         if let Some(entry) = shared.watches.get_mut(&self.watch_descriptor) {
             entry.registrations -= 1;
             if entry.registrations == 0 {
@@ -82,13 +91,17 @@ impl Drop for Registration {
     }
 }
 
-/// Subscribes to the events of the file at `path`.
+/// Subscribes to the events of the file at `path`, through the current runtime's watcher.
+/// Needs a runtime with I/O enabled, as every tokio runtime but a hand-built one without
+/// `enable_io` has.
 pub fn register(path: &Path) -> io::Result<Registration> {
-    let watcher = watcher().map_err(|error| io::Error::new(error.kind(), error.to_string()))?;
+    let runtime = tokio::runtime::Handle::try_current()
+        .map_err(|error| io::Error::other(format!("no tokio runtime to watch in: {error}")))?;
+    let watcher = watcher(&runtime)?;
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
     let mut shared = watcher.lock();
-    // Under the lock, so that a concurrent last unsubscribe cannot remove the watch we share.
+    // Under the lock, so that a concurrent sweep cannot remove the watch we share.
     // SAFETY: valid descriptor and NUL-terminated path.
     let watch_descriptor =
         unsafe { libc::inotify_add_watch(watcher.fd.as_raw_fd(), c_path.as_ptr(), EVENTS) };
@@ -106,35 +119,49 @@ pub fn register(path: &Path) -> io::Result<Registration> {
     entry.registrations += 1;
     entry.unused_since = None;
     let events = entry.events.subscribe();
-    if !shared.thread_running {
-        std::thread::Builder::new()
-            .name("tollgate-inotify".into())
-            .spawn(move || watcher.run())?;
-        shared.thread_running = true;
+    if !shared.reading {
+        shared.reading = true;
+        drop(runtime.spawn(read(watcher.clone())));
     }
+    drop(shared);
     Ok(Registration {
+        watcher,
         watch_descriptor,
         events,
     })
 }
 
-fn watcher() -> Result<&'static Watcher, &'static io::Error> {
-    static WATCHER: OnceLock<io::Result<Watcher>> = OnceLock::new();
-    WATCHER
-        .get_or_init(|| {
-            // SAFETY: plain flags; the result is checked.
-            let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-            if fd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `fd` was just created and is owned by nobody else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            Ok(Watcher {
-                fd,
-                shared: Mutex::default(),
-            })
-        })
-        .as_ref()
+/// The watcher of `runtime`, made on first use (and again after its last registration went).
+fn watcher(runtime: &tokio::runtime::Handle) -> io::Result<Arc<Watcher>> {
+    static WATCHERS: Mutex<Option<HashMap<tokio::runtime::Id, Weak<Watcher>>>> = Mutex::new(None);
+    let mut watchers = WATCHERS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let watchers = watchers.get_or_insert_with(HashMap::new);
+    if let Some(watcher) = watchers.get(&runtime.id()).and_then(Weak::upgrade) {
+        return Ok(watcher);
+    }
+    // Forget the watchers that are gone, with their runtimes or their last registrations.
+    watchers.retain(|_, watcher| watcher.strong_count() > 0);
+    // SAFETY: plain flags; the result is checked.
+    let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let fd = {
+        let _context = runtime.enter();
+        // SAFETY: the watcher owns the descriptor, which stays open as long as the `AsyncFd`.
+        unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+            .map_err(|error| error.into_parts().1)?
+    };
+    let watcher = Arc::new(Watcher {
+        fd,
+        shared: Mutex::default(),
+    });
+    watchers.insert(runtime.id(), Arc::downgrade(&watcher));
+    Ok(watcher)
 }
 
 impl Watcher {
@@ -145,42 +172,7 @@ impl Watcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn run(&self) {
-        let mut buffer = [0u8; 16 * 1024];
-        let mut last_sweep = Instant::now();
-        loop {
-            let mut poll = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let timeout = SWEEP_INTERVAL.as_millis() as libc::c_int;
-            // SAFETY: one valid pollfd.
-            let ready = unsafe { libc::poll(&mut poll, 1, timeout) };
-            if ready > 0 {
-                // SAFETY: reading into a buffer we own, of the length we pass.
-                let read = unsafe {
-                    libc::read(
-                        self.fd.as_raw_fd(),
-                        buffer.as_mut_ptr().cast(),
-                        buffer.len(),
-                    )
-                };
-                // Otherwise EINTR / EAGAIN: poll again. Nothing else fails on a valid inotify fd.
-                if read > 0 {
-                    self.dispatch(&buffer[..read as usize]);
-                }
-            }
-            if last_sweep.elapsed() >= SWEEP_INTERVAL {
-                last_sweep = Instant::now();
-                if self.sweep() {
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Removes watches unused for a while; true (and the thread is marked stopped) when none
+    /// Removes watches unused for a while; true (and the reader is marked stopped) when none
     /// are left.
     fn sweep(&self) -> bool {
         let mut shared = self.lock();
@@ -196,10 +188,38 @@ impl Watcher {
             keep
         });
         if shared.watches.is_empty() {
-            shared.thread_running = false;
+            shared.reading = false;
             return true;
         }
         false
+    }
+
+    /// Reads every queued event and bumps the counters of their files; false if the
+    /// descriptor failed (it never does while the runtime runs).
+    fn drain(&self, buffer: &mut [u8]) -> bool {
+        loop {
+            // SAFETY: reading into a buffer we own, of the length we pass.
+            let read = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    buffer.as_mut_ptr().cast(),
+                    buffer.len(),
+                )
+            };
+            if read > 0 {
+                self.dispatch(&buffer[..read as usize]);
+                continue;
+            }
+            let error = io::Error::last_os_error();
+            return match error.kind() {
+                io::ErrorKind::WouldBlock => true,
+                io::ErrorKind::Interrupted => continue,
+                _ => {
+                    tracing::warn!(%error, "cannot read lock file events");
+                    false
+                }
+            };
+        }
     }
 
     fn dispatch(&self, mut events: &[u8]) {
@@ -222,6 +242,53 @@ impl Watcher {
                     .send_modify(|count| *count = count.wrapping_add(1));
             }
             events = &events[(HEADER + event.len as usize).min(events.len())..];
+        }
+    }
+}
+
+/// Marks the reader stopped if it is dropped part-way (its runtime shuts down), so that a
+/// later registration starts another.
+struct Reading<'a> {
+    watcher: &'a Watcher,
+    ended: bool,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.watcher.lock().reading = false;
+        }
+    }
+}
+
+/// The reader task: reads the events as the reactor reports them, and sweeps unused watches
+/// every [`SWEEP_INTERVAL`]; ends when no watch is left.
+async fn read(watcher: Arc<Watcher>) {
+    let mut reading = Reading {
+        watcher: &watcher,
+        ended: false,
+    };
+    let mut buffer = vec![0u8; READ_BUFFER];
+    let mut sweep =
+        tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            ready = watcher.fd.readable() => {
+                let Ok(mut ready) = ready else {
+                    // The reactor is gone: the runtime is shutting down.
+                    return;
+                };
+                if !watcher.drain(&mut buffer) {
+                    return;
+                }
+                ready.clear_ready();
+            }
+            _ = sweep.tick() => {
+                if watcher.sweep() {
+                    reading.ended = true;
+                    return;
+                }
+            }
         }
     }
 }
