@@ -22,7 +22,7 @@ use crate::{check_max_count, Acquire, Result, Semaphore, SemaphoreProvider, Wait
 /// a `u32`).
 const PIN: u64 = 1 << 40;
 
-/// A same-machine counting semaphore (see the [module docs](self)). Every user of a name must
+/// A same-machine counting semaphore (see the [backend docs](crate::local)). Every user of a name must
 /// give the same max count while tickets are held (in any process); a different one is an
 /// [`Error::InvalidArgument`](crate::Error::InvalidArgument). Once every ticket is back, the
 /// name is free for any max count.
