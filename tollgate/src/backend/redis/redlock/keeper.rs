@@ -137,17 +137,23 @@ impl Keeper {
 
 /// Marks the task stopped if it is dropped part-way (with a runtime that shuts down), so that
 /// the next join starts another; the extensions it had under way are gone with it.
-struct Running<'a>(&'a Keeper);
+struct Running<'a> {
+    keeper: &'a Keeper,
+    /// Set when the task ends by itself (and has marked itself stopped already: another task
+    /// may be running by the time this is dropped).
+    ended: bool,
+}
 
 impl Drop for Running<'_> {
     fn drop(&mut self) {
-        let mut state = self.0.state();
-        if state.running {
-            state.running = false;
-            state.alarm = None;
-            for entry in state.holds.values_mut() {
-                entry.extending = false;
-            }
+        if self.ended {
+            return;
+        }
+        let mut state = self.keeper.state();
+        state.running = false;
+        state.alarm = None;
+        for entry in state.holds.values_mut() {
+            entry.extending = false;
         }
     }
 }
@@ -156,7 +162,10 @@ impl Drop for Running<'_> {
 /// the next hold is due (or a join wakes it), and ends when no hold is left.
 async fn run(keeper: Arc<Keeper>) {
     let keeper = &*keeper;
-    let _running = Running(keeper);
+    let mut running = Running {
+        keeper,
+        ended: false,
+    };
     let mut extending: Extending = FuturesUnordered::new();
     loop {
         let alarm = {
@@ -182,6 +191,7 @@ async fn run(keeper: Arc<Keeper>) {
             if state.holds.is_empty() && extending.is_empty() {
                 // Under the lock that joins take: a join after this starts a new task.
                 state.running = false;
+                running.ended = true;
                 return;
             }
             state.alarm = state
