@@ -31,21 +31,26 @@
 //! count, `TOLLGATE_BENCH_KIND=semaphore` for a semaphore of max 3) under `strace -c` or `perf`.
 
 use std::ffi::CString;
-use std::io::{BufRead, BufReader, Write};
+use std::future::Future;
+use std::io::BufRead;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use criterion::Criterion;
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+use tokio::runtime::Runtime;
 use tollgate::local::LocalProvider;
 use tollgate::{Acquire, LockProvider, SemaphoreProvider};
+use tollgate_bench::args::{env_number, list_sections, BenchArgs};
+use tollgate_bench::clock::monotonic_ns;
+use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
+use tollgate_bench::partner::{die_with_parent, say, Partner};
+use tollgate_bench::stats::Samples;
+use tollgate_bench::table::{format_ns, Table};
 
-/// Set in the partner process: which waiter it plays.
-const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
 /// The lock directory, passed to the partner.
 const DIR_ENV: &str = "TOLLGATE_BENCH_DIR";
 const HANDOFF_NAME: &str = "handoff";
@@ -56,14 +61,12 @@ const HANDOFF_ROUNDS: usize = 2000;
 const HANDOFF_WARMUP: usize = 100;
 
 fn main() {
-    if let Ok(role) = std::env::var(PARTNER_ENV) {
-        partner(&role);
-        return;
-    }
-    let args: Vec<String> = std::env::args().collect();
-    let listing = args.iter().any(|arg| arg == "--list");
-    let testing =
-        !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
+    tollgate_bench::run(partner, bench);
+}
+
+/// The benchmarks (this process is A).
+fn bench(args: BenchArgs) {
+    let (listing, testing) = (args.listing(), args.testing());
 
     let dir = tempfile::tempdir().expect("temporary directory");
     if !listing {
@@ -84,13 +87,13 @@ fn main() {
     let rows = uncontended(&mut criterion, dir.path());
     criterion.final_summary();
     if listing {
-        println!("handoff: bench");
+        list_sections(&["handoff"]);
         return;
     }
     if !testing {
         print_uncontended_summary(&rows);
     }
-    if handoff_selected(&args) {
+    if args.selects("handoff") {
         let (rounds, warmup) = if testing {
             (3, 1)
         } else {
@@ -226,18 +229,6 @@ fn close(fd: RawFd) {
     unsafe { libc::close(fd) };
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(result, 0, "clock_gettime");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
 fn file_system_name(path: &Path) -> String {
     // SAFETY: all-zero is a valid statfs to write into.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
@@ -259,218 +250,143 @@ fn file_system_name(path: &Path) -> String {
 // ---------------------------------------------------------------------------------------------
 // 1. Uncontended acquire + release.
 
-/// The (iterations, elapsed) pairs criterion asked one benchmark for; the last `SAMPLE_SIZE`
-/// are its measurement samples (the warm-up comes first).
-#[derive(Clone, Default)]
-struct Samples(Arc<Mutex<Vec<(u64, Duration)>>>);
-
-impl Samples {
-    fn record(&self, iterations: u64, elapsed: Duration) -> Duration {
-        self.0.lock().unwrap().push((iterations, elapsed));
-        elapsed
-    }
-
-    /// The median of the per-iteration times of the measurement samples (criterion's median).
-    fn median_ns(&self) -> Option<f64> {
-        let all = self.0.lock().unwrap();
-        let samples = &all[all.len().saturating_sub(SAMPLE_SIZE)..];
-        let mut per_iteration: Vec<f64> = samples
-            .iter()
-            .map(|(iterations, elapsed)| elapsed.as_nanos() as f64 / *iterations as f64)
-            .collect();
-        per_iteration.sort_by(f64::total_cmp);
-        let n = per_iteration.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(per_iteration[n / 2]),
-            _ => Some((per_iteration[n / 2 - 1] + per_iteration[n / 2]) / 2.0),
-        }
-    }
-}
-
+/// One criterion benchmark of a group, and the samples it measured.
 struct Row {
     group: &'static str,
     name: &'static str,
     samples: Samples,
 }
 
+/// The criterion group being measured and the rows measured so far.
+struct MeasuredGroup<'a> {
+    group_name: &'static str,
+    group: BenchmarkGroup<'a, WallTime>,
+    rows: &'a mut Vec<Row>,
+}
+
+impl MeasuredGroup<'_> {
+    /// Measures `cycle` (one acquire + release) as benchmark `name` of the group.
+    fn blocking(&mut self, name: &'static str, mut cycle: impl FnMut()) {
+        let samples = Samples::default();
+        self.group.bench_function(name, |bencher| {
+            bencher.iter_custom(|iterations| {
+                let start = Instant::now();
+                for _ in 0..iterations {
+                    cycle();
+                }
+                samples.record(iterations, start.elapsed())
+            })
+        });
+        self.push(name, samples);
+    }
+
+    /// Measures the future `cycle` makes (one acquire + release) as benchmark `name` of the
+    /// group, on `runtime`.
+    fn on_runtime<F: Future<Output = ()>>(
+        &mut self,
+        runtime: &Runtime,
+        name: &'static str,
+        cycle: impl Fn() -> F,
+    ) {
+        let samples = Samples::default();
+        self.group.bench_function(name, |bencher| {
+            bencher.to_async(runtime).iter_custom(|iterations| {
+                let (cycle, samples) = (&cycle, &samples);
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        cycle().await;
+                    }
+                    samples.record(iterations, start.elapsed())
+                }
+            })
+        });
+        self.push(name, samples);
+    }
+
+    /// Ends the criterion group.
+    fn finish(self) {
+        self.group.finish();
+    }
+
+    /// Keeps the samples of benchmark `name` as a row.
+    fn push(&mut self, name: &'static str, samples: Samples) {
+        self.rows.push(Row {
+            group: self.group_name,
+            name,
+            samples,
+        });
+    }
+}
+
 fn uncontended(criterion: &mut Criterion, dir: &Path) -> Vec<Row> {
     let mut rows = Vec::new();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tollgate_bench::current_thread();
     let provider = LocalProvider::with_directory(dir).expect("provider");
 
     // --- the lock ---
     let group_name = "uncontended lock";
-    let mut group = criterion.benchmark_group(group_name);
+    let mut group = MeasuredGroup {
+        group_name,
+        group: criterion.benchmark_group(group_name),
+        rows: &mut rows,
+    };
     let lock = provider.lock("uncontended").expect("lock");
-
-    let samples = Samples::default();
-    group.bench_function("tollgate try_acquire+drop", |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (lock, samples) = (lock.clone(), samples.clone());
-            async move {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    let handle = take_uncontended(&lock, lock.path()).await;
-                    drop(handle);
-                }
-                samples.record(iterations, start.elapsed())
-            }
-        })
+    group.on_runtime(&runtime, "tollgate try_acquire+drop", || async {
+        drop(take_uncontended(&lock, lock.path()).await);
     });
-    rows.push(Row {
-        group: group_name,
-        name: "tollgate try_acquire+drop",
-        samples,
-    });
-
-    let samples = Samples::default();
-    group.bench_function("tollgate acquire+drop", |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (lock, samples) = (lock.clone(), samples.clone());
-            async move {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    let handle = lock.acquire().await.unwrap();
-                    drop(handle);
-                }
-                samples.record(iterations, start.elapsed())
-            }
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "tollgate acquire+drop",
-        samples,
+    group.on_runtime(&runtime, "tollgate acquire+drop", || async {
+        drop(lock.acquire().await.unwrap());
     });
 
     let path = dir.join("floor.lock");
     let raw_path = c_path(&path);
-    let samples = Samples::default();
-    group.bench_function("floor open+flock+close", |bencher| {
-        bencher.iter_custom(|iterations| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                let fd = open_raw(&raw_path);
-                flock_uncontended(fd, &path);
-                close(fd);
-            }
-            samples.record(iterations, start.elapsed())
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "floor open+flock+close",
-        samples,
+    group.blocking("floor open+flock+close", || {
+        let fd = open_raw(&raw_path);
+        flock_uncontended(fd, &path);
+        close(fd);
     });
 
     let path = dir.join("floor-open.lock");
     let fd = open_owned(&path);
-    let samples = Samples::default();
-    group.bench_function("floor flock+unlock", |bencher| {
-        bencher.iter_custom(|iterations| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                flock_uncontended(fd.as_raw_fd(), &path);
-                flock(fd.as_raw_fd(), libc::LOCK_UN);
-            }
-            samples.record(iterations, start.elapsed())
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "floor flock+unlock",
-        samples,
+    group.blocking("floor flock+unlock", || {
+        flock_uncontended(fd.as_raw_fd(), &path);
+        flock(fd.as_raw_fd(), libc::LOCK_UN);
     });
 
     let replay_path = dir.join("replay.lock");
-    let samples = Samples::default();
-    group.bench_function("syscall replay", |bencher| {
-        bencher.iter_custom(|iterations| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                replay_lock_syscalls(&replay_path);
-            }
-            samples.record(iterations, start.elapsed())
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "syscall replay",
-        samples,
-    });
+    group.blocking("syscall replay", || replay_lock_syscalls(&replay_path));
     group.finish();
 
     // --- the semaphore ---
     let group_name = "uncontended semaphore(3)";
-    let mut group = criterion.benchmark_group(group_name);
+    let mut group = MeasuredGroup {
+        group_name,
+        group: criterion.benchmark_group(group_name),
+        rows: &mut rows,
+    };
     let semaphore = provider.semaphore("uncontended", 3).expect("semaphore");
     let semaphore_path = dir
         .join("semaphore")
         .join(tollgate::local::lock_file_name("uncontended"));
-
-    let samples = Samples::default();
-    group.bench_function("tollgate try_acquire+drop", |bencher| {
-        bencher.to_async(&runtime).iter_custom(|iterations| {
-            let (semaphore, samples) = (semaphore.clone(), samples.clone());
-            let semaphore_path = semaphore_path.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iterations {
-                    let handle = take_uncontended(&semaphore, &semaphore_path).await;
-                    drop(handle);
-                }
-                samples.record(iterations, start.elapsed())
-            }
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "tollgate try_acquire+drop",
-        samples,
+    group.on_runtime(&runtime, "tollgate try_acquire+drop", || async {
+        drop(take_uncontended(&semaphore, &semaphore_path).await);
     });
 
     // In the semaphore subdirectory, as the library's semaphore files are.
     let path = dir.join("semaphore").join("floor.lock");
     let raw_path = c_path(&path);
-    let samples = Samples::default();
-    group.bench_function("floor open+ofd_setlk+close", |bencher| {
-        bencher.iter_custom(|iterations| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                let fd = open_raw(&raw_path);
-                ofd_lock_uncontended(fd, &path);
-                close(fd);
-            }
-            samples.record(iterations, start.elapsed())
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "floor open+ofd_setlk+close",
-        samples,
+    group.blocking("floor open+ofd_setlk+close", || {
+        let fd = open_raw(&raw_path);
+        ofd_lock_uncontended(fd, &path);
+        close(fd);
     });
 
     let path = dir.join("semaphore").join("floor-open.lock");
     let fd = open_owned(&path);
-    let samples = Samples::default();
-    group.bench_function("floor ofd_setlk+unlock", |bencher| {
-        bencher.iter_custom(|iterations| {
-            let start = Instant::now();
-            for _ in 0..iterations {
-                ofd_lock_uncontended(fd.as_raw_fd(), &path);
-                ofd_unlock(fd.as_raw_fd(), 0, 1);
-            }
-            samples.record(iterations, start.elapsed())
-        })
-    });
-    rows.push(Row {
-        group: group_name,
-        name: "floor ofd_setlk+unlock",
-        samples,
+    group.blocking("floor ofd_setlk+unlock", || {
+        ofd_lock_uncontended(fd.as_raw_fd(), &path);
+        ofd_unlock(fd.as_raw_fd(), 0, 1);
     });
     group.finish();
     rows
@@ -517,16 +433,20 @@ fn print_uncontended_summary(rows: &[Row]) {
     }
     let medians: Vec<(&Row, f64)> = rows
         .iter()
-        .filter_map(|row| Some((row, row.samples.median_ns()?)))
+        .filter_map(|row| Some((row, row.samples.median_ns(SAMPLE_SIZE)?)))
         .collect();
     if medians.is_empty() {
         return;
     }
     println!("\nUncontended acquire + release, median per operation (criterion samples)\n");
-    println!(
-        "{:<26} {:<28} {:>10} {:>17} {:>16}",
-        "group", "benchmark", "median", "× open+lock+close", "× lock+unlock"
-    );
+    let table = Table::new(&[26, 28], &[10, 17, 16]);
+    table.print(&[
+        "group",
+        "benchmark",
+        "median",
+        "× open+lock+close",
+        "× lock+unlock",
+    ]);
     for (row, median) in &medians {
         let floor = |prefix: &str| {
             medians
@@ -544,26 +464,15 @@ fn print_uncontended_summary(rows: &[Row]) {
             })
             .map(|(_, floor)| median / floor);
         let ratio = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.2}×"));
-        println!(
-            "{:<26} {:<28} {:>10} {:>17} {:>16}",
-            row.group,
-            row.name,
+        table.print(&[
+            row.group.to_owned(),
+            row.name.to_owned(),
             format_ns(*median),
             ratio(open_floor),
-            ratio(fd_floor)
-        );
+            ratio(fd_floor),
+        ]);
     }
     println!();
-}
-
-fn format_ns(ns: f64) -> String {
-    if ns >= 10_000.0 {
-        format!("{:.1} µs", ns / 1000.0)
-    } else if ns >= 1_000.0 {
-        format!("{:.2} µs", ns / 1000.0)
-    } else {
-        format!("{ns:.0} ns")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -636,98 +545,39 @@ fn is_epoll_wait(number: libc::c_long) -> bool {
     number == libc::SYS_epoll_pwait
 }
 
-/// The partner process; killed (by its id) if still running when dropped.
-struct Partner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Partner {
-    fn spawn(mode: Mode, dir: &Path) -> Partner {
-        let mut child = Command::new(std::env::current_exe().expect("bench binary"))
-            .env(PARTNER_ENV, mode.role())
-            .env(DIR_ENV, dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the partner process");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut partner = Partner {
-            child,
-            stdin,
-            stdout,
+/// Waits until the main thread of the partner `pid` sleeps in the call `mode` waits in.
+/// `false` when `/proc` does not tell.
+fn wait_until_blocked(pid: u32, mode: Mode) -> bool {
+    let syscall_path = format!("/proc/{pid}/task/{pid}/syscall");
+    let stat_path = format!("/proc/{pid}/task/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut streak = 0;
+    loop {
+        let (Ok(syscall), Ok(stat)) = (
+            std::fs::read_to_string(&syscall_path),
+            std::fs::read_to_string(&stat_path),
+        ) else {
+            return false;
         };
-        assert_eq!(partner.read_line(), "ready");
-        partner
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to partner");
-        stdin.flush().expect("flush to partner");
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        let read = self.stdout.read_line(&mut line).expect("read from partner");
-        assert!(read > 0, "the partner process exited early");
-        line.trim_end().to_owned()
-    }
-
-    /// Waits until B's main thread sleeps in the call it waits in. `false` when `/proc`
-    /// does not tell.
-    fn wait_until_blocked(&self, mode: Mode) -> bool {
-        let pid = self.child.id();
-        let syscall_path = format!("/proc/{pid}/task/{pid}/syscall");
-        let stat_path = format!("/proc/{pid}/task/{pid}/stat");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut streak = 0;
-        loop {
-            let (Ok(syscall), Ok(stat)) = (
-                std::fs::read_to_string(&syscall_path),
-                std::fs::read_to_string(&stat_path),
-            ) else {
-                return false;
-            };
-            // The state follows the parenthesised command name.
-            let sleeping = stat
-                .rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'));
-            if sleeping && mode.waits_in(&syscall) {
-                streak += 1;
-                // Seen asleep in the call twice in a row, 20 µs or more apart.
-                if streak == 2 {
-                    return true;
-                }
-            } else {
-                streak = 0;
+        // The state follows the parenthesised command name.
+        let sleeping = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('S'));
+        if sleeping && mode.waits_in(&syscall) {
+            streak += 1;
+            // Seen asleep in the call twice in a row, 20 µs or more apart.
+            if streak == 2 {
+                return true;
             }
-            assert!(
-                Instant::now() < deadline,
-                "the partner never blocked (last seen in: {})",
-                syscall.trim()
-            );
-            std::thread::sleep(Duration::from_micros(20));
+        } else {
+            streak = 0;
         }
-    }
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        // Closing its stdin ends the partner; kill it if it does not end promptly.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(
+            Instant::now() < deadline,
+            "the partner never blocked (last seen in: {})",
+            syscall.trim()
+        );
+        std::thread::sleep(Duration::from_micros(20));
     }
 }
 
@@ -739,7 +589,7 @@ enum Held {
 
 struct Holder {
     mode: Mode,
-    runtime: tokio::runtime::Runtime,
+    runtime: Runtime,
     lock: tollgate::local::LocalLock,
     raw_path: PathBuf,
     held: Held,
@@ -747,10 +597,7 @@ struct Holder {
 
 impl Holder {
     fn new(mode: Mode, dir: &Path) -> Holder {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = tollgate_bench::current_thread();
         let provider = LocalProvider::with_directory(dir).expect("provider");
         let lock = provider.lock(HANDOFF_NAME).expect("lock");
         let held = match mode {
@@ -808,41 +655,29 @@ impl Holder {
     }
 }
 
-struct Latencies {
+/// What one waiter measured.
+struct HandoffResult {
     mode: Mode,
-    sorted_ns: Vec<u64>,
+    latencies: Latencies,
+    /// Whether `/proc` showed B blocked before every release.
     observed: bool,
-}
-
-impl Latencies {
-    fn percentile(&self, percent: usize) -> u64 {
-        let index = (self.sorted_ns.len() * percent / 100).min(self.sorted_ns.len() - 1);
-        self.sorted_ns[index]
-    }
 }
 
 fn handoff(dir: &Path, rounds: usize, warmup: usize) {
     println!("Hand-off between two processes: A releases → B (blocked in acquire) holds");
     println!("({rounds} rounds each after {warmup} warm-up rounds; latency = t_B − t_A, CLOCK_MONOTONIC)\n");
-    let results: Vec<Latencies> = Mode::ALL
+    let results: Vec<HandoffResult> = Mode::ALL
         .into_iter()
         .map(|mode| handoff_rounds(mode, dir, rounds, warmup))
         .collect();
-    println!(
-        "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "waiter (B)", "min", "median", "p90", "p99", "max"
-    );
+    let table = Table::new(&[36], &[10; 5]);
+    let mut header = vec!["waiter (B)"];
+    header.extend(LATENCY_COLUMNS);
+    table.print(&header);
     for result in &results {
-        let us = |ns: u64| format!("{:.1} µs", ns as f64 / 1000.0);
-        println!(
-            "{:<36} {:>10} {:>10} {:>10} {:>10} {:>10}",
-            result.mode.label(),
-            us(result.sorted_ns[0]),
-            us(result.percentile(50)),
-            us(result.percentile(90)),
-            us(result.percentile(99)),
-            us(*result.sorted_ns.last().expect("rounds")),
-        );
+        let mut cells = vec![result.mode.label().to_owned()];
+        cells.extend(result.latencies.cells());
+        table.print(&cells);
     }
     if results.iter().any(|result| !result.observed) {
         println!("\n(/proc/<pid>/syscall was unreadable: A slept 5 ms after B's announcement instead of checking that B was blocked)");
@@ -850,101 +685,48 @@ fn handoff(dir: &Path, rounds: usize, warmup: usize) {
     println!();
 }
 
-fn handoff_rounds(mode: Mode, dir: &Path, rounds: usize, warmup: usize) -> Latencies {
+fn handoff_rounds(mode: Mode, dir: &Path, rounds: usize, warmup: usize) -> HandoffResult {
     let mut holder = Holder::new(mode, dir);
-    let mut partner = Partner::spawn(mode, dir);
+    let mut partner = Partner::spawn(mode.role(), [(DIR_ENV, dir)]);
     let mut latencies = Vec::with_capacity(rounds);
     let mut observed = true;
     holder.acquire();
     for round in 0..warmup + rounds {
-        partner.send("go");
-        assert_eq!(partner.read_line(), "waiting");
-        if !partner.wait_until_blocked(mode) {
+        partner.start_waiting();
+        if !wait_until_blocked(partner.pid(), mode) {
             observed = false;
             std::thread::sleep(Duration::from_millis(5));
         }
         let released = holder.release();
-        let acquired: u64 = partner.read_line().parse().expect("a timestamp");
-        assert!(acquired >= released, "B held the lock before A released it");
+        let acquired = partner.read_timestamp();
+        let round_ns = latency(released, acquired);
         if round >= warmup {
-            latencies.push(acquired - released);
+            latencies.push(round_ns);
         }
         // B lets go right after reporting.
         holder.acquire();
     }
     drop(partner);
-    latencies.sort_unstable();
-    Latencies {
+    HandoffResult {
         mode,
-        sorted_ns: latencies,
+        latencies: Latencies::new(latencies),
         observed,
     }
-}
-
-/// Whether the criterion filter, if any, lets the hand-off section run.
-fn handoff_selected(args: &[String]) -> bool {
-    // Criterion options that take a value (so the value is not the filter).
-    const WITH_VALUE: &[&str] = &[
-        "--color",
-        "-c",
-        "--save-baseline",
-        "-s",
-        "--baseline",
-        "-b",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--profile-time",
-        "--sample-size",
-        "--warm-up-time",
-        "--measurement-time",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--format",
-        "--plotting-backend",
-        "--output-format",
-        "--logfile",
-        "--test-threads",
-        "--skip",
-    ];
-    let mut filter = None;
-    let mut skip_value = false;
-    for arg in args.iter().skip(1) {
-        if skip_value {
-            skip_value = false;
-        } else if arg.starts_with('-') {
-            skip_value = WITH_VALUE.contains(&arg.as_str());
-        } else {
-            filter = Some(arg.as_str());
-        }
-    }
-    filter.is_none_or(|filter| "handoff".contains(filter) || filter.contains("handoff"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // The partner process (B).
 
 fn partner(role: &str) {
-    // Die with the bench process, whatever happens to it.
-    // SAFETY: plain prctl arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    die_with_parent();
     if role == "cycles" {
         cycles();
         return;
     }
     let dir = PathBuf::from(std::env::var_os(DIR_ENV).expect("TOLLGATE_BENCH_DIR"));
-    let mut out = std::io::stdout().lock();
-    let mut say = |line: &str| {
-        writeln!(out, "{line}").expect("write to the bench");
-        out.flush().expect("flush to the bench");
-    };
     let mut wait: Box<dyn FnMut() -> Box<dyn FnOnce()>> = match role {
         "tollgate" => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let runtime = tollgate_bench::current_thread();
             let provider = LocalProvider::with_directory(&dir).expect("provider");
             let lock = provider.lock(HANDOFF_NAME).expect("lock");
             Box::new(move || {
@@ -1050,10 +832,9 @@ fn partner(role: &str) {
     }
 }
 
+/// Says B's reading right after its acquire returned.
 fn report(acquired: u64) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{acquired}").expect("write to the bench");
-    out.flush().expect("flush to the bench");
+    say(&acquired.to_string());
 }
 
 fn inotify_watch(path: &Path) -> OwnedFd {
@@ -1082,18 +863,12 @@ fn inotify_watch(path: &Path) -> OwnedFd {
 /// 3), for `strace -c -f` or `perf record` of the library alone.
 fn cycles() {
     let dir = tempfile::tempdir().expect("temporary directory");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tollgate_bench::current_thread();
     let provider = LocalProvider::with_directory(dir.path()).expect("provider");
     let lock = provider.lock("cycles").expect("lock");
     let semaphore = provider.semaphore("cycles", 3).expect("semaphore");
     let semaphores = std::env::var("TOLLGATE_BENCH_KIND").is_ok_and(|kind| kind == "semaphore");
-    let count: u64 = std::env::var("TOLLGATE_BENCH_CYCLES")
-        .ok()
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(100_000);
+    let count: u64 = env_number("TOLLGATE_BENCH_CYCLES").unwrap_or(100_000);
     runtime.block_on(async {
         for _ in 0..count {
             // A handle, or None in the rare case of a busy lock (see `note_busy`).

@@ -62,8 +62,7 @@
 //! Under `cargo test --benches` every row runs once and the hand-off only a few rounds. A
 //! filter argument (`cargo bench … -- handoff`, or `-- uncontended`) runs one section.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::BufRead;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,9 +71,17 @@ use mysql_async::Conn;
 use tokio::runtime::Runtime;
 use tollgate::backend::mysql::{MySqlHandle, MySqlLock, MySqlProvider, MySqlSemaphore};
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
+use tollgate_bench::args::{list_sections, BenchArgs};
+use tollgate_bench::clock::{monotonic_ns, thread_cpu_ns};
+use tollgate_bench::current_thread;
+use tollgate_bench::cycle::{acquire_release, try_acquire_release};
+use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
+use tollgate_bench::interleave::rotation;
+use tollgate_bench::partner::{die_with_parent, say, Partner};
+use tollgate_bench::placement::{allowed_cpus, last_cpu, pin_this_thread, this_cpu};
+use tollgate_bench::stats::median;
+use tollgate_bench::table::{format_ns, format_us, Table};
 
-/// Set in the partner process: which role it plays.
-const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
 const URL_ENV: &str = "TOLLGATE_MYSQL_URL";
 const DEFAULT_URL: &str = "mysql://root@127.0.0.1:3306/test";
 
@@ -119,28 +126,30 @@ const WAITING_SQL: &str = "SELECT ID FROM information_schema.PROCESSLIST \
      WHERE STATE LIKE 'User lock%' AND INFO LIKE '%GET_LOCK%'";
 
 fn main() {
-    if let Ok(role) = std::env::var(PARTNER_ENV) {
-        partner(&role);
+    tollgate_bench::run(partner, bench);
+}
+
+/// The benchmarks (this process is A).
+fn bench(args: BenchArgs) {
+    if args.listing() {
+        list_sections(&["uncontended", "handoff"]);
         return;
     }
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--list") {
-        println!("uncontended: bench");
-        println!("handoff: bench");
-        return;
-    }
-    let testing =
-        !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
+    let testing = args.testing();
     let url = server_url();
     let runtime = current_thread();
     runtime.block_on(print_server(&url));
-    let rows = section_selected(&args, "uncontended").then(|| uncontended(&runtime, &url, testing));
+    let rows = args
+        .selects("uncontended")
+        .then(|| uncontended(&runtime, &url, testing));
     let (rounds, warmup) = if testing {
         (3, 1)
     } else {
         (HANDOFF_ROUNDS, HANDOFF_WARMUP)
     };
-    let results = section_selected(&args, "handoff").then(|| handoff(&url, rounds, warmup));
+    let results = args
+        .selects("handoff")
+        .then(|| handoff(&url, rounds, warmup));
 
     println!("\n==================== Summary ====================\n");
     if let Some(rows) = rows {
@@ -155,14 +164,7 @@ fn main() {
 // Helpers.
 
 fn server_url() -> String {
-    std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.into())
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tollgate_bench::args::server_url(URL_ENV, DEFAULT_URL)
 }
 
 async fn raw_conn(url: &str) -> Conn {
@@ -221,51 +223,6 @@ async fn print_server(url: &str) {
     drop(conn.disconnect().await);
 }
 
-/// The CPU time this thread has used, in nanoseconds (user and system).
-fn thread_cpu_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
-    assert_eq!(result, 0, "clock_gettime");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(result, 0, "clock_gettime");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-fn format_ns(ns: f64) -> String {
-    if ns >= 10_000.0 {
-        format!("{:.1} µs", ns / 1000.0)
-    } else if ns >= 1_000.0 {
-        format!("{:.2} µs", ns / 1000.0)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Where threads run.
 
@@ -312,18 +269,9 @@ impl ServerThread {
     }
 
     /// The CPU the thread last ran on.
-    fn cpu(&self) -> Option<i32> {
-        let stat = std::fs::read_to_string(self.stat_path.as_ref()?).ok()?;
-        // Field 39, `processor`: the 37th after the parenthesised command name.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(36)?.parse().ok()
+    fn cpu(&self) -> Option<usize> {
+        last_cpu(self.stat_path.as_ref()?)
     }
-}
-
-/// The CPU this thread runs on.
-fn this_cpu() -> i32 {
-    // SAFETY: no arguments.
-    unsafe { libc::sched_getcpu() }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -336,44 +284,6 @@ enum Placement {
     Mixed,
     /// `/proc` does not show the server thread (a remote server).
     Unknown,
-}
-
-/// The CPUs this thread may run on.
-fn allowed_cpus() -> Vec<usize> {
-    // SAFETY: all-zero is a valid (empty) CPU set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid CPU set of the size passed, for this thread.
-    let result =
-        unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
-    assert_eq!(
-        result,
-        0,
-        "sched_getaffinity: {}",
-        std::io::Error::last_os_error()
-    );
-    (0..libc::CPU_SETSIZE as usize)
-        // SAFETY: a CPU number below CPU_SETSIZE and a valid set.
-        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
-        .collect()
-}
-
-/// Lets this thread run on `cpus` only (it moves at once if it must).
-fn pin_this_thread(cpus: &[usize]) {
-    // SAFETY: all-zero is a valid (empty) CPU set.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    for &cpu in cpus {
-        // SAFETY: CPU numbers from sched_getaffinity, below CPU_SETSIZE.
-        unsafe { libc::CPU_SET(cpu, &mut set) };
-    }
-    // SAFETY: a valid CPU set of the size passed, for this thread.
-    let result =
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    assert_eq!(
-        result,
-        0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
 }
 
 /// Whether this thread and the server thread are on the same CPU.
@@ -451,27 +361,18 @@ async fn run(op: &Op, conn: &Arc<tokio::sync::Mutex<Conn>>, iterations: u64) -> 
             let wait = matches!(op, Op::TollgateAcquire(_));
             let start = Instant::now();
             for _ in 0..iterations {
-                let handle = if wait {
-                    lock.acquire().await.expect("acquire")
+                if wait {
+                    acquire_release(lock).await;
                 } else {
-                    lock.try_acquire()
-                        .await
-                        .expect("try_acquire")
-                        .expect("an uncontended lock is free")
-                };
-                handle.release().await.expect("release");
+                    try_acquire_release(lock).await;
+                }
             }
             start.elapsed()
         }
         Op::SemaphoreFree(semaphore) | Op::SemaphoreBusy(semaphore) => {
             let start = Instant::now();
             for _ in 0..iterations {
-                let handle = semaphore
-                    .try_acquire()
-                    .await
-                    .expect("try_acquire")
-                    .expect("a free ticket");
-                handle.release().await.expect("release");
+                try_acquire_release(semaphore).await;
             }
             start.elapsed()
         }
@@ -705,13 +606,11 @@ fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<Row> {
         if round >= warmup && start.elapsed() > UNCONTENDED_TIME {
             break;
         }
-        let count = rows.len();
         let same_cpu = round % 2 == 0;
-        for offset in 0..count {
-            let row = &mut rows[(round + offset) % count];
+        for index in rotation(round, rows.len()) {
+            let row = &mut rows[index];
             // Move to the server thread's CPU, or off it.
             if let Some(server_cpu) = row.server.cpu() {
-                let server_cpu = server_cpu as usize;
                 let target = if same_cpu {
                     Some(server_cpu)
                 } else {
@@ -777,13 +676,13 @@ fn print_uncontended_summary(rows: &[Row]) {
         "Acquire + release, uncontended: median time per operation by where this thread and \
          the connection's server thread ran; × = ratio to the prepared floor in the same class\n"
     );
-    print!("{:<13} {:<46}", "group", "row");
-    for (label, _) in &classes {
-        print!(" {:>22}", label);
-    }
-    println!(" {:>14} {:>14}", "CPU/op, same", "statements/op");
+    let table = Table::new(&[13, 46], &[22, 22, 14, 14]);
+    let mut header = vec!["group", "row"];
+    header.extend(classes.iter().map(|(label, _)| *label));
+    header.extend(["CPU/op, same", "statements/op"]);
+    table.print(&header);
     for row in rows {
-        print!("{:<13} {:<46}", row.group, row.name);
+        let mut cells = vec![row.group.to_owned(), row.name.to_owned()];
         for (_, class) in &classes {
             let (median, count) = row.medians(*class);
             let (floor_median, _) = floor.medians(*class);
@@ -794,14 +693,14 @@ fn print_uncontended_summary(rows: &[Row]) {
                 (Some(median), None) => format!("{} ({count})", format_ns(median)),
                 _ => "-".to_owned(),
             };
-            print!(" {cell:>22}");
+            cells.push(cell);
         }
-        println!(
-            " {:>14} {:>14}",
+        cells.push(
             row.client_cpu(Placement::SameCpu)
                 .map_or("-".to_owned(), format_ns),
-            row.statements.map_or("-".to_owned(), |n| format!("{n:.2}"))
         );
+        cells.push(row.statements.map_or("-".to_owned(), |n| format!("{n:.2}")));
+        table.print(&cells);
     }
     let mixed: usize = rows
         .iter()
@@ -964,7 +863,7 @@ impl Side {
 
     /// Reads the clock, then gives the lock back and waits for the server's answer; returns
     /// the reading and the CPU this thread was on.
-    async fn release(&mut self) -> (u64, i32) {
+    async fn release(&mut self) -> (u64, usize) {
         match self {
             Side::Tollgate { held, .. } => {
                 let handle = held.take().expect("held");
@@ -987,64 +886,6 @@ impl Side {
                 (now, cpu)
             }
         }
-    }
-}
-
-/// The partner process; killed (by its id) if still running when dropped.
-struct Partner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Partner {
-    fn spawn(role: &str, url: &str) -> Partner {
-        let mut child = Command::new(std::env::current_exe().expect("bench binary"))
-            .env(PARTNER_ENV, role)
-            .env(URL_ENV, url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the partner process");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut partner = Partner {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(partner.read_line(), "ready");
-        partner
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to partner");
-        stdin.flush().expect("flush to partner");
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        let read = self.stdout.read_line(&mut line).expect("read from partner");
-        assert!(read > 0, "the partner process exited early");
-        line.trim_end().to_owned()
-    }
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        // Closing its stdin ends the partner; kill it if it does not end promptly.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -1161,20 +1002,15 @@ struct HandoffResult {
 }
 
 impl HandoffResult {
-    fn percentile(sorted: &[u64], percent: usize) -> u64 {
-        let index = (sorted.len() * percent / 100).min(sorted.len() - 1);
-        sorted[index]
-    }
-
-    fn sorted(&self, crossings: Option<Crossings>) -> Vec<u64> {
-        let mut sorted: Vec<u64> = self
-            .rounds
-            .iter()
-            .filter(|(_, crossed)| crossings.is_none() || *crossed == crossings)
-            .map(|(ns, _)| *ns)
-            .collect();
-        sorted.sort_unstable();
-        sorted
+    /// The latencies of the rounds with `crossings` (`None`: all rounds).
+    fn latencies(&self, crossings: Option<Crossings>) -> Latencies {
+        Latencies::new(
+            self.rounds
+                .iter()
+                .filter(|(_, crossed)| crossings.is_none() || *crossed == crossings)
+                .map(|(ns, _)| *ns)
+                .collect(),
+        )
     }
 }
 
@@ -1190,7 +1026,7 @@ fn handoff(url: &str, rounds: usize, warmup: usize) -> Vec<HandoffResult> {
         .into_iter()
         .map(|mode| {
             let mut side = runtime.block_on(Side::new(mode.holder, mode.lock_name, url));
-            let partner = Partner::spawn(mode.role, url);
+            let partner = Partner::spawn(mode.role, [(URL_ENV, url)]);
             runtime.block_on(side.acquire());
             let (_, holder) =
                 runtime.block_on(holder_thread(&mut monitor, mode.lock_name, &mut threads));
@@ -1208,12 +1044,10 @@ fn handoff(url: &str, rounds: usize, warmup: usize) -> Vec<HandoffResult> {
             }
         })
         .collect();
-    let count = contestants.len();
     for round in 0..warmup + rounds {
-        for offset in 0..count {
-            let contestant = &mut contestants[(round + offset) % count];
-            contestant.partner.send("go");
-            assert_eq!(contestant.partner.read_line(), "waiting");
+        for index in rotation(round, contestants.len()) {
+            let contestant = &mut contestants[index];
+            contestant.partner.start_waiting();
             let (released, a_cpu) = runtime.block_on(async {
                 wait_until_blocked(
                     &mut monitor,
@@ -1226,8 +1060,8 @@ fn handoff(url: &str, rounds: usize, warmup: usize) -> Vec<HandoffResult> {
             let line = contestant.partner.read_line();
             let (acquired, b_cpu) = line.split_once(' ').expect("a timestamp and a CPU");
             let acquired: u64 = acquired.parse().expect("a timestamp");
-            let b_cpu: i32 = b_cpu.parse().expect("a CPU");
-            assert!(acquired >= released, "B held the lock before A released it");
+            let b_cpu: usize = b_cpu.parse().expect("a CPU");
+            let round_ns = latency(released, acquired);
             // Where the two server threads last ran: A's on the release, B's on the answer
             // to B's GET_LOCK. Neither has run since.
             let a_server_cpu = contestant.holder.cpu();
@@ -1246,10 +1080,7 @@ fn handoff(url: &str, rounds: usize, warmup: usize) -> Vec<HandoffResult> {
                 _ => None,
             };
             if round >= warmup {
-                contestant
-                    .result
-                    .rounds
-                    .push((acquired - released, crossings));
+                contestant.result.rounds.push((round_ns, crossings));
             }
             // B lets go; A waits for that in the server.
             contestant.partner.send("release");
@@ -1285,36 +1116,25 @@ fn print_handoff_summary(results: &[HandoffResult], rounds: usize, warmup: usize
     let floor = results
         .iter()
         .find(|result| result.mode.role == "raw-prepared")
-        .map(|result| HandoffResult::percentile(&result.sorted(None), 50));
-    println!(
-        "{:<38} {:>10} {:>10} {:>10} {:>10} {:>10} {:>16} {:>12}",
-        "holder (A) → waiter (B)",
-        "min",
-        "median",
-        "p90",
-        "p99",
-        "max",
-        "× floor median",
-        "polls/round"
-    );
-    let us = |ns: u64| format!("{:.1} µs", ns as f64 / 1000.0);
+        .map(|result| result.latencies(None).percentile(50));
+    let table = Table::new(&[38], &[10, 10, 10, 10, 10, 16, 12]);
+    let mut header = vec!["holder (A) → waiter (B)"];
+    header.extend(LATENCY_COLUMNS);
+    header.extend(["× floor median", "polls/round"]);
+    table.print(&header);
     for result in results {
-        let sorted = result.sorted(None);
-        let median = HandoffResult::percentile(&sorted, 50);
-        println!(
-            "{:<38} {:>10} {:>10} {:>10} {:>10} {:>10} {:>16} {:>12.1}",
-            result.mode.label,
-            us(sorted[0]),
-            us(median),
-            us(HandoffResult::percentile(&sorted, 90)),
-            us(HandoffResult::percentile(&sorted, 99)),
-            us(*sorted.last().expect("rounds")),
-            floor.map_or("-".to_owned(), |floor| format!(
-                "{:.2}×",
-                median as f64 / floor as f64
-            )),
-            result.confirmations.polls as f64 / (rounds + warmup) as f64,
-        );
+        let latencies = result.latencies(None);
+        let median = latencies.percentile(50);
+        let mut cells = vec![result.mode.label.to_owned()];
+        cells.extend(latencies.cells());
+        cells.push(floor.map_or("-".to_owned(), |floor| {
+            format!("{:.2}×", median as f64 / floor as f64)
+        }));
+        cells.push(format!(
+            "{:.1}",
+            result.confirmations.polls as f64 / (rounds + warmup) as f64
+        ));
+        table.print(&cells);
     }
     println!(
         "\nMedian by the wake-ups that went from one CPU to another, of the three in a \
@@ -1322,33 +1142,31 @@ fn print_handoff_summary(results: &[HandoffResult], rounds: usize, warmup: usize
          (the lock is granted), B's server thread → B (GET_LOCK returns); rounds in \
          parentheses\n"
     );
-    print!("{:<50}", "CPU crossings");
-    for result in results {
-        print!(" {:>20}", result.mode.role);
-    }
-    println!();
+    let table = Table::new(&[50], &vec![20; results.len()]);
+    let mut header = vec!["CPU crossings"];
+    header.extend(results.iter().map(|result| result.mode.role));
+    table.print(&header);
     for pattern in 0..8 {
-        let cells: Vec<Vec<u64>> = results
+        let latencies: Vec<Latencies> = results
             .iter()
-            .map(|result| result.sorted(Some(Crossings(pattern))))
+            .map(|result| result.latencies(Some(Crossings(pattern))))
             .collect();
-        if cells.iter().all(Vec::is_empty) {
+        if latencies.iter().all(Latencies::is_empty) {
             continue;
         }
-        print!("{:<50}", Crossings(pattern).label());
-        for sorted in &cells {
-            let cell = if sorted.is_empty() {
+        let mut cells = vec![Crossings(pattern).label()];
+        cells.extend(latencies.iter().map(|latencies| {
+            if latencies.is_empty() {
                 "-".to_owned()
             } else {
                 format!(
                     "{} ({})",
-                    us(HandoffResult::percentile(sorted, 50)),
-                    sorted.len()
+                    format_us(latencies.percentile(50)),
+                    latencies.len()
                 )
-            };
-            print!(" {cell:>20}");
-        }
-        println!();
+            }
+        }));
+        table.print(&cells);
     }
     println!();
     for result in results {
@@ -1361,27 +1179,14 @@ fn print_handoff_summary(results: &[HandoffResult], rounds: usize, warmup: usize
     println!();
 }
 
-/// Whether the filter argument, if any, lets a section run.
-fn section_selected(args: &[String], section: &str) -> bool {
-    let filter = args.iter().skip(1).find(|arg| !arg.starts_with('-'));
-    filter.is_none_or(|filter| section.contains(filter.as_str()) || filter.contains(section))
-}
-
 // ---------------------------------------------------------------------------------------------
 // The partner process (B).
 
 fn partner(role: &str) {
-    // Die with the bench process, whatever happens to it.
-    // SAFETY: plain prctl arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    die_with_parent();
     let mode = Mode::from_role(role);
     let runtime = current_thread();
     let mut side = runtime.block_on(Side::new(mode.waiter, mode.lock_name, &server_url()));
-    let say = |line: &str| {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").expect("write to the bench");
-        out.flush().expect("flush to the bench");
-    };
     say("ready");
     let mut lines = std::io::stdin().lock().lines();
     while let Some(Ok(line)) = lines.next() {

@@ -36,9 +36,8 @@
 //! rounds and the held-locks section with 100 locks. A criterion filter
 //! (`cargo bench … -- lock`) skips the custom sections unless it matches "handoff" or "held".
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::io::BufRead;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
@@ -51,9 +50,18 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 use tollgate::backend::postgres::{AdvisoryKey, PostgresLock, PostgresProvider, PostgresSemaphore};
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
+use tollgate_bench::args::{env_number, list_sections, BenchArgs};
+use tollgate_bench::clock::monotonic_ns;
+use tollgate_bench::current_thread;
+use tollgate_bench::cycle::{acquire_release, try_acquire_release};
+use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
+use tollgate_bench::interleave::rotation;
+use tollgate_bench::load::load_average;
+use tollgate_bench::partner::{die_with_parent, say, Partner};
+use tollgate_bench::placement::last_cpu;
+use tollgate_bench::stats::{upper_median, Samples};
+use tollgate_bench::table::{format_ns, Table};
 
-/// Set in the partner process: which role it plays.
-const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
 /// How many locks the `held` partner takes.
 const HELD_ENV: &str = "TOLLGATE_BENCH_HELD";
 const URL_ENV: &str = "TOLLGATE_POSTGRES_URL";
@@ -90,14 +98,12 @@ const HELD_RAW_KEY: i64 = 0x746f_6c6c_1000_0000;
 const DEFAULT_POOL_SIZE: usize = 16;
 
 fn main() {
-    if let Ok(role) = std::env::var(PARTNER_ENV) {
-        partner(&role);
-        return;
-    }
-    let args: Vec<String> = std::env::args().collect();
-    let listing = args.iter().any(|arg| arg == "--list");
-    let testing =
-        !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
+    tollgate_bench::run(partner, bench);
+}
+
+/// The benchmarks (this process is A).
+fn bench(args: BenchArgs) {
+    let (listing, testing) = (args.listing(), args.testing());
     let url = server_url();
 
     let runtime = current_thread();
@@ -117,16 +123,13 @@ fn main() {
     let placement = subjects.placement();
     drop(subjects);
     if listing {
-        println!("interleaved: bench");
-        println!("handoff: bench");
-        println!("held: bench");
-        println!("contention: bench");
+        list_sections(&["interleaved", "handoff", "held", "contention"]);
         return;
     }
     if !testing {
         print_uncontended_summary(&rows, &placement);
     }
-    if section_selected(&args, "interleaved") {
+    if args.selects("interleaved") {
         let (repetitions, blocks, per_block) = if testing {
             (1, 2, 1)
         } else {
@@ -138,7 +141,7 @@ fn main() {
         };
         interleaved(&url, repetitions, blocks, per_block);
     }
-    if section_selected(&args, "handoff") {
+    if args.selects("handoff") {
         let (rounds, warmup) = if testing {
             (3, 1)
         } else {
@@ -146,10 +149,10 @@ fn main() {
         };
         handoff(&url, rounds, warmup);
     }
-    if section_selected(&args, "held") {
+    if args.selects("held") {
         held(&url, if testing { 100 } else { HELD });
     }
-    if section_selected(&args, "contention") {
+    if args.selects("contention") {
         let (rounds, span) = if testing {
             (1, Duration::from_millis(200))
         } else {
@@ -183,11 +186,10 @@ fn contention(url: &str, rounds: usize, span: Duration) {
         .enable_all()
         .build()
         .expect("runtime");
-    let load = || std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
         "\nContention: {CONTENTION_TASKS} tasks, one name, {span:?} per side, {rounds} rounds \
          (load average at start: {})",
-        load().trim()
+        load_average()
     );
     let (mut ours, mut floors) = (Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -200,16 +202,13 @@ fn contention(url: &str, rounds: usize, span: Duration) {
         ours.push(tollgate);
         floors.push(floor);
     }
-    let median = |values: &mut Vec<f64>| {
-        values.sort_by(f64::total_cmp);
-        values[values.len() / 2]
-    };
-    let (ours, floors) = (median(&mut ours), median(&mut floors));
+    let median = |values: &[f64]| upper_median(values).expect("rounds");
+    let (ours, floors) = (median(&ours), median(&floors));
     println!(
         "  median: tollgate {ours:.0} acquisitions/s, floor {floors:.0}/s: {:.2}× (load average \
          at end: {})",
         ours / floors,
-        load().trim()
+        load_average()
     );
 }
 
@@ -218,13 +217,7 @@ async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
     let provider = PostgresProvider::from_url(url).expect("provider");
     let name = format!("bench-contention-{round}");
     // Warm: a shared session opened and its statements prepared.
-    let warm = provider.lock(&name).expect("lock");
-    warm.acquire()
-        .await
-        .expect("acquire")
-        .release()
-        .await
-        .expect("release");
+    acquire_release(&provider.lock(&name).expect("lock")).await;
     let stop = Instant::now() + span;
     let tasks: Vec<_> = (0..CONTENTION_TASKS)
         .map(|_| {
@@ -232,8 +225,7 @@ async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
             tokio::spawn(async move {
                 let mut count = 0u64;
                 while Instant::now() < stop {
-                    let handle = lock.acquire().await.expect("acquire");
-                    handle.release().await.expect("release");
+                    acquire_release(&lock).await;
                     count += 1;
                 }
                 count
@@ -252,14 +244,8 @@ async fn contend_floor(url: &str, span: Duration) -> f64 {
     let mut sessions = Vec::new();
     for _ in 0..CONTENTION_TASKS {
         let client = raw_client(url).await;
-        let lock = client
-            .prepare("SELECT pg_advisory_lock($1)")
-            .await
-            .expect("prepare");
-        let unlock = client
-            .prepare("SELECT pg_advisory_unlock($1)")
-            .await
-            .expect("prepare");
+        let lock = prepare(&client, "SELECT pg_advisory_lock($1)").await;
+        let unlock = prepare(&client, "SELECT pg_advisory_unlock($1)").await;
         sessions.push((client, lock, unlock));
     }
     let stop = Instant::now() + span;
@@ -292,20 +278,13 @@ async fn contend_floor(url: &str, span: Duration) -> f64 {
 // Helpers.
 
 fn server_url() -> String {
-    std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.into())
+    tollgate_bench::args::server_url(URL_ENV, DEFAULT_URL)
 }
 
 /// The URL with `application_name` set, so that A can find B's sessions.
 fn with_application_name(url: &str, name: &str) -> String {
     let separator = if url.contains('?') { '&' } else { '?' };
     format!("{url}{separator}application_name={name}")
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 /// A plain tokio-postgres session, its connection task spawned on the current runtime.
@@ -321,6 +300,12 @@ async fn raw_client(url: &str) -> Client {
     client
 }
 
+/// `sql` prepared on `client`.
+async fn prepare(client: &Client, sql: &str) -> tokio_postgres::Statement {
+    client.prepare(sql).await.expect(sql)
+}
+
+/// The first column of the first row `sql` returns, sent as a simple query (text).
 async fn simple_value(client: &Client, sql: &str) -> Option<String> {
     let messages = client.simple_query(sql).await.expect(sql);
     messages.into_iter().find_map(|message| match message {
@@ -362,60 +347,10 @@ async fn print_server(url: &str) {
     );
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for every process of the machine.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to write into.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    assert_eq!(result, 0, "clock_gettime");
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-fn format_ns(ns: f64) -> String {
-    if ns >= 10_000.0 {
-        format!("{:.1} µs", ns / 1000.0)
-    } else if ns >= 1_000.0 {
-        format!("{:.2} µs", ns / 1000.0)
-    } else {
-        format!("{ns:.0} ns")
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // 1. Uncontended acquire + release.
 
-/// The (iterations, elapsed) pairs criterion asked one benchmark for; the last `SAMPLE_SIZE`
-/// are its measurement samples (the warm-up comes first).
-#[derive(Clone, Default)]
-struct Samples(Arc<Mutex<Vec<(u64, Duration)>>>);
-
-impl Samples {
-    fn record(&self, iterations: u64, elapsed: Duration) -> Duration {
-        self.0.lock().unwrap().push((iterations, elapsed));
-        elapsed
-    }
-
-    /// The median of the per-iteration times of the measurement samples (criterion's median).
-    fn median_ns(&self) -> Option<f64> {
-        let all = self.0.lock().unwrap();
-        let samples = &all[all.len().saturating_sub(SAMPLE_SIZE)..];
-        let mut per_iteration: Vec<f64> = samples
-            .iter()
-            .map(|(iterations, elapsed)| elapsed.as_nanos() as f64 / *iterations as f64)
-            .collect();
-        per_iteration.sort_by(f64::total_cmp);
-        let n = per_iteration.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(per_iteration[n / 2]),
-            _ => Some((per_iteration[n / 2 - 1] + per_iteration[n / 2]) / 2.0),
-        }
-    }
-}
-
+/// One variant's criterion benchmark, and the samples it measured.
 struct Row {
     variant: Variant,
     samples: Samples,
@@ -501,22 +436,15 @@ impl Subjects {
             PostgresProvider::from_url(&with_application_name(url, &application("tollgate")))
                 .expect("provider");
         let client = raw_client(&with_application_name(url, &application("floor"))).await;
-        let try_statement = client
-            .prepare("SELECT pg_try_advisory_lock($1)")
-            .await
-            .expect("prepare");
-        let unlock_statement = client
-            .prepare("SELECT pg_advisory_unlock($1)")
-            .await
-            .expect("prepare");
-        let scan_statement = client
-            .prepare(
-                "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 0 \
-                 WHEN pg_try_advisory_lock($1 + 1) THEN 1 \
-                 WHEN pg_try_advisory_lock($1 + 2) THEN 2 END",
-            )
-            .await
-            .expect("prepare");
+        let try_statement = prepare(&client, "SELECT pg_try_advisory_lock($1)").await;
+        let unlock_statement = prepare(&client, "SELECT pg_advisory_unlock($1)").await;
+        let scan_statement = prepare(
+            &client,
+            "SELECT CASE WHEN pg_try_advisory_lock($1) THEN 0 \
+             WHEN pg_try_advisory_lock($1 + 1) THEN 1 \
+             WHEN pg_try_advisory_lock($1 + 2) THEN 2 END",
+        )
+        .await;
         let peer = PostgresLockProvider::new(with_application_name(url, &application("peer")))
             .await
             .expect("distributed-lock provider");
@@ -598,19 +526,8 @@ impl Subjects {
     /// One acquire + release, waiting for the server's answer to both.
     async fn cycle(&self, variant: Variant) {
         match variant {
-            Variant::TollgateTry => {
-                let handle = self
-                    .lock
-                    .try_acquire()
-                    .await
-                    .expect("try_acquire")
-                    .expect("an uncontended lock is free");
-                handle.release().await.expect("release");
-            }
-            Variant::TollgateAcquire => {
-                let handle = self.lock.acquire().await.expect("acquire");
-                handle.release().await.expect("release");
-            }
+            Variant::TollgateTry => try_acquire_release(&self.lock).await,
+            Variant::TollgateAcquire => acquire_release(&self.lock).await,
             Variant::FloorPrepared => {
                 let row = self
                     .client
@@ -644,15 +561,7 @@ impl Subjects {
                 let handle = self.peer_lock.acquire(None).await.expect("acquire");
                 handle.release().await.expect("release");
             }
-            Variant::TollgateSemaphore => {
-                let ticket = self
-                    .semaphore
-                    .try_acquire()
-                    .await
-                    .expect("try_acquire")
-                    .expect("an uncontended semaphore has tickets");
-                ticket.release().await.expect("release");
-            }
+            Variant::TollgateSemaphore => try_acquire_release(&self.semaphore).await,
             Variant::FloorSemaphore => {
                 let row = self
                     .client
@@ -700,7 +609,7 @@ fn uncontended(criterion: &mut Criterion, runtime: &Runtime, subjects: &Arc<Subj
 fn print_uncontended_summary(rows: &[Row], placement: &str) {
     let medians: Vec<(&Row, f64)> = rows
         .iter()
-        .filter_map(|row| Some((row, row.samples.median_ns()?)))
+        .filter_map(|row| Some((row, row.samples.median_ns(SAMPLE_SIZE)?)))
         .collect();
     if medians.is_empty() {
         return;
@@ -713,32 +622,19 @@ fn print_uncontended_summary(rows: &[Row], placement: &str) {
     };
     let (simple, prepared) = (floor(Variant::FloorSimple), floor(Variant::FloorPrepared));
     println!("\nUncontended acquire + release, median per operation (criterion samples)\n");
-    println!(
-        "{:<40} {:>10} {:>16} {:>14}",
-        "benchmark", "median", "× simple_query", "× prepared"
-    );
+    let table = Table::new(&[40], &[10, 16, 14]);
+    table.print(&["benchmark", "median", "× simple_query", "× prepared"]);
     for (row, median) in &medians {
         let ratio =
             |floor: Option<f64>| floor.map_or("-".to_owned(), |f| format!("{:.2}×", median / f));
-        println!(
-            "{:<40} {:>10} {:>16} {:>14}",
-            row.variant.name(),
+        table.print(&[
+            row.variant.name().to_owned(),
             format_ns(*median),
             ratio(simple),
-            ratio(prepared)
-        );
+            ratio(prepared),
+        ]);
     }
     println!("(at the end: {placement})\n");
-}
-
-/// The vCPU a process or thread last ran on (field 39 of its `stat`).
-fn last_cpu(stat_path: &str) -> Option<usize> {
-    let stat = std::fs::read_to_string(stat_path).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    // `rest` starts at field 3 (the state).
-    rest.split_whitespace()
-        .nth(39 - 3)
-        .and_then(|cpu| cpu.parse().ok())
 }
 
 /// The same variants taking turns, block by block, so that a burst of load from elsewhere
@@ -758,8 +654,7 @@ fn interleaved(url: &str, repetitions: usize, blocks: usize, per_block: usize) {
             let subjects = Subjects::new(url, &format!("i{repetition}")).await;
             for block in 0..warmup + blocks {
                 // Each block starts with the next variant, so none always follows another.
-                for turn in 0..Variant::ALL.len() {
-                    let index = (block + turn) % Variant::ALL.len();
+                for index in rotation(block, Variant::ALL.len()) {
                     let variant = Variant::ALL[index];
                     // Unmeasured: the first round trips after a switch of sessions pay for
                     // waking a server process that slept (and maybe for moving it).
@@ -779,11 +674,7 @@ fn interleaved(url: &str, repetitions: usize, blocks: usize, per_block: usize) {
             placements.push(subjects.placement());
         });
     }
-    let median = |values: &[f64]| -> Option<f64> {
-        let mut sorted = values.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted.get(sorted.len() / 2).copied()
-    };
+    let median = upper_median;
     let select = |index: usize, same: Option<bool>| -> Vec<f64> {
         times[index]
             .iter()
@@ -807,15 +698,15 @@ fn interleaved(url: &str, repetitions: usize, blocks: usize, per_block: usize) {
         println!("  repetition {repetition}, at its end: {placement}");
     }
     println!();
-    println!(
-        "{:<40} {:>10} {:>22} {:>22} {:>16} {:>14}",
+    let table = Table::new(&[40], &[10, 22, 22, 16, 14]);
+    table.print(&[
         "variant",
         "median",
         "session on our vCPU",
         "session on the other",
         "× simple_query",
-        "× prepared"
-    );
+        "× prepared",
+    ]);
     let regime = |index: usize, same: bool| {
         let selected = select(index, Some(same));
         median(&selected).map_or("-".to_owned(), |value| {
@@ -841,15 +732,14 @@ fn interleaved(url: &str, repetitions: usize, blocks: usize, per_block: usize) {
         "-".to_owned()
     };
     for (index, variant) in Variant::ALL.into_iter().enumerate() {
-        println!(
-            "{:<40} {:>10} {:>22} {:>22} {:>16} {:>14}",
-            variant.name(),
+        table.print(&[
+            variant.name().to_owned(),
             median(&select(index, None)).map_or("-".to_owned(), format_ns),
             regime(index, true),
             regime(index, false),
             ratio(index, Variant::FloorSimple),
             ratio(index, Variant::FloorPrepared),
-        );
+        ]);
     }
     println!(
         "semaphore(3): tollgate × its floor (one prepared CASE scan + unlock): {}",
@@ -873,10 +763,7 @@ fn cycles(url: &str) {
         .into_iter()
         .find(|variant| variant.kind() == kind)
         .unwrap_or_else(|| panic!("unknown TOLLGATE_BENCH_KIND {kind:?}"));
-    let count: u64 = std::env::var("TOLLGATE_BENCH_CYCLES")
-        .ok()
-        .and_then(|count| count.parse().ok())
-        .unwrap_or(10_000);
+    let count: u64 = env_number("TOLLGATE_BENCH_CYCLES").unwrap_or(10_000);
     current_thread().block_on(async {
         let subjects = Subjects::new(url, "cycles").await;
         for _ in 0..count {
@@ -997,66 +884,6 @@ impl Side {
     }
 }
 
-/// The partner process; killed (by its id) if still running when dropped.
-struct Partner {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Partner {
-    fn spawn(role: &str, envs: &[(&str, String)]) -> Partner {
-        let mut command = Command::new(std::env::current_exe().expect("bench binary"));
-        command
-            .env(PARTNER_ENV, role)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for (key, value) in envs {
-            command.env(key, value);
-        }
-        let mut child = command.spawn().expect("spawn the partner process");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut partner = Partner {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(partner.read_line(), "ready");
-        partner
-    }
-
-    fn send(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").expect("write to partner");
-        stdin.flush().expect("flush to partner");
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        let read = self.stdout.read_line(&mut line).expect("read from partner");
-        assert!(read > 0, "the partner process exited early");
-        line.trim_end().to_owned()
-    }
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        // Closing its stdin ends the partner; kill it if it does not end promptly.
-        drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Polls `pg_locks` until a session of the partner (by `application_name`) waits for an
 /// advisory lock: B's backend is then queued on the lock, and A's unlock wakes it.
 async fn wait_until_blocked(monitor: &Client, statement: &tokio_postgres::Statement) -> usize {
@@ -1114,7 +941,7 @@ fn handoff(url: &str, rounds: usize, warmup: usize) {
             runtime.block_on(side.acquire());
             let partner = Partner::spawn(
                 waiter.role(),
-                &[(URL_ENV, url.to_owned()), (PAIR_ENV, index.to_string())],
+                [(URL_ENV, url.to_owned()), (PAIR_ENV, index.to_string())],
             );
             (side, partner)
         })
@@ -1123,15 +950,13 @@ fn handoff(url: &str, rounds: usize, warmup: usize) {
     let mut polls = vec![0; PAIRS.len()];
     for round in 0..warmup + rounds {
         for (index, (side, partner)) in pairs.iter_mut().enumerate() {
-            partner.send("go");
-            assert_eq!(partner.read_line(), "waiting");
+            partner.start_waiting();
             polls[index] += runtime.block_on(wait_until_blocked(&monitor, &waiting));
             let released = monotonic_ns();
             runtime.block_on(side.release());
-            let acquired: u64 = partner.read_line().parse().expect("a timestamp");
-            assert!(acquired >= released, "B held the lock before A released it");
+            let round_ns = latency(released, partner.read_timestamp());
             if round >= warmup {
-                latencies[index].push(acquired - released);
+                latencies[index].push(round_ns);
             }
             // B lets go right after reporting; A waits for that in the server.
             runtime.block_on(side.acquire());
@@ -1141,69 +966,21 @@ fn handoff(url: &str, rounds: usize, warmup: usize) {
         drop(partner);
         runtime.block_on(side.release());
     }
-    println!(
-        "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12}",
-        "holder (A) → waiter (B)", "min", "median", "p90", "p99", "max", "polls/round"
-    );
-    for (index, (holder, waiter)) in PAIRS.iter().enumerate() {
-        let sorted = &mut latencies[index];
-        sorted.sort_unstable();
-        let percentile =
-            |percent: usize| sorted[(sorted.len() * percent / 100).min(sorted.len() - 1)];
-        let us = |ns: u64| format!("{:.1} µs", ns as f64 / 1000.0);
-        println!(
-            "{:<40} {:>10} {:>10} {:>10} {:>10} {:>10} {:>12.1}",
-            format!("{} → {}", holder.label(), waiter.label()),
-            us(sorted[0]),
-            us(percentile(50)),
-            us(percentile(90)),
-            us(percentile(99)),
-            us(*sorted.last().expect("rounds")),
-            polls[index] as f64 / (rounds + warmup) as f64,
-        );
+    let table = Table::new(&[40], &[10, 10, 10, 10, 10, 12]);
+    let mut header = vec!["holder (A) → waiter (B)"];
+    header.extend(LATENCY_COLUMNS);
+    header.push("polls/round");
+    table.print(&header);
+    for ((index, (holder, waiter)), latencies) in PAIRS.iter().enumerate().zip(latencies) {
+        let mut cells = vec![format!("{} → {}", holder.label(), waiter.label())];
+        cells.extend(Latencies::new(latencies).cells());
+        cells.push(format!(
+            "{:.1}",
+            polls[index] as f64 / (rounds + warmup) as f64
+        ));
+        table.print(&cells);
     }
     println!();
-}
-
-/// Whether the criterion filter, if any, lets a custom section run.
-fn section_selected(args: &[String], section: &str) -> bool {
-    // Criterion options that take a value (so the value is not the filter).
-    const WITH_VALUE: &[&str] = &[
-        "--color",
-        "-c",
-        "--save-baseline",
-        "-s",
-        "--baseline",
-        "-b",
-        "--baseline-lenient",
-        "--load-baseline",
-        "--profile-time",
-        "--sample-size",
-        "--warm-up-time",
-        "--measurement-time",
-        "--nresamples",
-        "--noise-threshold",
-        "--confidence-level",
-        "--significance-level",
-        "--format",
-        "--plotting-backend",
-        "--output-format",
-        "--logfile",
-        "--test-threads",
-        "--skip",
-    ];
-    let mut filter = None;
-    let mut skip_value = false;
-    for arg in args.iter().skip(1) {
-        if skip_value {
-            skip_value = false;
-        } else if arg.starts_with('-') {
-            skip_value = WITH_VALUE.contains(&arg.as_str());
-        } else {
-            filter = Some(arg.as_str());
-        }
-    }
-    filter.is_none_or(|filter| section.contains(filter) || filter.contains(section))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1214,7 +991,7 @@ fn held(url: &str, count: usize) {
     println!("(in a fresh partner process; resident set from /proc/self/statm)\n");
     let mut partner = Partner::spawn(
         "held",
-        &[(URL_ENV, url.to_owned()), (HELD_ENV, count.to_string())],
+        [(URL_ENV, url.to_owned()), (HELD_ENV, count.to_string())],
     );
     loop {
         let line = partner.read_line();
@@ -1240,12 +1017,7 @@ fn resident_bytes() -> u64 {
 
 /// The `held` partner: takes the locks, prints its findings line by line, then "done".
 fn held_partner(url: &str, count: usize) {
-    let say = |line: String| {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").expect("write to the bench");
-        out.flush().expect("flush to the bench");
-    };
-    say("ready".into());
+    say("ready");
     let runtime = current_thread();
     runtime.block_on(async {
         let provider = PostgresProvider::from_url(url).expect("provider");
@@ -1282,7 +1054,7 @@ fn held_partner(url: &str, count: usize) {
         let elapsed = start.elapsed();
         let after = resident_bytes();
         let held = handles.len();
-        say(format!(
+        say(&format!(
             "one after another: {held} held of {count}{}",
             failure
                 .as_ref()
@@ -1291,13 +1063,13 @@ fn held_partner(url: &str, count: usize) {
                     held + 1
                 ))
         ));
-        say(format!(
+        say(&format!(
             "  sessions used: {}; time: {:.0} ms ({:.1} µs per lock)",
             provider.connection_count(),
             elapsed.as_secs_f64() * 1000.0,
             elapsed.as_secs_f64() * 1e6 / held.max(1) as f64
         ));
-        say(format!(
+        say(&format!(
             "  resident set: +{:.2} MiB = {:.0} bytes per held lock (lock + handle; size_of::<PostgresHandle>() = {} bytes)",
             after.saturating_sub(before) as f64 / (1 << 20) as f64,
             after.saturating_sub(before) as f64 / held.max(1) as f64,
@@ -1307,7 +1079,7 @@ fn held_partner(url: &str, count: usize) {
         for handle in handles {
             handle.release().await.expect("release");
         }
-        say(format!(
+        say(&format!(
             "  release().await of all, one after another: {:.0} ms",
             start.elapsed().as_secs_f64() * 1000.0
         ));
@@ -1335,12 +1107,12 @@ fn held_partner(url: &str, count: usize) {
                 }
             }
         }
-        say(format!(
+        say(&format!(
             "all at once ({fitted} try_acquire futures joined): {} held, {failed} not{}",
             handles.len(),
             first_error.map_or(String::new(), |error| format!(" (first error: {error})"))
         ));
-        say(format!(
+        say(&format!(
             "  sessions used: {}; time: {:.0} ms ({:.1} µs per lock)",
             provider.connection_count(),
             elapsed.as_secs_f64() * 1000.0,
@@ -1348,7 +1120,7 @@ fn held_partner(url: &str, count: usize) {
         ));
         let start = Instant::now();
         futures_util::future::join_all(handles.into_iter().map(|handle| handle.release())).await;
-        say(format!(
+        say(&format!(
             "  release().await of all, joined: {:.0} ms",
             start.elapsed().as_secs_f64() * 1000.0
         ));
@@ -1380,7 +1152,7 @@ fn held_partner(url: &str, count: usize) {
                 assert_eq!(taken.as_deref(), Some("t"), "a raw held key is free");
             }
             let elapsed = start.elapsed();
-            say(format!(
+            say(&format!(
                 "raw floor, {fitted} × SELECT pg_try_advisory_lock(k) one after another on \
                  {sessions} session(s){}: {:.0} ms ({:.1} µs per lock)",
                 match (sessions, round_robin) {
@@ -1396,7 +1168,7 @@ fn held_partner(url: &str, count: usize) {
             }
         }
     });
-    say("done".into());
+    say("done");
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
@@ -1471,19 +1243,14 @@ async fn peer_drop_check(url: &str) {
 // The partner process (B).
 
 fn partner(role: &str) {
-    // Die with the bench process, whatever happens to it.
-    // SAFETY: plain prctl arguments.
-    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    die_with_parent();
     let url = server_url();
     if role == "cycles" {
         cycles(&url);
         return;
     }
     if role == "held" {
-        let count = std::env::var(HELD_ENV)
-            .ok()
-            .and_then(|count| count.parse().ok())
-            .unwrap_or(HELD);
+        let count = env_number(HELD_ENV).unwrap_or(HELD);
         held_partner(&url, count);
         return;
     }
@@ -1495,16 +1262,8 @@ fn partner(role: &str) {
     };
     let runtime = current_thread();
     let url = with_application_name(&url, PARTNER_APPLICATION);
-    let pair = std::env::var(PAIR_ENV)
-        .ok()
-        .and_then(|pair| pair.parse().ok())
-        .expect("TOLLGATE_BENCH_PAIR");
+    let pair = env_number(PAIR_ENV).expect("TOLLGATE_BENCH_PAIR");
     let mut side = runtime.block_on(Side::new(mode, &url, pair));
-    let say = |line: &str| {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").expect("write to the bench");
-        out.flush().expect("flush to the bench");
-    };
     say("ready");
     for line in std::io::stdin().lock().lines() {
         match line.expect("read from the bench").as_str() {

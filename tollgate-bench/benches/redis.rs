@@ -24,8 +24,7 @@
 //!
 //! Under `cargo test --benches` every row runs a few times only.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use distributed_lock_core::traits::{
@@ -36,10 +35,18 @@ use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 use tollgate::backend::redis::{RedisLock, RedisProvider};
 use tollgate::{Acquire, Handle, LockProvider};
+use tollgate_bench::args::{list_sections, BenchArgs};
+use tollgate_bench::clock::monotonic_ns;
+use tollgate_bench::current_thread;
+use tollgate_bench::cycle::{acquire_release, try_acquire_release};
+use tollgate_bench::handoff::latency;
+use tollgate_bench::partner::{die_with_parent, say, Partner};
+use tollgate_bench::table::format_us;
 
-const PARTNER_ENV: &str = "TOLLGATE_BENCH_PARTNER";
 const URL_ENV: &str = "TOLLGATE_REDIS_URL";
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+/// The lock name of a hand-off pair, passed to the partner.
+const NAME_ENV: &str = "TOLLGATE_BENCH_NAME";
 const BATCH: u32 = 50;
 const UNCONTENDED_TIME: Duration = Duration::from_secs(20);
 const HANDOFF_ROUNDS: usize = 300;
@@ -50,29 +57,16 @@ const RAW_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
      return redis.call('del', KEYS[1]) end return 0";
 
 fn main() {
-    if let Ok(role) = std::env::var(PARTNER_ENV) {
-        partner(&role);
+    tollgate_bench::run(partner, bench);
+}
+
+/// The benchmarks (this process is A).
+fn bench(args: BenchArgs) {
+    if args.listing() {
+        list_sections(&["uncontended", "handoff"]);
         return;
     }
-    let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|arg| arg == "--list") {
-        println!("uncontended: bench");
-        println!("handoff: bench");
-        return;
-    }
-    let testing =
-        !args.iter().any(|arg| arg == "--bench") || args.iter().any(|arg| arg == "--test");
-    let selected = |section: &str| {
-        let filters: Vec<&String> = args
-            .iter()
-            .skip(1)
-            .filter(|arg| !arg.starts_with("--"))
-            .collect();
-        filters.is_empty()
-            || filters
-                .iter()
-                .any(|filter| section.contains(filter.as_str()))
-    };
+    let testing = args.testing();
     let url = server_url();
     let runtime = current_thread();
     let version: String = runtime.block_on(async {
@@ -89,8 +83,10 @@ fn main() {
             .to_owned()
     });
     println!("Redis {version} at {url}");
-    let rows = selected("uncontended").then(|| uncontended(&runtime, &url, testing));
-    let handoffs = selected("handoff").then(|| {
+    let rows = args
+        .selects("uncontended")
+        .then(|| uncontended(&runtime, &url, testing));
+    let handoffs = args.selects("handoff").then(|| {
         let (rounds, warmup) = if testing {
             (3, 1)
         } else {
@@ -112,7 +108,11 @@ fn main() {
             let ratio = floor.map_or(String::from("—"), |floor| {
                 format!("{:.2}×", median.as_secs_f64() / floor.as_secs_f64())
             });
-            println!("| {} | {} | {ratio} |", row.label(), micros(*median));
+            println!(
+                "| {} | {} | {ratio} |",
+                row.label(),
+                format_us(median.as_nanos() as u64)
+            );
         }
     }
     if let Some(handoffs) = handoffs {
@@ -126,24 +126,17 @@ fn main() {
                 "| {} | {} | {} | {} | {} | {} |",
                 pair.label(),
                 latencies.len(),
-                micros(at(0.5)),
-                micros(at(0.9)),
-                micros(at(0.99)),
-                micros(at(1.0)),
+                format_us(at(0.5)),
+                format_us(at(0.9)),
+                format_us(at(0.99)),
+                format_us(at(1.0)),
             );
         }
     }
 }
 
 fn server_url() -> String {
-    std::env::var(URL_ENV).unwrap_or_else(|_| DEFAULT_URL.into())
-}
-
-fn current_thread() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
+    tollgate_bench::args::server_url(URL_ENV, DEFAULT_URL)
 }
 
 async fn raw_connection(url: &str) -> MultiplexedConnection {
@@ -152,21 +145,6 @@ async fn raw_connection(url: &str) -> MultiplexedConnection {
         .get_multiplexed_async_connection()
         .await
         .expect("connect to redis")
-}
-
-fn micros(duration: Duration) -> String {
-    format!("{:.1} µs", duration.as_secs_f64() * 1e6)
-}
-
-/// `CLOCK_MONOTONIC` in nanoseconds: comparable between processes on this machine.
-fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn unique(label: &str) -> String {
@@ -231,19 +209,8 @@ impl Subjects {
 
     async fn cycle(&mut self, row: Row) {
         match row {
-            Row::TollgateTry => {
-                let handle = self
-                    .lock
-                    .try_acquire()
-                    .await
-                    .expect("try_acquire")
-                    .expect("free");
-                handle.release().await.expect("release");
-            }
-            Row::TollgateAcquire => {
-                let handle = self.lock.acquire().await.expect("acquire");
-                handle.release().await.expect("release");
-            }
+            Row::TollgateTry => try_acquire_release(&self.lock).await,
+            Row::TollgateAcquire => acquire_release(&self.lock).await,
             Row::Floor => {
                 let set: Option<String> = redis::cmd("SET")
                     .arg(&self.raw_key)
@@ -344,53 +311,6 @@ impl Pair {
     }
 }
 
-/// The partner process (B), driven line by line over stdin/stdout.
-struct Partner {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Partner {
-    fn spawn(pair: Pair, url: &str, name: &str) -> Partner {
-        let mut child = Command::new(std::env::current_exe().expect("bench binary"))
-            .env(PARTNER_ENV, pair.role())
-            .env(URL_ENV, url)
-            .env("TOLLGATE_BENCH_NAME", name)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn the partner");
-        let stdin = child.stdin.take().expect("stdin");
-        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut partner = Partner {
-            child,
-            stdin,
-            stdout,
-        };
-        assert_eq!(partner.read_line(), "ready");
-        partner
-    }
-
-    fn send(&mut self, line: &str) {
-        writeln!(self.stdin, "{line}").expect("write to partner");
-        self.stdin.flush().expect("flush");
-    }
-
-    fn read_line(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read partner");
-        line.trim().to_owned()
-    }
-}
-
-impl Drop for Partner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn subscribers(admin: &mut MultiplexedConnection, channel: &[u8]) -> i64 {
     let counts: Vec<(Vec<u8>, i64)> = redis::cmd("PUBSUB")
         .arg("NUMSUB")
@@ -412,10 +332,11 @@ async fn until_subscribers(admin: &mut MultiplexedConnection, channel: &[u8], wa
     }
 }
 
-fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<Duration> {
+/// The latencies of the measured rounds of one pair, in nanoseconds.
+fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<u64> {
     let name = unique(&format!("handoff-{}", pair.role()));
     let channel = [b"tollgate:released:".as_slice(), name.as_bytes()].concat();
-    let mut partner = Partner::spawn(pair, url, &name);
+    let mut partner = Partner::spawn(pair.role(), [(URL_ENV, url), (NAME_ENV, name.as_str())]);
     let runtime = current_thread();
     runtime.block_on(async {
         let mut admin = raw_connection(url).await;
@@ -457,13 +378,11 @@ fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<Duration>
                         .expect("release");
                 }
             }
-            let acquired_at: u64 = partner.read_line().parse().expect("a timestamp");
+            let round_ns = latency(released_at, partner.read_timestamp());
             partner.send("release");
             assert_eq!(partner.read_line(), "released");
             if round >= warmup {
-                latencies.push(Duration::from_nanos(
-                    acquired_at.saturating_sub(released_at),
-                ));
+                latencies.push(round_ns);
             }
         }
         latencies
@@ -472,8 +391,9 @@ fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<Duration>
 
 /// B: on `go`, acquires (waiting), prints the time it got it, releases on `release`.
 fn partner(role: &str) {
+    die_with_parent();
     let url = server_url();
-    let name = std::env::var("TOLLGATE_BENCH_NAME").expect("name");
+    let name = std::env::var(NAME_ENV).expect("TOLLGATE_BENCH_NAME");
     let channel = [b"tollgate:released:".as_slice(), name.as_bytes()].concat();
     let runtime = current_thread();
     runtime.block_on(async {
@@ -482,8 +402,8 @@ fn partner(role: &str) {
         let client = redis::Client::open(url.as_str()).expect("url");
         let mut raw = raw_connection(&url).await;
         let delete = redis::Script::new(RAW_DELETE);
-        let mut stdin = BufReader::new(std::io::stdin()).lines();
-        println!("ready");
+        let mut stdin = std::io::stdin().lock().lines();
+        say("ready");
         while let Some(Ok(line)) = stdin.next() {
             if line != "go" {
                 continue;
@@ -491,7 +411,7 @@ fn partner(role: &str) {
             match role {
                 "tollgate" => {
                     let handle = lock.acquire().await.expect("acquire");
-                    println!("{}", monotonic_ns());
+                    say(&monotonic_ns().to_string());
                     let _ = stdin.next();
                     handle.release().await.expect("release");
                 }
@@ -513,7 +433,7 @@ fn partner(role: &str) {
                         }
                         pubsub.on_message().next().await;
                     }
-                    println!("{}", monotonic_ns());
+                    say(&monotonic_ns().to_string());
                     drop(pubsub);
                     let _ = stdin.next();
                     let _: i64 = delete
@@ -524,7 +444,7 @@ fn partner(role: &str) {
                         .expect("release");
                 }
             }
-            println!("released");
+            say("released");
         }
     });
 }
