@@ -44,7 +44,7 @@ use criterion::{BenchmarkGroup, Criterion};
 use tokio::runtime::Runtime;
 use tollgate::local::LocalProvider;
 use tollgate::{Acquire, LockProvider, SemaphoreProvider};
-use tollgate_bench::args::{env_number, list_sections, BenchArgs};
+use tollgate_bench::args::{env_number, BenchArgs};
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
 use tollgate_bench::partner::{die_with_parent, say, Partner};
@@ -86,8 +86,7 @@ fn bench(args: BenchArgs) {
         .configure_from_args();
     let rows = uncontended(&mut criterion, dir.path());
     criterion.final_summary();
-    if listing {
-        list_sections(&["handoff"]);
+    if args.answer_list(&["handoff"]) {
         return;
     }
     if !testing {

@@ -71,7 +71,7 @@ use mysql_async::Conn;
 use tokio::runtime::Runtime;
 use tollgate::backend::mysql::{MySqlHandle, MySqlLock, MySqlProvider, MySqlSemaphore};
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
-use tollgate_bench::args::{list_sections, BenchArgs};
+use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::{monotonic_ns, thread_cpu_ns};
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
@@ -131,8 +131,7 @@ fn main() {
 
 /// The benchmarks (this process is A).
 fn bench(args: BenchArgs) {
-    if args.listing() {
-        list_sections(&["uncontended", "handoff"]);
+    if args.answer_list(&["uncontended", "handoff"]) {
         return;
     }
     let testing = args.testing();

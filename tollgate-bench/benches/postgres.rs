@@ -50,7 +50,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{Client, NoTls};
 use tollgate::backend::postgres::{AdvisoryKey, PostgresLock, PostgresProvider, PostgresSemaphore};
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
-use tollgate_bench::args::{env_number, list_sections, BenchArgs};
+use tollgate_bench::args::{env_number, BenchArgs};
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
@@ -122,8 +122,7 @@ fn bench(args: BenchArgs) {
     criterion.final_summary();
     let placement = subjects.placement();
     drop(subjects);
-    if listing {
-        list_sections(&["interleaved", "handoff", "held", "contention"]);
+    if args.answer_list(&["interleaved", "handoff", "held", "contention"]) {
         return;
     }
     if !testing {

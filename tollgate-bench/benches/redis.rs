@@ -35,7 +35,7 @@ use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 use tollgate::backend::redis::{RedisLock, RedisProvider};
 use tollgate::{Acquire, Handle, LockProvider};
-use tollgate_bench::args::{list_sections, BenchArgs};
+use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
@@ -62,8 +62,7 @@ fn main() {
 
 /// The benchmarks (this process is A).
 fn bench(args: BenchArgs) {
-    if args.listing() {
-        list_sections(&["uncontended", "handoff"]);
+    if args.answer_list(&["uncontended", "handoff"]) {
         return;
     }
     let testing = args.testing();

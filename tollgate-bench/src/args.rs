@@ -63,6 +63,19 @@ impl BenchArgs {
             .is_none_or(|filter| section.contains(filter) || filter.contains(section))
     }
 
+    /// Answers `--list`, if it was given, with the sections a bench runs besides criterion's
+    /// benchmarks (or instead of them), in the form criterion and libtest list benchmarks
+    /// (`<name>: bench`); whether it was given.
+    pub fn answer_list(&self, sections: &[&str]) -> bool {
+        let listing = self.listing();
+        if listing {
+            for section in sections {
+                println!("{section}: bench");
+            }
+        }
+        listing
+    }
+
     fn has(&self, flag: &str) -> bool {
         self.args.iter().any(|arg| arg == flag)
     }
@@ -80,14 +93,6 @@ impl BenchArgs {
             }
         }
         filter
-    }
-}
-
-/// Answers `--list` for the sections a bench runs besides criterion's benchmarks (or instead
-/// of them), in the form criterion and libtest list benchmarks: `<name>: bench`.
-pub fn list_sections(sections: &[&str]) {
-    for section in sections {
-        println!("{section}: bench");
     }
 }
 
