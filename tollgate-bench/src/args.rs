@@ -45,7 +45,7 @@ impl BenchArgs {
     }
 
     /// Whether this is the smoke mode of `cargo test --benches` (no `--bench`, or `--test`):
-    /// every case runs once or a few times, and nothing is summarised.
+    /// every case runs once or a few times.
     pub fn testing(&self) -> bool {
         !self.has("--bench") || self.has("--test")
     }
@@ -76,10 +76,12 @@ impl BenchArgs {
         listing
     }
 
+    /// Whether `flag` is among the arguments.
     fn has(&self, flag: &str) -> bool {
         self.args.iter().any(|arg| arg == flag)
     }
 
+    /// The filter argument, if any (see [`BenchArgs::selects`]).
     fn filter(&self) -> Option<&str> {
         let mut filter = None;
         let mut skip_value = false;
