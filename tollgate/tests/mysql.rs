@@ -199,6 +199,33 @@ async fn names_map_like_distributed_lock_and_stay_case_sensitive() {
     assert_eq!(exact.lock("Exact_Name").unwrap().lock_name(), "Exact_Name");
 }
 
+/// More contenders than the server lets in at once (an account limited to two connections,
+/// refused with 1203 as a full server refuses with 1040) all get the lock in turn: a
+/// connection refused for want of slots is ridden out, not an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn contenders_beyond_the_connection_limit_wait_their_turn() {
+    let mut admin = admin().await;
+    for host in ["127.0.0.1", "localhost"] {
+        admin
+            .query_drop(format!(
+                "CREATE USER IF NOT EXISTS 'tollgate_limited'@'{host}' \
+                 WITH MAX_USER_CONNECTIONS 2"
+            ))
+            .await
+            .unwrap();
+        admin
+            .query_drop(format!(
+                "GRANT SELECT ON test.* TO 'tollgate_limited'@'{host}' WITH MAX_USER_CONNECTIONS 2"
+            ))
+            .await
+            .unwrap();
+    }
+    let provider = MySqlProvider::from_url("mysql://tollgate_limited@127.0.0.1:3306/test").unwrap();
+    let name = unique("slots");
+    let locks = (0..6).map(|_| provider.lock(&name).unwrap()).collect();
+    conformance::support::contenders_take_turns(locks, Duration::from_secs(30)).await;
+}
+
 #[tokio::test]
 async fn many_holds_share_few_connections_and_nothing_leaks() {
     let provider = MySqlProvider::builder(&url())

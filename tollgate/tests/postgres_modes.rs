@@ -518,6 +518,84 @@ mod owned_transaction {
         });
     }
 
+    /// More contenders than the server lets in at once (here a role limited to two
+    /// connections, the same refusal as a full server: 53300) all get the lock in turn: a
+    /// connection refused for want of slots is ridden out, not an error.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn contenders_beyond_the_connection_limit_wait_their_turn() {
+        let admin = connect().await;
+        admin
+            .batch_execute(
+                "DO $$ BEGIN CREATE ROLE tollgate_limited LOGIN; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+                 ALTER ROLE tollgate_limited CONNECTION LIMIT 2",
+            )
+            .await
+            .unwrap();
+        // A provider each, as separate processes would have: each waiter needs a connection.
+        let provider = || {
+            TransactionLockProvider::from_url(
+                "postgres://tollgate_limited@127.0.0.1:5432/test?sslmode=disable&pool_size=1",
+            )
+            .unwrap()
+        };
+        let name = unique("owned-slots");
+        let locks = (0..6).map(|_| provider().lock(&name).unwrap()).collect();
+        crate::conformance::support::contenders_take_turns(locks, PATIENCE * 3).await;
+    }
+
+    /// This process's waiters for one lock wait in the server one at a time: ten of them
+    /// take one connection beside the holder's, and all get the lock in turn.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn waiters_of_one_process_queue_for_one_connection() {
+        let application = format!("tollgate-turns-{}", std::process::id());
+        let provider = TransactionLockProvider::from_url(&format!(
+            "postgres://postgres@127.0.0.1:5432/test?sslmode=disable&application_name={application}"
+        ))
+        .unwrap();
+        let lock = provider.lock(&unique("owned-turns")).unwrap();
+        let held = lock.acquire().await.unwrap();
+        let waiters: Vec<_> = (0..10)
+            .map(|_| {
+                let lock = lock.clone();
+                tokio::spawn(async move { lock.acquire().await?.release().await })
+            })
+            .collect();
+        let admin = connect().await;
+        let count = |waiting: bool| {
+            let sql =
+                format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application}'{}",
+                if waiting { " AND wait_event_type = 'Lock'" } else { "" }
+            );
+            let admin = &admin;
+            async move { value(admin, &sql).await }
+        };
+        let waiting = async {
+            while count(true).await == "0" {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, waiting)
+            .await
+            .expect("a waiter waits in the server");
+        // Give the other nine every chance to open connections of their own.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            count(false).await,
+            "2",
+            "the holder's and one waiter's connection"
+        );
+        held.release().await.unwrap();
+        for waiter in waiters {
+            tokio::time::timeout(PATIENCE, waiter)
+                .await
+                .expect("every waiter gets its turn")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
     #[tokio::test]
     async fn two_acquires_exclude_each_other_and_release_hands_over() {
         let provider = provider();

@@ -626,3 +626,31 @@ pub async fn drop_acquires_at_random_moments<L: Acquire>(
     drop(kept);
     tollgate::flush_releases().await;
 }
+
+/// Each lock acquired once, all at once, each within `patience`, held for a moment and
+/// released: every contender gets its turn and no two hold at once (the locks share a name).
+pub async fn contenders_take_turns<L: Acquire + Send + Sync + 'static>(
+    locks: Vec<L>,
+    patience: Duration,
+) {
+    let inside = std::sync::Arc::new(AtomicU64::new(0));
+    let contenders: Vec<_> = locks
+        .into_iter()
+        .map(|lock| {
+            let inside = inside.clone();
+            tokio::spawn(async move {
+                let handle = lock.acquire_timeout(patience).await?;
+                assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two holders");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                handle.release().await
+            })
+        })
+        .collect();
+    for contender in contenders {
+        contender
+            .await
+            .unwrap()
+            .expect("every contender gets its turn");
+    }
+}

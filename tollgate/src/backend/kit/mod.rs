@@ -10,6 +10,8 @@
 //! - [`notes`]: releases under way per key, so this process's next acquire waits for them.
 //! - [`options`]: URL options, with one duration grammar and unknown keys named.
 //! - [`pool`]: the multiplexed session pool of the SQL backends.
+//! - [`turns`]: this process's waiters for one key, queued so that one at a time waits on the
+//!   server.
 //! - [`wait`]: the one wait loop and its jittered, capped backoff.
 
 pub(crate) mod fault;
@@ -30,3 +32,5 @@ pub(crate) mod notes;
 // Each backend uses its own part of the pool (a scan marker, which sessions are pinged).
 #[cfg_attr(not(all(feature = "postgres", feature = "mysql")), allow(dead_code))]
 pub(crate) mod pool;
+#[cfg(any(feature = "postgres", feature = "redis"))]
+pub(crate) mod turns;

@@ -18,10 +18,15 @@ pub(crate) fn transient(link: &(dyn std::error::Error + 'static)) -> Option<bool
     Some(match link.downcast_ref::<Error>()? {
         Error::Io(_) => true,
         Error::Driver(DriverError::ConnectionClosed | DriverError::PoolDisconnected) => true,
-        // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_NET_READ_ERROR.., ER_CONNECTION_KILLED;
-        // client-side CR_SERVER_GONE_ERROR, CR_SERVER_LOST.
+        // ER_CON_COUNT_ERROR, ER_SERVER_SHUTDOWN, ER_NET_READ_ERROR.., ER_TOO_MANY_USER_
+        // CONNECTIONS, ER_USER_LIMIT_REACHED (an account's max_user_connections, or another of
+        // its resource limits), ER_CONNECTION_KILLED; client-side CR_SERVER_GONE_ERROR,
+        // CR_SERVER_LOST.
         Error::Server(error) => {
-            matches!(error.code, 1040 | 1053 | 1158..=1161 | 1927 | 2006 | 2013)
+            matches!(
+                error.code,
+                1040 | 1053 | 1158..=1161 | 1203 | 1226 | 1927 | 2006 | 2013
+            )
         }
         Error::Driver(_) | Error::Other(_) | Error::Url(_) => false,
     })

@@ -6,7 +6,6 @@
 //! attempt uses a fresh owner id, so a late rollback of one attempt can never touch the next.
 
 use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -22,6 +21,7 @@ use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
 use crate::backend::kit::runtime::spawn_release;
+use crate::backend::kit::turns::{Turn, Turns};
 use crate::{Error, Handle, LossNotifier, LossSignal, Result};
 
 mod wait;
@@ -47,10 +47,9 @@ pub(crate) struct Shared {
     release_notes: Arc<ReleaseNotes<Vec<u8>>>,
     /// Keeps every hold's lease alive.
     keeper: Arc<Keeper>,
-    /// Per primitive and side, the turn to wait on the servers: one waiter of this process
-    /// at a time tries there, the others queue here in order, so a release does not set off
-    /// a stampede of attempts (nor split votes between this process's own waiters).
-    turns: std::sync::Mutex<HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>>,
+    /// Per primitive and side, the turn to wait on the servers (see
+    /// [`crate::backend::kit::turns`]).
+    turns: Arc<Turns<Vec<u8>>>,
 }
 
 impl Shared {
@@ -67,7 +66,7 @@ impl Shared {
             listener: Arc::new(Listener::new(clients)),
             release_notes: Arc::default(),
             keeper: Arc::default(),
-            turns: std::sync::Mutex::default(),
+            turns: Arc::default(),
         }
     }
 
@@ -97,52 +96,15 @@ impl Shared {
         Ok(())
     }
 
-    fn turns(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, Arc<tokio::sync::Mutex<()>>>> {
-        self.turns
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Waits for this process's turn to wait for `target` on the servers.
-    async fn turn(self: &Arc<Self>, target: &Target) -> Turn {
+    async fn turn(&self, target: &Target) -> Turn<Vec<u8>> {
         let key = [target.kind.label.as_bytes(), b":", &target.channel].concat();
-        let turn = self.turns().entry(key.clone()).or_default().clone();
-        let mut queued = Turn {
-            shared: self.clone(),
-            key,
-            turn: Some(turn.clone()),
-            guard: None,
-        };
-        queued.guard = Some(turn.lock_owned().await);
-        queued
+        self.turns.turn(key).await
     }
 
     /// More than half of the servers.
     pub(crate) fn quorum(&self) -> usize {
         self.servers.len() / 2 + 1
-    }
-}
-
-/// A waiter's turn (see [`Shared::turn`]); dropping it lets the next waiter of this process
-/// try, and forgets the queue when nobody else is in it.
-struct Turn {
-    shared: Arc<Shared>,
-    key: Vec<u8>,
-    turn: Option<Arc<tokio::sync::Mutex<()>>>,
-    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        self.guard = None;
-        let mut turns = self.shared.turns();
-        drop(self.turn.take());
-        if turns
-            .get(&self.key)
-            .is_some_and(|turn| Arc::strong_count(turn) == 1)
-        {
-            turns.remove(&self.key);
-        }
     }
 }
 

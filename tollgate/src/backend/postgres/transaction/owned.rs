@@ -10,9 +10,11 @@ use super::{
     Cleanup, PendingRelease, PostgresProviderBuilder, Running, ServerWait, Tls, BACKEND,
     CLEANUP_ATTEMPTS,
 };
+use crate::backend::kit::fault::ride;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::pool::{self, Use};
+use crate::backend::kit::turns::Turns;
 use crate::{Acquire, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 
 /// Creates locks that are held by a transaction of their own: each hold opens (or reuses) a
@@ -32,6 +34,9 @@ use crate::{Acquire, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 #[derive(Clone)]
 pub struct TransactionLockProvider {
     sessions: Arc<Sessions>,
+    /// This process's waiters per key, one at a time in the server (each waits on a
+    /// connection of its own).
+    turns: Arc<Turns<AdvisoryKey>>,
     allow_hashing: bool,
 }
 
@@ -61,7 +66,9 @@ impl TransactionLockProvider {
                 builder.config,
                 builder.tls,
                 builder.pool.pool_size,
+                builder.pool.unreachable_timeout,
             )),
+            turns: Arc::default(),
             allow_hashing: builder.allow_hashing,
         })
     }
@@ -74,7 +81,9 @@ impl TransactionLockProvider {
                 config,
                 Tls::Plain,
                 pool::PoolOptions::default().pool_size,
+                pool::PoolOptions::default().unreachable_timeout,
             )),
+            turns: Arc::default(),
             allow_hashing: true,
         }
     }
@@ -85,6 +94,7 @@ impl TransactionLockProvider {
             name: format!("{key:#}"),
             key,
             sessions: self.sessions.clone(),
+            turns: self.turns.clone(),
         }
     }
 
@@ -104,6 +114,7 @@ impl LockProvider for TransactionLockProvider {
             name: name.to_owned(),
             key: AdvisoryKey::from_name(name, self.allow_hashing)?,
             sessions: self.sessions.clone(),
+            turns: self.turns.clone(),
         })
     }
 }
@@ -120,8 +131,14 @@ type Reservation = pool::Reservation<Owned>;
 type Held = pool::Held<Owned>;
 
 /// As many sessions as transactions are held (each holds one), and up to `max_idle` idle ones
-/// kept for reuse. No keepalive: an open transaction is watched by its connection.
-fn sessions(config: tokio_postgres::Config, tls: Tls, max_idle: usize) -> Sessions {
+/// kept for reuse. No keepalive: an open transaction is watched by its connection. Acquires
+/// ride out an unreachable server (or one out of connection slots) for `unreachable_timeout`.
+fn sessions(
+    config: tokio_postgres::Config,
+    tls: Tls,
+    max_idle: usize,
+    unreachable_timeout: Option<std::time::Duration>,
+) -> Sessions {
     Sessions::new(
         Owned { config, tls },
         pool::Settings {
@@ -130,8 +147,7 @@ fn sessions(config: tokio_postgres::Config, tls: Tls, max_idle: usize) -> Sessio
             max_idle: Some(max_idle),
             keepalive: None,
             idle_timeout: None,
-            // Owned transactions are acquired by their caller's statements, not ridden.
-            unreachable_timeout: None,
+            unreachable_timeout,
         },
     )
 }
@@ -226,6 +242,7 @@ pub struct TransactionLock {
     name: String,
     key: AdvisoryKey,
     sessions: Arc<Sessions>,
+    turns: Arc<Turns<AdvisoryKey>>,
 }
 
 impl TransactionLock {
@@ -269,7 +286,11 @@ impl Acquire for TransactionLock {
     /// `lock_timeout`, in one round trip. When the wait runs out the transaction is rolled
     /// back (which also drops a lock granted in a race with the timeout) and the connection
     /// is kept for reuse. Opening a connection is not bounded by `wait` (the configuration's
-    /// `connect_timeout` is).
+    /// `connect_timeout` is). A connection that fails or is refused (a server restarting, or
+    /// out of connection slots) is ridden out as the provider's `unreachable_timeout` says,
+    /// until the wait's deadline (see [`crate::backend::kit::fault`]). This process's waiters
+    /// for one lock wait in the server one at a time, the others in order behind it, so N of
+    /// them need two connections, not N.
     ///
     /// # Cancel safety
     /// Cancel-safe: a dropped future sends a cancel request for the waiting statement, then
@@ -279,10 +300,38 @@ impl Acquire for TransactionLock {
     /// waits for that cleanup.
     async fn acquire_wait(&self, wait: Wait) -> Result<Option<TransactionLockHandle>> {
         let deadline = wait.deadline();
-        let sessions = &self.sessions;
-        sessions
+        self.sessions
             .wait_for_releases(std::slice::from_ref(&self.key))
             .await;
+        // One waiter of this process at a time waits in the server, on its connection; the
+        // others queue here, in order (a try does not wait, so it does not queue).
+        let _turn = if wait == Wait::NO_WAIT {
+            None
+        } else {
+            let turn = self.turns.turn(self.key);
+            match deadline {
+                None => Some(turn.await),
+                Some(deadline) => match tokio::time::timeout_at(deadline, turn).await {
+                    Ok(turn) => Some(turn),
+                    Err(_) => return Ok(None),
+                },
+            }
+        };
+        ride(self.sessions.unreachable_timeout(), deadline, || {
+            self.acquire_once(wait, deadline)
+        })
+        .await
+    }
+}
+
+impl TransactionLock {
+    /// One acquire on one connection (see [`Acquire::acquire_wait`]).
+    async fn acquire_once(
+        &self,
+        wait: Wait,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Option<TransactionLockHandle>> {
+        let sessions = &self.sessions;
         let args = key_args(self.key);
         let mut attempt = 1;
         let (reservation, running, server_wait) = loop {

@@ -136,7 +136,7 @@ struct Waiting<'a> {
 /// Wake-ups for a waiter: its turn among this process's waiters for the same target, and the
 /// target's release channel.
 struct Queued {
-    _turn: Turn,
+    _turn: Turn<Vec<u8>>,
     subscription: Subscription,
 }
 
