@@ -57,10 +57,17 @@
 //!    thread, A's server thread → B's server thread, B's server thread → B) crossed CPUs, from
 //!    the CPUs B and A report and `/proc` gives for the two server threads.
 //!
-//! The tables of both sections are printed in a summary at the end.
+//! 3. **Contention**: 8 tasks of this process on a multi-threaded runtime, each looping
+//!    `acquire().await` + `release().await` of one name for 3 s (one provider, its pool),
+//!    against the floor: a raw connection per task, each blocking in the server in a prepared
+//!    `SELECT GET_LOCK(?, 60)` and then `SELECT RELEASE_LOCK(?)`; four rounds, alternating,
+//!    in acquisitions per second.
+//!
+//! The tables of the first two sections are printed in a summary at the end.
 //!
 //! Under `cargo test --benches` every row runs once and the hand-off only a few rounds. A
-//! filter argument (`cargo bench … -- handoff`, or `-- uncontended`) runs one section.
+//! filter argument (`cargo bench … -- handoff`, `-- uncontended` or `-- contention`) runs one
+//! section.
 
 use std::io::BufRead;
 use std::sync::Arc;
@@ -73,6 +80,7 @@ use tollgate::backend::mysql::{MySqlHandle, MySqlLock, MySqlProvider, MySqlSemap
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
 use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::{monotonic_ns, thread_cpu_ns};
+use tollgate_bench::contention;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
 use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
@@ -116,6 +124,8 @@ const POLL_PAUSE: Duration = Duration::from_micros(300);
 const LIBRARY_GET_LOCK: &str = "SELECT GET_LOCK(?, ?)";
 const LIBRARY_RELEASE_LOCK: &str = "SELECT RELEASE_LOCK(?)";
 const FLOOR_GET_LOCK: &str = "SELECT GET_LOCK(?, 0)";
+/// The floor's wait in the server, for the contention section.
+const FLOOR_BLOCKING_GET_LOCK: &str = "SELECT GET_LOCK(?, 60)";
 /// Takes the first free one of three names in one statement (`CASE` stops at the first
 /// `WHEN` that holds): 0, 1 or 2, or -1 when all are busy.
 const FLOOR_CASE_SCAN: &str = "SELECT CASE WHEN GET_LOCK(?, 0) = 1 THEN 0 \
@@ -131,7 +141,7 @@ fn main() {
 
 /// The benchmarks (this process is A).
 fn bench(args: BenchArgs) {
-    if args.answer_list(&["uncontended", "handoff"]) {
+    if args.answer_list(&["uncontended", "handoff", "contention"]) {
         return;
     }
     let testing = args.testing();
@@ -157,6 +167,61 @@ fn bench(args: BenchArgs) {
     if let Some(results) = results {
         print_handoff_summary(&results, rounds, warmup);
     }
+    if args.selects("contention") {
+        let (rounds, span) = contention::rounds_and_span(testing);
+        contention(&url, rounds, span);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Contention: tasks of one process taking turns on one name.
+
+/// [`contention::TASKS`] tasks on a multi-threaded runtime, each looping acquire + release
+/// of one name for `span`: acquisitions per second, tollgate (one provider, its pool) against
+/// the floor (a raw connection per task, each `SELECT GET_LOCK(?, 60)` blocking in the server
+/// + `SELECT RELEASE_LOCK(?)`, prepared), alternating for `rounds` rounds.
+fn contention(url: &str, rounds: usize, span: Duration) {
+    contention::compare(
+        rounds,
+        span,
+        |round| contend_tollgate(url, round, span),
+        |round| contend_floor(url, round, span),
+    );
+}
+
+/// Acquisitions per second of tollgate tasks contending for one lock.
+async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
+    let provider = MySqlProvider::from_url(url).expect("provider");
+    let name = format!("tollgate-bench-contention-{round}");
+    let locks = (0..contention::TASKS)
+        .map(|_| provider.lock(&name).expect("lock"))
+        .collect();
+    contention::tollgate_turns(locks, span).await
+}
+
+/// Acquisitions per second of raw connections contending for one named lock.
+async fn contend_floor(url: &str, round: usize, span: Duration) -> f64 {
+    let name = format!("tollgate-bench-contention-floor-{round}");
+    let mut connections = Vec::new();
+    for _ in 0..contention::TASKS {
+        let mut conn = raw_conn(url).await;
+        // Warm: both statements prepared (mysql_async caches them per connection).
+        assert_eq!(
+            exec_int(&mut conn, FLOOR_BLOCKING_GET_LOCK, (&name,)).await,
+            1
+        );
+        assert_eq!(exec_int(&mut conn, LIBRARY_RELEASE_LOCK, (&name,)).await, 1);
+        connections.push((conn, name.clone()));
+    }
+    contention::turns(connections, span, |(mut conn, name)| async move {
+        assert_eq!(
+            exec_int(&mut conn, FLOOR_BLOCKING_GET_LOCK, (&name,)).await,
+            1
+        );
+        assert_eq!(exec_int(&mut conn, LIBRARY_RELEASE_LOCK, (&name,)).await, 1);
+        (conn, name)
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

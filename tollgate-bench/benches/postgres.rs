@@ -52,11 +52,11 @@ use tollgate::backend::postgres::{AdvisoryKey, PostgresLock, PostgresProvider, P
 use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
 use tollgate_bench::args::{env_number, BenchArgs};
 use tollgate_bench::clock::monotonic_ns;
+use tollgate_bench::contention;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
 use tollgate_bench::handoff::{latency, Latencies, LATENCY_COLUMNS};
 use tollgate_bench::interleave::rotation;
-use tollgate_bench::load::load_average;
 use tollgate_bench::partner::{die_with_parent, say, Partner};
 use tollgate_bench::placement::last_cpu;
 use tollgate_bench::stats::{upper_median, Samples};
@@ -152,11 +152,7 @@ fn bench(args: BenchArgs) {
         held(&url, if testing { 100 } else { HELD });
     }
     if args.selects("contention") {
-        let (rounds, span) = if testing {
-            (1, Duration::from_millis(200))
-        } else {
-            (CONTENTION_ROUNDS, CONTENTION_SPAN)
-        };
+        let (rounds, span) = contention::rounds_and_span(testing);
         contention(&url, rounds, span);
     }
     if !testing {
@@ -167,47 +163,19 @@ fn bench(args: BenchArgs) {
 // ---------------------------------------------------------------------------------------------
 // 4. Contention: tasks of one process taking turns on one name.
 
-/// How many tasks contend for the one name.
-const CONTENTION_TASKS: usize = 8;
-/// How long each side of one round runs.
-const CONTENTION_SPAN: Duration = Duration::from_secs(3);
-/// Rounds, tollgate and the floor alternating.
-const CONTENTION_ROUNDS: usize = 4;
 /// The floor's key for the contention section.
 const CONTENTION_KEY: i64 = 0x746f_6c6c_0000_0200;
 
-/// `CONTENTION_TASKS` tasks on a multi-threaded runtime, each looping acquire + release of
-/// one name for `span`: acquisitions per second, tollgate (one provider, its pool) against the
-/// floor (a raw session per task, each `SELECT pg_advisory_lock($1)` blocking in the server +
-/// `SELECT pg_advisory_unlock($1)`, prepared), alternating for `rounds` rounds.
+/// [`contention::TASKS`] tasks on a multi-threaded runtime, each looping acquire + release
+/// of one name for `span`: acquisitions per second, tollgate (one provider, its pool) against
+/// the floor (a raw session per task, each `SELECT pg_advisory_lock($1)` blocking in the
+/// server + `SELECT pg_advisory_unlock($1)`, prepared), alternating for `rounds` rounds.
 fn contention(url: &str, rounds: usize, span: Duration) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    println!(
-        "\nContention: {CONTENTION_TASKS} tasks, one name, {span:?} per side, {rounds} rounds \
-         (load average at start: {})",
-        load_average()
-    );
-    let (mut ours, mut floors) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        let tollgate = runtime.block_on(contend_tollgate(url, round, span));
-        let floor = runtime.block_on(contend_floor(url, span));
-        println!(
-            "  round {round}: tollgate {tollgate:.0}/s, floor {floor:.0}/s, {:.2}×",
-            tollgate / floor
-        );
-        ours.push(tollgate);
-        floors.push(floor);
-    }
-    let median = |values: &[f64]| upper_median(values).expect("rounds");
-    let (ours, floors) = (median(&ours), median(&floors));
-    println!(
-        "  median: tollgate {ours:.0} acquisitions/s, floor {floors:.0}/s: {:.2}× (load average \
-         at end: {})",
-        ours / floors,
-        load_average()
+    contention::compare(
+        rounds,
+        span,
+        |round| contend_tollgate(url, round, span),
+        |_| contend_floor(url, span),
     );
 }
 
@@ -215,62 +183,34 @@ fn contention(url: &str, rounds: usize, span: Duration) {
 async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
     let provider = PostgresProvider::from_url(url).expect("provider");
     let name = format!("bench-contention-{round}");
-    // Warm: a shared session opened and its statements prepared.
-    acquire_release(&provider.lock(&name).expect("lock")).await;
-    let stop = Instant::now() + span;
-    let tasks: Vec<_> = (0..CONTENTION_TASKS)
-        .map(|_| {
-            let lock = provider.lock(&name).expect("lock");
-            tokio::spawn(async move {
-                let mut count = 0u64;
-                while Instant::now() < stop {
-                    acquire_release(&lock).await;
-                    count += 1;
-                }
-                count
-            })
-        })
+    let locks = (0..contention::TASKS)
+        .map(|_| provider.lock(&name).expect("lock"))
         .collect();
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.expect("task");
-    }
-    total as f64 / span.as_secs_f64()
+    contention::tollgate_turns(locks, span).await
 }
 
 /// Acquisitions per second of raw sessions contending for one advisory lock.
 async fn contend_floor(url: &str, span: Duration) -> f64 {
     let mut sessions = Vec::new();
-    for _ in 0..CONTENTION_TASKS {
+    for _ in 0..contention::TASKS {
         let client = raw_client(url).await;
         let lock = prepare(&client, "SELECT pg_advisory_lock($1)").await;
         let unlock = prepare(&client, "SELECT pg_advisory_unlock($1)").await;
         sessions.push((client, lock, unlock));
     }
-    let stop = Instant::now() + span;
-    let mut tasks = Vec::new();
-    for (client, lock, unlock) in sessions {
-        tasks.push(tokio::spawn(async move {
-            let mut count = 0u64;
-            while Instant::now() < stop {
-                client
-                    .query_one(&lock, &[&CONTENTION_KEY])
-                    .await
-                    .expect("pg_advisory_lock");
-                client
-                    .query_one(&unlock, &[&CONTENTION_KEY])
-                    .await
-                    .expect("pg_advisory_unlock");
-                count += 1;
-            }
-            count
-        }));
-    }
-    let mut total = 0;
-    for task in tasks {
-        total += task.await.expect("task");
-    }
-    total as f64 / span.as_secs_f64()
+    contention::turns(sessions, span, |session| async move {
+        let (client, lock, unlock) = &session;
+        client
+            .query_one(lock, &[&CONTENTION_KEY])
+            .await
+            .expect("pg_advisory_lock");
+        client
+            .query_one(unlock, &[&CONTENTION_KEY])
+            .await
+            .expect("pg_advisory_unlock");
+        session
+    })
+    .await
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -16,11 +16,13 @@
 //! - [`stats`]: medians, criterion's samples.
 //! - [`table`]: fixed-width summary tables and the time formats in their cells.
 //! - [`cycle`]: one acquire + release of a tollgate primitive.
+//! - [`contention`]: tasks of one process taking turns on one name, against the floor.
 
 #![warn(missing_docs)]
 
 pub mod args;
 pub mod clock;
+pub mod contention;
 pub mod cycle;
 pub mod handoff;
 pub mod interleave;
