@@ -803,6 +803,7 @@ mod faults {
                 killed = Some(id);
             }
             waiting_connection(&mut admin, "mysql", killed).await;
+            faults::Left::HoldKept
         })
         .await;
     }

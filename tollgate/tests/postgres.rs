@@ -755,6 +755,7 @@ mod faults {
                 killed = Some(pid);
             }
             waiting_pid(&admin, &name, killed).await;
+            faults::Left::HoldKept
         })
         .await;
     }

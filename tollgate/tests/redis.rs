@@ -1107,6 +1107,7 @@ mod faults {
             wait_for_subscriber(&server).await;
             // Down for a moment, then back empty: the hold is gone with it.
             servers.restart(0);
+            faults::Left::HoldMayBeGone
         })
         .await;
     }
@@ -1127,6 +1128,7 @@ mod faults {
             let mut child = spawn_redis_server(port);
             assert!(answers_as(port, &mut child));
             servers.children[0] = Some(child);
+            faults::Left::HoldMayBeGone
         })
         .await;
     }
@@ -1164,6 +1166,7 @@ mod faults {
                 assert!(killed >= 1, "{killed} pub/sub connections killed");
                 // It subscribes again once its listener reconnects.
                 wait_for_subscriber(&server).await;
+                faults::Left::HoldKept
             },
         )
         .await;

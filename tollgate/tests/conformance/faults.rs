@@ -83,26 +83,39 @@ pub async fn errors_a_retry_cannot_mend_fail_at_once<P: LockProvider>(provider: 
     assert!(!error.is_transient(), "{error:?}");
 }
 
+/// What a disruption left of the holder's hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    /// The hold is still on the server: the waiter must still wait.
+    HoldKept,
+    /// The server came back without it (restarted empty): the waiter may have the lock
+    /// already.
+    HoldMayBeGone,
+}
+
 /// A lock held through `holders` while a waiter of `waiters` waits for it without a
 /// deadline; `disrupt` then does its worst to the waiter (kills its session, restarts the
-/// server…) and returns once it has seen the waiter wait again, or once the server is back.
-/// The waiter must not fail: it gets the lock once the holder lets go.
+/// server…) and returns once it has seen the waiter wait again, or once the server is back,
+/// saying what it left of the hold. The waiter must not fail: it gets the lock once the
+/// holder lets go (or, the hold gone with the server, once the server is back).
 pub async fn waiter_rides_out<P, D, F>(holders: P, waiters: P, name: &str, disrupt: D)
 where
     P: LockProvider<Lock: Send + 'static>,
     <P::Lock as Acquire>::Handle: Send + 'static,
     D: FnOnce() -> F,
-    F: Future<Output = ()>,
+    F: Future<Output = Left>,
 {
     let held = holders.lock(name).unwrap().acquire().await.unwrap();
     let lock = waiters.lock(name).unwrap();
     let waiter = tokio::spawn(async move { lock.acquire().await });
-    disrupt().await;
-    assert!(
-        !waiter.is_finished(),
-        "the waiter ended: {:?}",
-        waiter.await.unwrap().map(drop)
-    );
+    let left = disrupt().await;
+    if left == Left::HoldKept {
+        assert!(
+            !waiter.is_finished(),
+            "the waiter ended while the hold was kept: {:?}",
+            waiter.await.unwrap().map(drop)
+        );
+    }
     // The holder's hold may have gone with the server; releasing it is never an error then.
     let _ = held.release().await;
     let handle = tokio::time::timeout(PROMPT * 2, waiter)
