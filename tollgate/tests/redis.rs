@@ -1286,6 +1286,68 @@ async fn a_loss_found_at_release_fires_the_loss_signal() {
     assert!(loss.is_lost(), "the release found the hold gone");
 }
 
+/// RedLock over three servers: a hold gone from two of them (a restart wiped it, another
+/// server never had it) is lost, though the third still had it; the release must not decide
+/// on the first two answers when one of them is that third server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_hold_left_on_a_minority_is_found_lost_at_release() {
+    let servers = Servers::start(3);
+    let provider = RedisProvider::from_url(&servers.url("expiry=30s")).unwrap();
+    let mut admins = Vec::new();
+    for index in 0..3 {
+        admins.push(admin_on(&servers.server_url(index)).await);
+    }
+    let mut rounds = 0;
+    for round in 0..40 {
+        let lock = provider.lock(&unique("minority")).unwrap();
+        let handle = lock.acquire().await.unwrap();
+        let loss = handle.loss_signal();
+        // An acquire is decided by the first two grants; the third may land a moment later,
+        // or (not sent yet when decided) never: only a hold on all three makes the round.
+        let mut on_all = false;
+        for _ in 0..100 {
+            let mut present = 0;
+            for admin in &mut admins {
+                let exists: i64 = redis::cmd("EXISTS")
+                    .arg(lock.key())
+                    .query_async(admin)
+                    .await
+                    .unwrap();
+                present += exists;
+            }
+            if present == 3 {
+                on_all = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if !on_all {
+            handle.release().await.unwrap();
+            continue;
+        }
+        // Deleted on two servers, in turn each pair of the three.
+        for index in [round % 3, (round + 1) % 3] {
+            let deleted: i64 = redis::cmd("DEL")
+                .arg(lock.key())
+                .query_async(&mut admins[index])
+                .await
+                .unwrap();
+            assert_eq!(deleted, 1);
+        }
+        assert!(!loss.is_lost(), "the next extension is seconds away");
+        handle.release().await.unwrap();
+        assert!(
+            loss.is_lost(),
+            "round {round}: the release found the hold on one server only"
+        );
+        rounds += 1;
+    }
+    assert!(
+        rounds >= 10,
+        "only {rounds} rounds had the hold on all three servers"
+    );
+}
+
 /// The server restarts (empty) under a hold, and the holder releases before an extension
 /// noticed: the release goes again on a fresh connection, finds a new server without the
 /// hold, and fires the loss signal.

@@ -466,8 +466,10 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
 }
 
 /// Runs the release script on the given servers, each on a task of its own; returns once
-/// all answered or a majority of all servers did (stragglers finish in the background), with
-/// how many answered, how many of those still held it, and the first error. `incarnations`
+/// all answered or the answers decide whether the hold was whole (a majority of all servers
+/// still held it) or lost (more servers than the hold can spare did not), stragglers
+/// finishing in the background; with how many answered, how many of those still held it,
+/// and the first error. `incarnations`
 /// (each server's `run_id` when the hold was taken, if known) tells apart a release that went
 /// again after a dropped connection and found nothing because the first run released (the
 /// server is the same) from one whose server restarted without the hold.
@@ -514,6 +516,7 @@ async fn release_on(
             Err(error) => (0, 0, Some(error)),
         };
     }
+    let minority = shared.servers.len() - quorum;
     let mut runs: FuturesUnordered<_> = servers
         .iter()
         .map(|&index| tokio::spawn(release_one(index)))
@@ -532,7 +535,9 @@ async fn release_on(
                 first_error.get_or_insert(Error::backend(BACKEND, "a release task failed", error));
             }
         }
-        if answered >= quorum {
+        // A majority of answers is not enough: one release and one "not held" leave open
+        // whether the hold still had its majority (a third server's answer decides).
+        if released >= quorum || answered - released > minority {
             break;
         }
     }
