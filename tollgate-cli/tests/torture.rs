@@ -1251,6 +1251,11 @@ impl Report {
         // The latest start line of each pid: the run a referee holder's pid belongs to.
         let mut run_of_pid: HashMap<i32, String> = HashMap::new();
         let mut started: HashMap<String, u64> = HashMap::new();
+        // Each run's predecessor: the run that started last before it. When the referee's
+        // holder is gone before the kernel can name it (`F_GETLK` then says pid 0), the
+        // earlier section is that one (sections start one after another, but for overlaps).
+        let mut previous: HashMap<String, String> = HashMap::new();
+        let mut last_started: Option<String> = None;
         let mut begins = Vec::new();
         for (event, time) in &events {
             match event {
@@ -1258,11 +1263,17 @@ impl Report {
                     report.acquisitions += 1;
                     run_of_pid.insert(*pid, run.clone());
                     started.insert(run.clone(), *time);
+                    if let Some(last) = last_started.replace(run.clone()) {
+                        previous.insert(run.clone(), last);
+                    }
                 }
                 Event::Begin { .. } => begins.push(*time),
                 Event::End { .. } => report.completed += 1,
                 Event::Overlap { run, holder, dying } => {
-                    let earlier = run_of_pid.get(holder).cloned();
+                    let earlier = run_of_pid
+                        .get(holder)
+                        .or_else(|| previous.get(run))
+                        .cloned();
                     let status = earlier
                         .as_ref()
                         .and_then(|earlier| statuses.get(earlier))
