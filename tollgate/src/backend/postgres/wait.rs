@@ -288,8 +288,9 @@ async fn wait_one(
             None => (0, false),
             Some(deadline) => {
                 let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let millis = remaining.as_millis();
-                // 0 means "no timeout" to PostgreSQL; the smallest real timeout is 1 ms.
+                // Rounded up, so that the server never gives up before the deadline; 0 means
+                // "no timeout" to PostgreSQL, so the smallest real timeout is 1 ms.
+                let millis = remaining.as_micros().div_ceil(1000);
                 (millis.clamp(1, i32::MAX as u128), millis > i32::MAX as u128)
             }
         };
