@@ -123,13 +123,26 @@ pub(crate) fn spawn_release(release: impl Future<Output = ()> + Send + 'static) 
         let _counted = counted;
         release.await;
     };
+    if let Err(error) = spawn_owned(task) {
+        tracing::warn!(%error, "a release after drop cannot run");
+    }
+}
+
+/// Runs `task` on tollgate's runtime or, if that cannot start, on the caller's; the error
+/// (why tollgate's runtime could not start) when there is neither.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) fn spawn_owned(task: impl Future<Output = ()> + Send + 'static) -> Result<()> {
     match background() {
         Ok(runtime) => drop(runtime.spawn(task)),
         Err(error) => match tokio::runtime::Handle::try_current() {
             Ok(runtime) => drop(runtime.spawn(task)),
-            Err(_) => tracing::warn!(%error, "a release after drop cannot run"),
+            Err(_) => return Err(error),
         },
     }
+    Ok(())
 }
 
 /// Waits until no release started by a dropped handle (or a dropped `release()` future) is

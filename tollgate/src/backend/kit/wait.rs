@@ -103,6 +103,24 @@ impl Schedule for Backoff {
     }
 }
 
+/// `future`'s output, or `None` if `deadline` (if any) comes first.
+///
+/// # Cancel safety
+/// As cancel-safe as `future`.
+#[cfg_attr(
+    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    allow(dead_code)
+)]
+pub(crate) async fn before<T>(
+    deadline: Option<Instant>,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    match deadline {
+        None => Some(future.await),
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+    }
+}
+
 /// `duration` scaled by a random factor in [0.5, 1.5).
 pub(crate) fn jitter(duration: Duration) -> Duration {
     let random = std::collections::hash_map::RandomState::new()

@@ -469,10 +469,10 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
 /// all answered or the answers decide whether the hold was whole (a majority of all servers
 /// still held it) or lost (more servers than the hold can spare did not), stragglers
 /// finishing in the background; with how many answered, how many of those still held it,
-/// and the first error. `incarnations`
-/// (each server's `run_id` when the hold was taken, if known) tells apart a release that went
-/// again after a dropped connection and found nothing because the first run released (the
-/// server is the same) from one whose server restarted without the hold.
+/// and the first error. `incarnations` (each server's `run_id` when the hold was taken, if
+/// known) tells apart a release that went again after a dropped connection and found
+/// nothing because the first run released (the server is the same) from one whose server
+/// restarted without the hold.
 async fn release_on(
     shared: &Arc<Shared>,
     target: &Arc<Target>,

@@ -43,6 +43,7 @@ pub(crate) use settings::{ping_limit, Keepalive, Pinged, PoolOptions, Settings};
 
 use super::notes::{Note, ReleaseNotes};
 use super::runtime::{background, on_background};
+use super::wait::before;
 use crate::{LossNotifier, Result};
 
 /// A future that completes when a session's connection has ended by itself.
@@ -310,13 +311,7 @@ impl<P: Protocol> Pool<P> {
         deadline: Option<tokio::time::Instant>,
     ) -> Result<Option<Reservation<P>>> {
         let dedicated = self.reserve(keys, Use::Dedicated);
-        match deadline {
-            None => dedicated.await,
-            Some(deadline) => match tokio::time::timeout_at(deadline, dedicated).await {
-                Ok(reservation) => reservation,
-                Err(_) => Ok(None),
-            },
-        }
+        before(deadline, dedicated).await.unwrap_or(Ok(None))
     }
 
     /// A session with `keys` claimed on it for `usage`: the busiest that fits, or a new one

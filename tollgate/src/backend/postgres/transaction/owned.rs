@@ -15,6 +15,7 @@ use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
 use crate::backend::kit::pool::{self, Use};
 use crate::backend::kit::turns::Turns;
+use crate::backend::kit::wait::before;
 use crate::{Acquire, Handle, Lock, LockProvider, LossSignal, Result, Wait};
 
 /// Creates locks that are held by a transaction of their own: each hold opens (or reuses) a
@@ -308,13 +309,9 @@ impl Acquire for TransactionLock {
         let _turn = if wait == Wait::NO_WAIT {
             None
         } else {
-            let turn = self.turns.turn(self.key);
-            match deadline {
-                None => Some(turn.await),
-                Some(deadline) => match tokio::time::timeout_at(deadline, turn).await {
-                    Ok(turn) => Some(turn),
-                    Err(_) => return Ok(None),
-                },
+            match before(deadline, self.turns.turn(self.key)).await {
+                Some(turn) => Some(turn),
+                None => return Ok(None),
             }
         };
         ride(self.sessions.unreachable_timeout(), deadline, || {

@@ -19,7 +19,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::{lease_ms, script_args, Hold, Route};
-use crate::backend::kit::runtime::background;
+use crate::backend::kit::runtime::spawn_owned;
 
 /// The leases of one provider's holds, and the task that keeps them (see the module docs).
 #[derive(Default)]
@@ -113,24 +113,17 @@ impl Keeper {
 
     /// Starts the task on tollgate's runtime (or, without it, on the caller's).
     fn start(self: &Arc<Self>) {
-        let task = run(self.clone());
-        match background() {
-            Ok(runtime) => drop(runtime.spawn(task)),
-            Err(error) => match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(task)),
-                Err(_) => {
-                    // Nothing can keep these leases: their holders must know at once.
-                    tracing::warn!(%error, "no runtime can keep Redis leases");
-                    let lost: Vec<Entry> = {
-                        let mut state = self.state();
-                        state.running = false;
-                        state.holds.drain().map(|(_, entry)| entry).collect()
-                    };
-                    for entry in lost {
-                        entry.hold.notifier.notify_lost();
-                    }
-                }
-            },
+        if let Err(error) = spawn_owned(run(self.clone())) {
+            // Nothing can keep these leases: their holders must know at once.
+            tracing::warn!(%error, "no runtime can keep Redis leases");
+            let lost: Vec<Entry> = {
+                let mut state = self.state();
+                state.running = false;
+                state.holds.drain().map(|(_, entry)| entry).collect()
+            };
+            for entry in lost {
+                entry.hold.notifier.notify_lost();
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ use super::{
 };
 use crate::backend::kit::fault::Outage;
 use crate::backend::kit::runtime::spawn_release;
-use crate::backend::kit::wait::{wait_for, Attempt as WaitAttempt, Backoff, Contender, Wake};
+use crate::backend::kit::wait::{
+    before, wait_for, Attempt as WaitAttempt, Backoff, Contender, Wake,
+};
 use crate::{Result, Wait};
 
 /// The first fallback pause between tries while no release notification arrives.
@@ -178,16 +180,5 @@ impl Contender for Waiting<'_> {
             }
         });
         queued.await
-    }
-}
-
-/// `future`'s output, or `None` if `deadline` comes first.
-async fn before<T>(
-    deadline: Option<Instant>,
-    future: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    match deadline {
-        None => Some(future.await),
-        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
     }
 }
