@@ -150,6 +150,60 @@ where
     );
 }
 
+/// A writer's wait dropped at any point — at its first poll, mid-attempt, between attempts —
+/// leaves nothing behind: readers are admitted again at once, and once they leave a writer
+/// gets in (no waiting mark set again by the rest of an attempt that outlived the drop).
+pub async fn writer_wait_dropped_at_random_points<P>(provider: P)
+where
+    P: ReadWriteLockProvider<ReadWriteLock: Clone + 'static>,
+{
+    let name = unique("writer-storm");
+    let lock = provider.read_write_lock(&name).unwrap();
+    for round in 0..30 {
+        let reader = lock.reader().acquire_timeout(PROMPT).await.unwrap();
+        let how = if round % (ABANDON_WAYS + 1) == ABANDON_WAYS {
+            // Aborted while it waits (mid-attempt or between attempts), after a random pause
+            // once readers are turned away.
+            let writer = tokio::spawn({
+                let lock = lock.clone();
+                async move { lock.writer().acquire().await.map(drop) }
+            });
+            until_readers_turned_away(&lock).await;
+            let pause = Duration::from_micros(rand::thread_rng().gen_range(0..=3_000));
+            tokio::time::sleep(pause).await;
+            writer.abort();
+            match writer.await {
+                Ok(outcome) => panic!("round {round}: the writer's wait ended: {outcome:?}"),
+                Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
+                Err(_) => {}
+            }
+            format!("an abort {pause:?} after readers were turned away")
+        } else {
+            let (how, output) = abandon(round, lock.writer().acquire()).await;
+            assert!(
+                output.is_none(),
+                "round {round}: a writer got in beside a reader"
+            );
+            how
+        };
+        let at = format!("round {round}, after {how}");
+        let newcomer = tokio::time::timeout(PROMPT, lock.reader().acquire())
+            .await
+            .unwrap_or_else(|_| panic!("{at}: new readers are turned away"))
+            .unwrap();
+        reader.release().await.unwrap();
+        newcomer.release().await.unwrap();
+        lock.writer()
+            .try_acquire()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{at}: a writer is refused with nothing held"))
+            .release()
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn reader_process_and_killed_writer<P: ReadWriteLockProvider>(provider: P, url: String) {
     let name = unique("rw-processes");
     let lock = provider.read_write_lock(&name).unwrap();
@@ -465,6 +519,10 @@ macro_rules! read_write_suite {
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn cancelled_writer_lets_readers_in() {
             $crate::conformance::rw::cancelled_writer_lets_readers_in($provider).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn writer_wait_dropped_at_random_points() {
+            $crate::conformance::rw::writer_wait_dropped_at_random_points($provider).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn reader_process_and_killed_writer() {

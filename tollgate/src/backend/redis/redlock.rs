@@ -7,12 +7,13 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::Script;
+use tokio::sync::OwnedRwLockReadGuard;
 use tokio::time::Instant;
 
 use super::listener::Listener;
@@ -50,6 +51,10 @@ pub(crate) struct Shared {
     /// Per primitive and side, the turn to wait on the servers (see
     /// [`crate::backend::kit::turns`]).
     turns: Arc<Turns<Vec<u8>>>,
+    /// Whether one attempt has heard every server of a RedLock list (each then identified,
+    /// or failed): until then attempts wait for every answer rather than decide on the first
+    /// majority, so that [`Shared::check_distinct`] knows every reachable server's `run_id`.
+    all_heard: AtomicBool,
 }
 
 impl Shared {
@@ -67,6 +72,7 @@ impl Shared {
             release_notes: Arc::default(),
             keeper: Arc::default(),
             turns: Arc::default(),
+            all_heard: AtomicBool::new(false),
         }
     }
 
@@ -212,16 +218,20 @@ fn script_args<'a>(
 
 /// One attempt on every server at once, decided by the majority within the validity budget.
 /// It always completes (see [`run_to_completion`]): a handle nobody waits for any more
-/// releases on drop, so whatever the attempt took is given back.
+/// releases on drop, so whatever the attempt took is given back. A waiting writer's attempt
+/// holds `scripts` (a read guard of its mark's gate) until its script has run on every server
+/// or timed out, so that withdrawing the mark, which takes the gate for writing, cannot be
+/// overtaken by a late attempt that sets it again.
 async fn attempt(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     waiter: Option<&str>,
+    scripts: Option<OwnedRwLockReadGuard<()>>,
 ) -> Result<Attempt> {
     let (shared, target) = (shared.clone(), target.clone());
     let waiter = waiter.map(str::to_owned);
     run_to_completion(
-        async move { attempt_on_servers(&shared, &target, waiter.as_deref()).await },
+        async move { attempt_on_servers(&shared, &target, waiter.as_deref(), scripts).await },
         |attempt| async move { drop(attempt) },
     )
     .await
@@ -234,14 +244,19 @@ async fn attempt_on_servers(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
     waiter: Option<&str>,
+    scripts: Option<OwnedRwLockReadGuard<()>>,
 ) -> Result<Attempt> {
     let lease = shared.lease;
     let owner = random_id();
     let ttl = lease_ms(lease.expiry);
-    let args = script_args(owner.as_bytes(), &ttl, target, waiter.map(str::as_bytes));
+    let args: Arc<[Vec<u8>]> =
+        script_args(owner.as_bytes(), &ttl, target, waiter.map(str::as_bytes))
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
     let started = Instant::now();
     let budget = lease.attempt_budget();
-    let tally = acquire_on_servers(shared, target, &args, budget).await;
+    let tally = acquire_on_servers(shared, target, args, budget, scripts).await;
     if let Err(error) = shared.check_distinct() {
         // A majority counted twice is no majority: give back whatever was taken.
         give_back(shared, target, owner, &tally.answered);
@@ -289,37 +304,52 @@ struct Tally {
 }
 
 /// Runs the acquire script on every server at once, each bounded by `budget`, and tallies the
-/// replies until the outcome is decided; the servers still to answer are then given up on.
+/// replies until the outcome is decided. The servers still to answer then finish on a task of
+/// their own, which holds `scripts` until they have (see [`attempt`]); without it, they are
+/// given up on.
 async fn acquire_on_servers(
-    shared: &Shared,
-    target: &Target,
-    args: &[&[u8]],
+    shared: &Arc<Shared>,
+    target: &Arc<Target>,
+    args: Arc<[Vec<u8>]>,
     budget: Duration,
+    scripts: Option<OwnedRwLockReadGuard<()>>,
 ) -> Tally {
     let servers = shared.servers.len();
     let quorum = shared.quorum();
-    let mut pending: FuturesUnordered<_> = shared
-        .servers
-        .iter()
-        .enumerate()
-        .map(|(index, server)| async move {
-            let reply = tokio::time::timeout(
-                budget,
-                server.run::<Vec<i64>>(target.kind.acquire, &target.keys, args),
-            )
-            .await;
-            (index, reply)
+    let mut pending: FuturesUnordered<_> = (0..servers)
+        .map(|index| {
+            let (shared, target, args) = (shared.clone(), target.clone(), args.clone());
+            async move {
+                let server = &shared.servers[index];
+                let reply = tokio::time::timeout(
+                    budget,
+                    server.run::<Vec<i64>, _>(target.kind.acquire, &target.keys, &args),
+                )
+                .await;
+                (index, reply)
+            }
         })
         .collect();
     let mut tally = Tally {
         answered: vec![false; servers],
         ..Tally::default()
     };
+    // Two entries of the list may be one server: hear every one once before deciding early.
+    let patient = servers > 1 && !shared.all_heard.load(Ordering::Acquire);
     while let Some((index, reply)) = pending.next().await {
         tally.count(&shared.servers[index], index, reply, budget);
-        if tally.decided(servers, quorum) {
+        if !patient && tally.decided(servers, quorum) {
             break;
         }
+    }
+    if patient {
+        shared.all_heard.store(true, Ordering::Release);
+    }
+    if let Some(scripts) = scripts.filter(|_| !pending.is_empty()) {
+        tokio::spawn(async move {
+            while pending.next().await.is_some() {}
+            drop(scripts);
+        });
     }
     tally
 }
@@ -492,7 +522,7 @@ async fn release_on(
             // A release does nothing the second time: it may go again on a fresh connection.
             let result = tokio::time::timeout(
                 limit,
-                server.run_idempotent::<i64>(target.kind.release, &target.keys, &args),
+                server.run_idempotent::<i64, _>(target.kind.release, &target.keys, &args),
             )
             .await;
             match result {

@@ -254,7 +254,7 @@ async fn extend(slot: Slot, hold: Arc<Hold>, deadline: Instant) -> (Slot, Extens
         .map(|server| {
             tokio::time::timeout(
                 limit,
-                server.run_on::<i64>(Route::Background, target.kind.extend, &target.keys, &args),
+                server.run_on::<i64, _>(Route::Background, target.kind.extend, &target.keys, &args),
             )
         })
         .collect();

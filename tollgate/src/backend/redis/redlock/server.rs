@@ -215,11 +215,11 @@ impl Server {
     }
 
     /// Runs `script` on the connection for this thread's runtime; see [`Server::run_on`].
-    pub(crate) async fn run<T: redis::FromRedisValue>(
+    pub(crate) async fn run<T: redis::FromRedisValue, A: AsRef<[u8]>>(
         &self,
         script: &Script,
         keys: &[Vec<u8>],
-        args: &[&[u8]],
+        args: &[A],
     ) -> redis::RedisResult<T> {
         self.run_on(Route::here(), script, keys, args).await
     }
@@ -228,11 +228,11 @@ impl Server {
     /// dropped under it (killed, or the server restarted), it goes again once on a fresh one.
     /// With the reply, whether it went again (then the first run may have done the work, and
     /// the reply of the second tells only what was left).
-    pub(crate) async fn run_idempotent<T: redis::FromRedisValue>(
+    pub(crate) async fn run_idempotent<T: redis::FromRedisValue, A: AsRef<[u8]>>(
         &self,
         script: &Script,
         keys: &[Vec<u8>],
-        args: &[&[u8]],
+        args: &[A],
     ) -> redis::RedisResult<(T, bool)> {
         match self.run(script, keys, args).await {
             Err(error) if error.is_connection_dropped() || error.is_io_error() => {
@@ -244,12 +244,12 @@ impl Server {
 
     /// Runs `script` on the connection of `route`; a connection that failed is dropped, so
     /// the next call reconnects.
-    pub(crate) async fn run_on<T: redis::FromRedisValue>(
+    pub(crate) async fn run_on<T: redis::FromRedisValue, A: AsRef<[u8]>>(
         &self,
         route: Route,
         script: &Script,
         keys: &[Vec<u8>],
-        args: &[&[u8]],
+        args: &[A],
     ) -> redis::RedisResult<T> {
         let (generation, mut connection) = self.connection(route).await?;
         let mut invocation = script.prepare_invoke();
@@ -257,7 +257,7 @@ impl Server {
             invocation.key(key.as_slice());
         }
         for arg in args {
-            invocation.arg(*arg);
+            invocation.arg(arg.as_ref());
         }
         let result = invocation.invoke_async(&mut connection).await;
         if let Err(error) = &result {

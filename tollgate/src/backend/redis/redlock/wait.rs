@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::RwLock;
 use tokio::time::Instant;
 
 use super::super::listener::Subscription;
@@ -36,7 +37,7 @@ async fn abandon(shared: &Shared, target: &Target, waiter: &str) {
         let args = &args;
         async move {
             let _ =
-                tokio::time::timeout(limit, server.run::<i64>(script, &target.keys, args)).await;
+                tokio::time::timeout(limit, server.run::<i64, _>(script, &target.keys, args)).await;
         }
     });
     futures_util::future::join_all(runs).await;
@@ -47,6 +48,17 @@ struct Mark {
     shared: Arc<Shared>,
     target: Arc<Target>,
     waiter: String,
+    /// Each attempt holds it for reading until its script has run on every server; the mark
+    /// is withdrawn under it for writing, so that no attempt of this wait sets it again after.
+    scripts: Arc<RwLock<()>>,
+}
+
+impl Mark {
+    /// Withdraws the mark once every attempt of this wait has finished on the servers.
+    async fn withdraw(&self) {
+        let _settled = self.scripts.write().await;
+        abandon(&self.shared, &self.target, &self.waiter).await;
+    }
 }
 
 /// Withdraws the waiting mark, if it still holds one, when a wait ends without the hold,
@@ -55,21 +67,24 @@ struct WaitingMark(Option<Mark>);
 
 impl Drop for WaitingMark {
     fn drop(&mut self) {
-        if let Some(Mark {
-            shared,
-            target,
-            waiter,
-        }) = self.0.take()
-        {
-            spawn_release(async move { abandon(&shared, &target, &waiter).await });
+        if let Some(mark) = self.0.take() {
+            // Counted as a release under way: this process's next acquire of the lock waits
+            // for the mark to be withdrawn rather than be turned away by it.
+            let noted = mark.shared.release_notes.note(vec![mark.target.note()]);
+            spawn_release(async move {
+                mark.withdraw().await;
+                drop(noted);
+            });
         }
     }
 }
 
 impl WaitingMark {
-    /// The waiter's id, if it has a mark.
-    fn waiter(&self) -> Option<&str> {
-        self.0.as_ref().map(|mark| mark.waiter.as_str())
+    /// The waiter's id and its attempts' gate, if it has a mark.
+    fn waiter(&self) -> Option<(&str, &Arc<RwLock<()>>)> {
+        self.0
+            .as_ref()
+            .map(|mark| (mark.waiter.as_str(), &mark.scripts))
     }
 
     /// The wait got the hold: its mark is not withdrawn (the acquire script cleared it where
@@ -82,7 +97,7 @@ impl WaitingMark {
     /// process's next read sees it gone.
     async fn give_up(&mut self) {
         if let Some(mark) = &self.0 {
-            abandon(&mark.shared, &mark.target, &mark.waiter).await;
+            mark.withdraw().await;
         }
         self.0.take();
     }
@@ -107,6 +122,7 @@ pub(crate) async fn acquire_wait(
         shared: shared.clone(),
         target: target.clone(),
         waiter: random_id(),
+        scripts: Arc::default(),
     }));
     let cap = MAX_BACKOFF.min(shared.lease.expiry / 4);
     let mut backoff = Backoff::new(FIRST_BACKOFF, cap);
@@ -132,7 +148,7 @@ pub(crate) async fn acquire_wait(
 struct Waiting<'a> {
     shared: &'a Arc<Shared>,
     target: &'a Arc<Target>,
-    waiter: Option<&'a str>,
+    waiter: Option<(&'a str, &'a Arc<RwLock<()>>)>,
 }
 
 /// Wake-ups for a waiter: its turn among this process's waiters for the same target, and the
@@ -157,8 +173,13 @@ impl Contender for Waiting<'_> {
     type Wake = Queued;
 
     async fn attempt(&mut self) -> Result<WaitAttempt<RedisHandle>> {
+        let scripts = match self.waiter {
+            Some((_, scripts)) => Some(scripts.clone().read_owned().await),
+            None => None,
+        };
+        let waiter = self.waiter.map(|(waiter, _)| waiter);
         Ok(
-            match attempt(self.shared, self.target, self.waiter).await? {
+            match attempt(self.shared, self.target, waiter, scripts).await? {
                 Attempt::Taken(handle) => WaitAttempt::Taken(handle),
                 // Never sleep past the current hold's expiry: a crashed holder frees it then.
                 Attempt::Busy { hint } => WaitAttempt::Busy {
