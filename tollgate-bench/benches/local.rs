@@ -489,14 +489,18 @@ enum Mode {
     /// As `RawInotify`, but a second thread reads the inotify descriptor and wakes the
     /// waiting thread through an eventfd: the two hops the library's design makes.
     RawInotifyThread,
+    /// `read` on an inotify descriptor registered with a tokio current-thread runtime's
+    /// reactor (`AsyncFd`), then `flock(LOCK_NB)`: what tokio's wake-up costs alone.
+    RawInotifyTokio,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [
+    const ALL: [Mode; 5] = [
         Mode::Tollgate,
         Mode::RawFlock,
         Mode::RawInotify,
         Mode::RawInotifyThread,
+        Mode::RawInotifyTokio,
     ];
 
     fn role(self) -> &'static str {
@@ -505,6 +509,7 @@ impl Mode {
             Mode::RawFlock => "flock",
             Mode::RawInotify => "inotify",
             Mode::RawInotifyThread => "inotify-thread",
+            Mode::RawInotifyTokio => "inotify-tokio",
         }
     }
 
@@ -514,6 +519,7 @@ impl Mode {
             Mode::RawFlock => "floor: blocking flock(LOCK_EX)",
             Mode::RawInotify => "raw inotify read + flock(LOCK_NB)",
             Mode::RawInotifyThread => "raw inotify thread → eventfd → waiter",
+            Mode::RawInotifyTokio => "raw inotify in tokio's reactor + flock",
         }
     }
 
@@ -526,7 +532,9 @@ impl Mode {
         match self {
             // The runtime parks in epoll_wait with a timeout (the 1 s quiet re-check), which
             // is never 0 (a 0 timeout is a non-blocking poll of the I/O driver).
-            Mode::Tollgate => is_epoll_wait(number) && fields.get(4) != Some(&"0x0"),
+            Mode::Tollgate | Mode::RawInotifyTokio => {
+                is_epoll_wait(number) && fields.get(4) != Some(&"0x0")
+            }
             Mode::RawFlock => number == libc::SYS_flock,
             // The inotify descriptor, or the eventfd.
             Mode::RawInotify | Mode::RawInotifyThread => number == libc::SYS_read,
@@ -601,7 +609,9 @@ impl Holder {
         let lock = provider.lock(HANDOFF_NAME).expect("lock");
         let held = match mode {
             Mode::Tollgate => Held::Tollgate(None),
-            Mode::RawFlock | Mode::RawInotify | Mode::RawInotifyThread => Held::Fd(None),
+            Mode::RawFlock | Mode::RawInotify | Mode::RawInotifyThread | Mode::RawInotifyTokio => {
+                Held::Fd(None)
+            }
         };
         Holder {
             mode,
@@ -635,7 +645,7 @@ impl Holder {
                 now
             }
             Held::Fd(fd) => match self.mode {
-                Mode::RawInotify | Mode::RawInotifyThread => {
+                Mode::RawInotify | Mode::RawInotifyThread | Mode::RawInotifyTokio => {
                     // Unlock, then close: the close is what B's inotify watch reports.
                     let fd = fd.take().expect("held");
                     let now = monotonic_ns();
@@ -812,6 +822,54 @@ fn partner(role: &str) {
                     unsafe { libc::read(event.as_raw_fd(), (&raw mut count).cast(), 8) };
                 }
                 report(monotonic_ns());
+                let fd = fd.as_raw_fd();
+                Box::new(move || flock(fd, libc::LOCK_UN))
+            })
+        }
+        "inotify-tokio" => {
+            let path = dir.join(RAW_HANDOFF_FILE);
+            let fd = open_owned(&path);
+            let runtime = tollgate_bench::current_thread();
+            let inotify = {
+                let _context = runtime.enter();
+                let inotify = inotify_watch(&path);
+                // SAFETY: fcntl on a descriptor we own.
+                unsafe { libc::fcntl(inotify.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+                // SAFETY: the `AsyncFd` owns the descriptor, open as long as it is registered.
+                unsafe {
+                    tokio::io::unix::AsyncFd::register_with_interest(
+                        inotify,
+                        tokio::io::Interest::READABLE,
+                    )
+                }
+                .map_err(|error| error.into_parts().1)
+                .expect("register the inotify descriptor")
+            };
+            Box::new(move || {
+                let acquired = runtime.block_on(async {
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        // SAFETY: flock on an open descriptor.
+                        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }
+                            == 0
+                        {
+                            return monotonic_ns();
+                        }
+                        let mut ready = inotify.readable().await.expect("readable");
+                        // SAFETY: reading into a buffer we own, of the length we pass.
+                        let read = unsafe {
+                            libc::read(
+                                inotify.as_raw_fd(),
+                                buffer.as_mut_ptr().cast(),
+                                buffer.len(),
+                            )
+                        };
+                        if read < 0 {
+                            ready.clear_ready();
+                        }
+                    }
+                });
+                report(acquired);
                 let fd = fd.as_raw_fd();
                 Box::new(move || flock(fd, libc::LOCK_UN))
             })

@@ -521,6 +521,63 @@ async fn pool_of_one_survives_random_operations() {
         .is_timeout());
 }
 
+/// The session of a pool of one runs one wait after another, each under its own timeout:
+/// a bounded wait after an unbounded one still ends at its deadline, and an unbounded wait
+/// after a bounded one that succeeded outlasts that one's timeout (the session's
+/// `lock_timeout` is set again whenever the last wait left another).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_wait_on_a_reused_session_runs_under_its_own_timeout() {
+    let holder = provider();
+    let waiter = PostgresProvider::from_url(&format!("{}&pool_size=1", url())).unwrap();
+    let (busy, freed) = (unique("timeouts-busy"), unique("timeouts-freed"));
+    let held = holder.lock(&busy).unwrap().acquire().await.unwrap();
+    // A wait for `freed` (as `wait` says) that succeeds once the holder lets go after `after`.
+    let handed_over = |after: Duration, wait: Option<Duration>| {
+        let (holder, waiter, freed) = (holder.clone(), waiter.clone(), freed.clone());
+        async move {
+            let briefly = holder.lock(&freed).unwrap().acquire().await.unwrap();
+            let release = async {
+                tokio::time::sleep(after).await;
+                briefly.release().await.unwrap();
+            };
+            let lock = waiter.lock(&freed).unwrap();
+            let acquire = async {
+                match wait {
+                    None => lock.acquire().await,
+                    Some(timeout) => lock.acquire_timeout(timeout).await,
+                }
+            };
+            let ((), acquired) = tokio::join!(release, acquire);
+            acquired
+                .unwrap_or_else(|error| {
+                    panic!("the wait ({wait:?}) for a lock freed after {after:?}: {error}")
+                })
+                .release()
+                .await
+                .unwrap();
+        }
+    };
+    for _ in 0..3 {
+        handed_over(Duration::from_millis(50), None).await;
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(
+            PROMPT,
+            waiter
+                .lock(&busy)
+                .unwrap()
+                .try_acquire_timeout(Duration::from_millis(200)),
+        )
+        .await
+        .expect("a bounded wait after an unbounded one ends at its deadline")
+        .unwrap();
+        assert!(outcome.is_none(), "got a held lock");
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        handed_over(Duration::from_millis(50), Some(Duration::from_millis(300))).await;
+        handed_over(Duration::from_millis(700), None).await;
+    }
+    held.release().await.unwrap();
+}
+
 #[tokio::test]
 async fn lock_timeout_race_never_leaks_a_lock() {
     // Releases timed to land as the waiter's lock_timeout fires: whichever way each race

@@ -1,18 +1,19 @@
 //! Release notifications: per tokio runtime, one inotify instance registered with that
-//! runtime's own reactor and read by a task of that runtime, fanned out to every waiter of a
+//! runtime's own reactor, read by the waiters themselves and fanned out to every waiter of a
 //! file through a `tokio::sync::watch` counter.
 //!
 //! A holder releases by unlocking and closing its descriptor (or by unlocking and touching
 //! the file), and the kernel closes the descriptors of a process that dies. Each of those
 //! produces an inotify event on the lock file, so waiters retry exactly when something may
-//! have changed instead of sleeping and polling. The kernel's event wakes the waiting
-//! runtime's thread itself (the reader task then wakes the waiter on that same thread), so a
-//! hand-off costs one thread wake-up; the blocking API waits on tollgate's own runtime and
-//! is served the same way there.
+//! have changed instead of sleeping and polling. The kernel's event wakes the waiting task
+//! through its runtime's reactor, and that task reads the events and bumps the counters of
+//! their files (its own among them) before it retries: a hand-off costs one thread wake-up
+//! and one task poll. The blocking API waits on tollgate's own runtime and is served the same
+//! way there.
 //!
-//! A watch nobody uses any more is removed by the reader a few seconds later rather than at
-//! once, which keeps `inotify_rm_watch` off the hand-off path and lets a busy lock keep its
-//! watch. The reader ends once it has no watches, and its instance closes with the last
+//! A watch nobody uses any more is removed a few seconds later, by a keeper task, rather than
+//! at once, which keeps `inotify_rm_watch` off the hand-off path and lets a busy lock keep its
+//! watch. The keeper ends once no watch is left, and the instance closes with the last
 //! registration; both start again when needed.
 
 use std::collections::HashMap;
@@ -32,12 +33,12 @@ use crate::backend::kit::wait::Wake;
 
 const EVENTS: u32 =
     libc::IN_CLOSE_WRITE | libc::IN_CLOSE_NOWRITE | libc::IN_ATTRIB | libc::IN_DONT_FOLLOW;
-/// How often the reader looks for unused watches (and whether it can end).
+/// How often the keeper looks for unused watches (and whether it can end).
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long an unused watch is kept in case it is needed again.
 const UNUSED_WATCH_KEPT: Duration = Duration::from_secs(3);
-/// Room for a few hundred events per read.
-const READ_BUFFER: usize = 16 * 1024;
+/// Room for a hundred events per read.
+const READ_BUFFER: usize = 4 * 1024;
 
 /// The inotify instance of one runtime, and its watches.
 struct Watcher {
@@ -48,8 +49,8 @@ struct Watcher {
 #[derive(Default)]
 struct Shared {
     watches: HashMap<i32, Entry>,
-    /// Whether the reader task runs.
-    reading: bool,
+    /// Whether the keeper task runs.
+    kept: bool,
 }
 
 struct Entry {
@@ -66,16 +67,42 @@ pub struct Registration {
     events: watch::Receiver<u64>,
 }
 
-/// Wakes when an event arrived on the file since the last arm (or since registering).
+/// Wakes when an event arrived on the file since the last arm (or since registering). The
+/// waiter reads the instance's events itself when the reactor reports them.
 impl Wake for Registration {
     fn arm(&mut self) {
         self.events.arm();
     }
 
-    fn woken(&mut self) -> impl std::future::Future<Output = ()> + Send {
-        // The entry cannot go away while we are registered; if it did, this never completes
-        // (never a spin).
-        self.events.woken()
+    async fn woken(&mut self) {
+        loop {
+            if self.events.has_changed().unwrap_or(false) {
+                return;
+            }
+            tokio::select! {
+                biased;
+                changed = self.events.changed() => {
+                    if changed.is_err() {
+                        // The entry cannot go away while we are registered; if it did, the
+                        // schedule alone wakes us (never a spin).
+                        std::future::pending::<()>().await;
+                    }
+                    return;
+                }
+                ready = self.watcher.fd.readable() => {
+                    let Ok(mut ready) = ready else {
+                        // The reactor is gone (the runtime shuts down): the schedule alone.
+                        std::future::pending::<()>().await;
+                        return;
+                    };
+                    if self.watcher.drain() {
+                        ready.clear_ready();
+                    } else {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -119,9 +146,9 @@ pub fn register(path: &Path) -> io::Result<Registration> {
     entry.registrations += 1;
     entry.unused_since = None;
     let events = entry.events.subscribe();
-    if !shared.reading {
-        shared.reading = true;
-        drop(runtime.spawn(read(watcher.clone())));
+    if !shared.kept {
+        shared.kept = true;
+        drop(runtime.spawn(keep(watcher.clone())));
     }
     drop(shared);
     Ok(Registration {
@@ -172,8 +199,8 @@ impl Watcher {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Removes watches unused for a while; true (and the reader is marked stopped) when none
-    /// are left.
+    /// Removes the watches unused for a while; true (and the keeper is marked stopped) when
+    /// none are left.
     fn sweep(&self) -> bool {
         let mut shared = self.lock();
         shared.watches.retain(|watch_descriptor, entry| {
@@ -188,7 +215,7 @@ impl Watcher {
             keep
         });
         if shared.watches.is_empty() {
-            shared.reading = false;
+            shared.kept = false;
             return true;
         }
         false
@@ -196,7 +223,8 @@ impl Watcher {
 
     /// Reads every queued event and bumps the counters of their files; false if the
     /// descriptor failed (it never does while the runtime runs).
-    fn drain(&self, buffer: &mut [u8]) -> bool {
+    fn drain(&self) -> bool {
+        let mut buffer = [0u8; READ_BUFFER];
         loop {
             // SAFETY: reading into a buffer we own, of the length we pass.
             let read = unsafe {
@@ -246,49 +274,36 @@ impl Watcher {
     }
 }
 
-/// Marks the reader stopped if it is dropped part-way (its runtime shuts down), so that a
+/// Marks the keeper stopped if it is dropped part-way (its runtime shuts down), so that a
 /// later registration starts another.
-struct Reading<'a> {
+struct Keeping<'a> {
     watcher: &'a Watcher,
     ended: bool,
 }
 
-impl Drop for Reading<'_> {
+impl Drop for Keeping<'_> {
     fn drop(&mut self) {
         if !self.ended {
-            self.watcher.lock().reading = false;
+            self.watcher.lock().kept = false;
         }
     }
 }
 
-/// The reader task: reads the events as the reactor reports them, and sweeps unused watches
-/// every [`SWEEP_INTERVAL`]; ends when no watch is left.
-async fn read(watcher: Arc<Watcher>) {
-    let mut reading = Reading {
+/// The keeper task: keeps the instance (and the watches unused for a moment) alive between
+/// waits, sweeps unused watches every [`SWEEP_INTERVAL`], and ends when none is left. It never
+/// reads events: the waiters do.
+async fn keep(watcher: Arc<Watcher>) {
+    let mut keeping = Keeping {
         watcher: &watcher,
         ended: false,
     };
-    let mut buffer = vec![0u8; READ_BUFFER];
     let mut sweep =
         tokio::time::interval_at(tokio::time::Instant::now() + SWEEP_INTERVAL, SWEEP_INTERVAL);
     loop {
-        tokio::select! {
-            ready = watcher.fd.readable() => {
-                let Ok(mut ready) = ready else {
-                    // The reactor is gone: the runtime is shutting down.
-                    return;
-                };
-                if !watcher.drain(&mut buffer) {
-                    return;
-                }
-                ready.clear_ready();
-            }
-            _ = sweep.tick() => {
-                if watcher.sweep() {
-                    reading.ended = true;
-                    return;
-                }
-            }
+        sweep.tick().await;
+        if watcher.sweep() {
+            keeping.ended = true;
+            return;
         }
     }
 }

@@ -4,6 +4,7 @@
 //! has a session dedicated to it; once the wait succeeds, that session is shared again.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio_postgres::{CancelToken, Client, SimpleQueryMessage, Statement};
@@ -120,6 +121,9 @@ pub(crate) struct Session {
     tls: super::Tls,
     /// Statements prepared on this session, by function, mode and kind of key (pair or not).
     statements: Mutex<HashMap<(Function, Mode, bool), Statement>>,
+    /// The session's `lock_timeout` in ms as the last wait left it, or -1 when unknown (none
+    /// yet, or the last one failed, which rolled its setting back, or was dropped).
+    lock_timeout: AtomicI64,
     /// Stops the task that drives the connection (after an unanswered keepalive).
     driver: tokio::task::AbortHandle,
 }
@@ -135,6 +139,8 @@ enum Function {
     UnlockAndNotify,
     /// A wait in the server under a `lock_timeout` given with it.
     WaitLock,
+    /// A wait in the server under the session's `lock_timeout` as it is.
+    Lock,
 }
 
 impl Function {
@@ -149,6 +155,7 @@ impl Function {
         match self {
             Function::TryLock => format!("SELECT pg_try_advisory_lock{suffix}({args})"),
             Function::Unlock => format!("SELECT pg_advisory_unlock{suffix}({args})"),
+            Function::Lock => format!("SELECT pg_advisory_lock{suffix}({args})"),
             // Ticket i is key $1 + i, for i below $2; the session's own tickets ($3) are
             // skipped (advisory locks are re-entrant per session). Stops at the first taken.
             Function::ScanTickets => "WITH RECURSIVE scan(ticket, taken) AS ( \
@@ -212,6 +219,7 @@ impl pool::Protocol for Postgres {
             client,
             tls: self.tls.clone(),
             statements: Mutex::default(),
+            lock_timeout: AtomicI64::new(-1),
             driver: driver.abort_handle(),
         };
         let ended: pool::Ended = Box::pin(async move {
@@ -365,25 +373,39 @@ impl Session {
     }
 
     /// `pg_advisory_lock[_shared]` under a `lock_timeout` of `timeout_ms` (0: none), set on
-    /// the session in the same prepared statement: one round trip.
+    /// the session in the same prepared statement (one round trip), or left as it is when the
+    /// last wait on this session set the same (unbounded waits, one after another).
     pub(crate) async fn wait_lock(
         &self,
         key: AdvisoryKey,
         mode: Mode,
         timeout_ms: i64,
     ) -> Result<(), tokio_postgres::Error> {
-        let statement = self.prepared(Function::WaitLock, key, mode).await?;
+        let set = self.lock_timeout.load(Ordering::Relaxed) != timeout_ms;
+        let function = if set {
+            Function::WaitLock
+        } else {
+            Function::Lock
+        };
+        let statement = self.prepared(function, key, mode).await?;
+        // Unknown until the statement succeeds: a failed one rolls its setting back.
+        self.lock_timeout.store(-1, Ordering::Relaxed);
         let timeout = timeout_ms.to_string();
-        match key {
-            AdvisoryKey::Single(key) => {
+        match (key, set) {
+            (AdvisoryKey::Single(key), true) => {
                 self.client.query_one(&statement, &[&key, &timeout]).await?
             }
-            AdvisoryKey::Pair(high, low) => {
+            (AdvisoryKey::Single(key), false) => self.client.query_one(&statement, &[&key]).await?,
+            (AdvisoryKey::Pair(high, low), true) => {
                 self.client
                     .query_one(&statement, &[&high, &low, &timeout])
                     .await?
             }
+            (AdvisoryKey::Pair(high, low), false) => {
+                self.client.query_one(&statement, &[&high, &low]).await?
+            }
         };
+        self.lock_timeout.store(timeout_ms, Ordering::Relaxed);
         Ok(())
     }
 
