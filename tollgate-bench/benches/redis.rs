@@ -14,6 +14,9 @@
 //!    one server) and `distributed-lock-redis` (`try_acquire` + `release`). Every row runs in
 //!    batches of 50, interleaved round by round with the other rows so that they see the same
 //!    machine; the medians of the per-batch means are reported.
+//!    Beside them a semaphore of max 3, uncontended: tollgate's `RedisSemaphore`
+//!    (`try_acquire` and `release`), the floor (one script that drops expired tickets, counts
+//!    and adds a ticket, then a bare `ZREM`), and `distributed-lock-redis`'s semaphore.
 //! 2. **Hand-off between two processes**: this process (A) holds the lock while a partner
 //!    process (B, this binary run again with `TOLLGATE_BENCH_PARTNER` set) waits in
 //!    `acquire()`. A waits until B has subscribed to the lock's release channel
@@ -22,19 +25,26 @@
 //!    floor does the same with bare commands: B subscribed to a channel, `SET NX PX` after
 //!    each message; A's release is a compare-and-delete script that publishes.
 //!
+//! 3. **Contention** (`--bench contention`): 8 tasks of one process (multi-threaded runtime)
+//!    loop `acquire` + `release` on one name, against the floor: 8 tasks on one multiplexed
+//!    connection, each with a subscription of its own, looping `SET NX PX`, and on a refusal
+//!    waiting for a release's `PUBLISH` (50 ms at most) before trying again; the release is a
+//!    compare-and-delete script that publishes. Acquisitions per second, rounds alternating.
+//!
 //! Under `cargo test --benches` every row runs a few times only.
 
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
 use distributed_lock_core::traits::{
-    DistributedLock, LockHandle as _, LockProvider as DlLockProvider,
+    DistributedLock, DistributedSemaphore as _, LockHandle as _, LockProvider as DlLockProvider,
+    SemaphoreProvider as _,
 };
 use futures_util::StreamExt;
 use redis::aio::MultiplexedConnection;
 use tokio::runtime::Runtime;
 use tollgate::backend::redis::{RedisLock, RedisProvider};
-use tollgate::{Acquire, Handle, LockProvider};
+use tollgate::{Acquire, Handle, LockProvider, SemaphoreProvider};
 use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::current_thread;
@@ -55,6 +65,14 @@ const RAW_RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
      redis.call('del', KEYS[1]) redis.call('publish', ARGV[2], '') return 1 end return 0";
 const RAW_DELETE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then \
      return redis.call('del', KEYS[1]) end return 0";
+/// The semaphore floor's take: drop expired tickets, count, add one if there is room.
+const RAW_SEMAPHORE_TAKE: &str = "local time = redis.call('time') \
+     local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000) \
+     redis.call('zremrangebyscore', KEYS[1], '-inf', now) \
+     if redis.call('zcard', KEYS[1]) < tonumber(ARGV[2]) then \
+       redis.call('zadd', KEYS[1], now + 30000, ARGV[1]) return 1 end return 0";
+/// The semaphore's max count in the uncontended rows.
+const SEMAPHORE_MAX: u32 = 3;
 
 fn main() {
     tollgate_bench::run(partner, bench);
@@ -62,7 +80,7 @@ fn main() {
 
 /// The benchmarks (this process is A).
 fn bench(args: BenchArgs) {
-    if args.answer_list(&["uncontended", "handoff"]) {
+    if args.answer_list(&["uncontended", "handoff", "contention"]) {
         return;
     }
     let testing = args.testing();
@@ -93,17 +111,26 @@ fn bench(args: BenchArgs) {
         };
         [Pair::Tollgate, Pair::Raw].map(|pair| (pair, handoff(&url, pair, rounds, warmup)))
     });
+    if args.selects("contention") {
+        let (rounds, span) = tollgate_bench::contention::rounds_and_span(testing);
+        tollgate_bench::contention::compare(
+            rounds,
+            span,
+            |round| contend_tollgate(&url, round, span),
+            |round| contend_floor(&url, round, span),
+        );
+    }
 
     println!("\n==================== Summary ====================\n");
     if let Some(rows) = rows {
-        let floor = rows
-            .iter()
-            .find(|(row, _)| *row == Row::Floor)
-            .map(|(_, median)| *median);
         println!("Uncontended acquire + release (median of batch means):\n");
-        println!("| row | per operation | vs. raw floor |");
+        println!("| row | per operation | vs. its raw floor |");
         println!("|---|---|---|");
         for (row, median) in &rows {
+            let floor = rows
+                .iter()
+                .find(|(other, _)| *other == row.floor())
+                .map(|(_, median)| *median);
             let ratio = floor.map_or(String::from("—"), |floor| {
                 format!("{:.2}×", median.as_secs_f64() / floor.as_secs_f64())
             });
@@ -157,16 +184,32 @@ enum Row {
     Floor,
     Rslock,
     DistributedLock,
+    SemaphoreFloor,
+    SemaphoreTollgate,
+    SemaphorePeer,
 }
 
 impl Row {
-    const ALL: [Row; 5] = [
+    const ALL: [Row; 8] = [
         Row::Floor,
         Row::TollgateTry,
         Row::TollgateAcquire,
         Row::Rslock,
         Row::DistributedLock,
+        Row::SemaphoreFloor,
+        Row::SemaphoreTollgate,
+        Row::SemaphorePeer,
     ];
+
+    /// The floor this row is compared with.
+    fn floor(self) -> Row {
+        match self {
+            Row::SemaphoreFloor | Row::SemaphoreTollgate | Row::SemaphorePeer => {
+                Row::SemaphoreFloor
+            }
+            _ => Row::Floor,
+        }
+    }
 
     fn label(self) -> &'static str {
         match self {
@@ -175,6 +218,11 @@ impl Row {
             Row::Floor => "raw floor: `SET NX PX` + compare-and-delete `EVALSHA`",
             Row::Rslock => "rslock 0.10 `lock` + `unlock`",
             Row::DistributedLock => "distributed-lock-redis 0.2 `try_acquire` + `release`",
+            Row::SemaphoreFloor => "semaphore(3) raw floor: one take script + `ZREM`",
+            Row::SemaphoreTollgate => "semaphore(3) tollgate `try_acquire` + `release`",
+            Row::SemaphorePeer => {
+                "semaphore(3) distributed-lock-redis 0.2 `try_acquire` + `release`"
+            }
         }
     }
 }
@@ -187,6 +235,10 @@ struct Subjects {
     rslock: rslock::LockManager,
     rslock_key: String,
     peer: distributed_lock_redis::lock::RedisDistributedLock,
+    semaphore: tollgate::backend::redis::RedisSemaphore,
+    semaphore_key: String,
+    take: redis::Script,
+    peer_semaphore: distributed_lock_redis::semaphore::RedisDistributedSemaphore,
 }
 
 impl Subjects {
@@ -203,6 +255,12 @@ impl Subjects {
             rslock: rslock::LockManager::new(vec![url.to_owned()]),
             rslock_key: unique("rslock"),
             peer: peer.create_lock(&unique("peer")),
+            semaphore: provider
+                .semaphore(&unique("semaphore"), SEMAPHORE_MAX)
+                .expect("semaphore"),
+            semaphore_key: unique("semaphore-floor"),
+            take: redis::Script::new(RAW_SEMAPHORE_TAKE),
+            peer_semaphore: peer.create_semaphore(&unique("peer-semaphore"), SEMAPHORE_MAX),
         }
     }
 
@@ -247,8 +305,135 @@ impl Subjects {
                     .expect("free");
                 handle.release().await.expect("release");
             }
+            Row::SemaphoreTollgate => try_acquire_release(&self.semaphore).await,
+            Row::SemaphoreFloor => {
+                let taken: i64 = self
+                    .take
+                    .key(&self.semaphore_key)
+                    .arg("owner")
+                    .arg(SEMAPHORE_MAX)
+                    .invoke_async(&mut self.raw)
+                    .await
+                    .expect("take a ticket");
+                assert_eq!(taken, 1, "the floor's semaphore has room");
+                let removed: i64 = redis::cmd("ZREM")
+                    .arg(&self.semaphore_key)
+                    .arg("owner")
+                    .query_async(&mut self.raw)
+                    .await
+                    .expect("ZREM");
+                assert_eq!(removed, 1);
+            }
+            Row::SemaphorePeer => {
+                let handle = self
+                    .peer_semaphore
+                    .try_acquire()
+                    .await
+                    .expect("try_acquire")
+                    .expect("room");
+                handle.release().await.expect("release");
+            }
         }
     }
+}
+
+/// `TOLLGATE_BENCH_PARTNER=cycles`: 10,000 (`TOLLGATE_BENCH_CYCLES`) uncontended cycles of one
+/// row of the uncontended section (`TOLLGATE_BENCH_ROW`: `tollgate` (`try_acquire` +
+/// `release`, the default), `floor`, `semaphore`, `semaphore-floor`, `rslock`, `peer`), for
+/// `strace -c -f` or `perf record` of that row alone.
+fn cycles() {
+    let url = server_url();
+    let row = match std::env::var("TOLLGATE_BENCH_ROW").as_deref() {
+        Ok("floor") => Row::Floor,
+        Ok("semaphore") => Row::SemaphoreTollgate,
+        Ok("semaphore-floor") => Row::SemaphoreFloor,
+        Ok("rslock") => Row::Rslock,
+        Ok("peer") => Row::DistributedLock,
+        _ => Row::TollgateTry,
+    };
+    let count: u64 = tollgate_bench::args::env_number("TOLLGATE_BENCH_CYCLES").unwrap_or(10_000);
+    current_thread().block_on(async {
+        let mut subjects = Subjects::new(&url).await;
+        for _ in 0..count {
+            subjects.cycle(row).await;
+        }
+    });
+}
+
+/// Acquisitions per second of tollgate tasks contending for one lock.
+async fn contend_tollgate(url: &str, round: usize, span: Duration) -> f64 {
+    let provider = RedisProvider::from_url(url).expect("provider");
+    let name = unique(&format!("contention-{round}"));
+    let locks = (0..tollgate_bench::contention::TASKS)
+        .map(|_| provider.lock(&name).expect("lock"))
+        .collect();
+    tollgate_bench::contention::tollgate_turns(locks, span).await
+}
+
+/// One floor task of the contention section: the shared connection, its own subscription,
+/// the key and its own owner id.
+struct FloorTask {
+    connection: MultiplexedConnection,
+    subscription: redis::aio::PubSub,
+    key: String,
+    owner: String,
+    release: redis::Script,
+}
+
+/// Acquisitions per second of raw tasks contending for one key, woken by `PUBLISH`.
+async fn contend_floor(url: &str, round: usize, span: Duration) -> f64 {
+    let key = unique(&format!("contention-floor-{round}"));
+    let channel = format!("{key}:released");
+    let client = redis::Client::open(url).expect("redis URL");
+    let connection = raw_connection(url).await;
+    let mut tasks = Vec::new();
+    for index in 0..tollgate_bench::contention::TASKS {
+        let mut subscription = client.get_async_pubsub().await.expect("pubsub");
+        subscription.subscribe(&channel).await.expect("subscribe");
+        tasks.push(FloorTask {
+            connection: connection.clone(),
+            subscription,
+            key: key.clone(),
+            owner: format!("owner-{index}"),
+            release: redis::Script::new(RAW_RELEASE),
+        });
+    }
+    let channel = std::sync::Arc::new(channel);
+    tollgate_bench::contention::turns(tasks, span, move |mut task| {
+        let channel = channel.clone();
+        async move {
+            loop {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&task.key)
+                    .arg(&task.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(30_000)
+                    .query_async(&mut task.connection)
+                    .await
+                    .expect("SET NX");
+                if set.is_some() {
+                    break;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(50),
+                    task.subscription.on_message().next(),
+                )
+                .await;
+            }
+            let released: i64 = task
+                .release
+                .key(&task.key)
+                .arg(&task.owner)
+                .arg(channel.as_str())
+                .invoke_async(&mut task.connection)
+                .await
+                .expect("release");
+            assert_eq!(released, 1);
+            task
+        }
+    })
+    .await
 }
 
 fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<(Row, Duration)> {
@@ -391,6 +576,10 @@ fn handoff(url: &str, pair: Pair, rounds: usize, warmup: usize) -> Vec<u64> {
 /// B: on `go`, acquires (waiting), prints the time it got it, releases on `release`.
 fn partner(role: &str) {
     die_with_parent();
+    if role == "cycles" {
+        cycles();
+        return;
+    }
     let url = server_url();
     let name = std::env::var(NAME_ENV).expect("TOLLGATE_BENCH_NAME");
     let channel = [b"tollgate:released:".as_slice(), name.as_bytes()].concat();
