@@ -68,7 +68,8 @@ where
 }
 
 /// One task per subject, each running `cycle` (one acquire + release, handing its subject
-/// back) over and over until `span` has passed: the acquisitions per second of all of them.
+/// back) over and over until `span` has passed: the acquisitions per second of all of them
+/// (printing the busiest task's share).
 /// Runs on the current runtime, which should be multi-threaded.
 pub async fn turns<S, C, CF>(subjects: Vec<S>, span: Duration, cycle: C) -> f64
 where
@@ -91,10 +92,18 @@ where
             })
         })
         .collect();
-    let mut total = 0;
+    let mut counts = Vec::with_capacity(tasks.len());
     for task in tasks {
-        total += task.await.expect("a contending task");
+        counts.push(task.await.expect("a contending task"));
     }
+    let total: u64 = counts.iter().sum();
+    // How evenly the turns went round: a side whose releaser takes the name straight back
+    // shows one task far above 1/TASKS.
+    let busiest = counts.iter().max().copied().unwrap_or_default();
+    println!(
+        "    (busiest task: {:.0} % of {total} acquisitions)",
+        100.0 * busiest as f64 / total.max(1) as f64
+    );
     total as f64 / span.as_secs_f64()
 }
 
