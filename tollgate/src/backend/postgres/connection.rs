@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{CancelToken, Client, SimpleQueryMessage, Statement};
 
 use super::key::AdvisoryKey;
@@ -391,20 +392,18 @@ impl Session {
         // Unknown until the statement succeeds: a failed one rolls its setting back.
         self.lock_timeout.store(-1, Ordering::Relaxed);
         let timeout = timeout_ms.to_string();
-        match (key, set) {
-            (AdvisoryKey::Single(key), true) => {
-                self.client.query_one(&statement, &[&key, &timeout]).await?
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(3);
+        match &key {
+            AdvisoryKey::Single(key) => params.push(key),
+            AdvisoryKey::Pair(high, low) => {
+                params.push(high);
+                params.push(low);
             }
-            (AdvisoryKey::Single(key), false) => self.client.query_one(&statement, &[&key]).await?,
-            (AdvisoryKey::Pair(high, low), true) => {
-                self.client
-                    .query_one(&statement, &[&high, &low, &timeout])
-                    .await?
-            }
-            (AdvisoryKey::Pair(high, low), false) => {
-                self.client.query_one(&statement, &[&high, &low]).await?
-            }
-        };
+        }
+        if set {
+            params.push(&timeout);
+        }
+        self.client.query_one(&statement, &params).await?;
         self.lock_timeout.store(timeout_ms, Ordering::Relaxed);
         Ok(())
     }

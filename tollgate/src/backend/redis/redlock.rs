@@ -21,7 +21,7 @@ use super::{Lease, BACKEND};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::{Note, ReleaseNotes};
-use crate::backend::kit::runtime::spawn_release;
+use crate::backend::kit::runtime::{spawn_owned, spawn_release};
 use crate::backend::kit::turns::{Turn, Turns};
 use crate::{Error, Handle, LossNotifier, LossSignal, Result};
 
@@ -216,22 +216,26 @@ fn script_args<'a>(
     args
 }
 
+/// A waiting writer, as its attempts see it: the id of its mark, and a read guard of the
+/// mark's gate, held until the attempt's script has run on every server or timed out, so that
+/// withdrawing the mark (under the gate for writing) cannot be overtaken by a late attempt
+/// that sets it again.
+struct Waiter {
+    id: String,
+    scripts: OwnedRwLockReadGuard<()>,
+}
+
 /// One attempt on every server at once, decided by the majority within the validity budget.
 /// It always completes (see [`run_to_completion`]): a handle nobody waits for any more
-/// releases on drop, so whatever the attempt took is given back. A waiting writer's attempt
-/// holds `scripts` (a read guard of its mark's gate) until its script has run on every server
-/// or timed out, so that withdrawing the mark, which takes the gate for writing, cannot be
-/// overtaken by a late attempt that sets it again.
+/// releases on drop, so whatever the attempt took is given back.
 async fn attempt(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
-    waiter: Option<&str>,
-    scripts: Option<OwnedRwLockReadGuard<()>>,
+    waiter: Option<Waiter>,
 ) -> Result<Attempt> {
     let (shared, target) = (shared.clone(), target.clone());
-    let waiter = waiter.map(str::to_owned);
     run_to_completion(
-        async move { attempt_on_servers(&shared, &target, waiter.as_deref(), scripts).await },
+        async move { attempt_on_servers(&shared, &target, waiter).await },
         |attempt| async move { drop(attempt) },
     )
     .await
@@ -243,17 +247,17 @@ async fn attempt(
 async fn attempt_on_servers(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
-    waiter: Option<&str>,
-    scripts: Option<OwnedRwLockReadGuard<()>>,
+    waiter: Option<Waiter>,
 ) -> Result<Attempt> {
     let lease = shared.lease;
     let owner = random_id();
     let ttl = lease_ms(lease.expiry);
-    let args: Arc<[Vec<u8>]> =
-        script_args(owner.as_bytes(), &ttl, target, waiter.map(str::as_bytes))
-            .into_iter()
-            .map(<[u8]>::to_vec)
-            .collect();
+    let id = waiter.as_ref().map(|waiter| waiter.id.as_bytes());
+    let args: Arc<[Vec<u8>]> = script_args(owner.as_bytes(), &ttl, target, id)
+        .into_iter()
+        .map(<[u8]>::to_vec)
+        .collect();
+    let scripts = waiter.map(|waiter| waiter.scripts);
     let started = Instant::now();
     let budget = lease.attempt_budget();
     let tally = acquire_on_servers(shared, target, args, budget, scripts).await;
@@ -305,8 +309,8 @@ struct Tally {
 
 /// Runs the acquire script on every server at once, each bounded by `budget`, and tallies the
 /// replies until the outcome is decided. The servers still to answer then finish on a task of
-/// their own, which holds `scripts` until they have (see [`attempt`]); without it, they are
-/// given up on.
+/// their own, which holds a waiting writer's `scripts` until they have (see [`Waiter`]);
+/// without it, they are given up on.
 async fn acquire_on_servers(
     shared: &Arc<Shared>,
     target: &Arc<Target>,
@@ -346,7 +350,9 @@ async fn acquire_on_servers(
         shared.all_heard.store(true, Ordering::Release);
     }
     if let Some(scripts) = scripts.filter(|_| !pending.is_empty()) {
-        tokio::spawn(async move {
+        // Without a runtime to finish on, the guard goes at once: the mark then lives at most
+        // one lease on the servers that had not answered.
+        let _ = spawn_owned(async move {
             while pending.next().await.is_some() {}
             drop(scripts);
         });

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::super::listener::Subscription;
 use super::{
-    attempt, lease_ms, random_id, script_args, Attempt, RedisHandle, Shared, Target, Turn,
+    attempt, lease_ms, random_id, script_args, Attempt, RedisHandle, Shared, Target, Turn, Waiter,
 };
 use crate::backend::kit::fault::Outage;
 use crate::backend::kit::runtime::spawn_release;
@@ -173,20 +173,20 @@ impl Contender for Waiting<'_> {
     type Wake = Queued;
 
     async fn attempt(&mut self) -> Result<WaitAttempt<RedisHandle>> {
-        let scripts = match self.waiter {
-            Some((_, scripts)) => Some(scripts.clone().read_owned().await),
+        let waiter = match self.waiter {
+            Some((id, scripts)) => Some(Waiter {
+                id: id.to_owned(),
+                scripts: scripts.clone().read_owned().await,
+            }),
             None => None,
         };
-        let waiter = self.waiter.map(|(waiter, _)| waiter);
-        Ok(
-            match attempt(self.shared, self.target, waiter, scripts).await? {
-                Attempt::Taken(handle) => WaitAttempt::Taken(handle),
-                // Never sleep past the current hold's expiry: a crashed holder frees it then.
-                Attempt::Busy { hint } => WaitAttempt::Busy {
-                    retry_within: hint.map(|hint| hint + Duration::from_millis(1)),
-                },
+        Ok(match attempt(self.shared, self.target, waiter).await? {
+            Attempt::Taken(handle) => WaitAttempt::Taken(handle),
+            // Never sleep past the current hold's expiry: a crashed holder frees it then.
+            Attempt::Busy { hint } => WaitAttempt::Busy {
+                retry_within: hint.map(|hint| hint + Duration::from_millis(1)),
             },
-        )
+        })
     }
 
     /// Queues behind this process's other waiters for the same thing, then subscribes to its
