@@ -189,12 +189,14 @@ impl Contender for Waiting<'_> {
         })
     }
 
-    /// Queues behind this process's other waiters for the same thing, then subscribes to its
-    /// releases (bounded by the deadline).
+    /// Subscribes to the target's releases, then queues behind this process's other waiters
+    /// for the same thing (bounded by the deadline). Subscribing first keeps the channel
+    /// subscribed on the server while any waiter of this process is queued: a hand-off from
+    /// one local waiter to the next unsubscribes and subscribes nothing there.
     async fn subscribe(&mut self, deadline: Option<Instant>) -> Option<Queued> {
         let queued = before(deadline, async {
-            let turn = self.shared.turn(self.target).await;
             let subscription = self.shared.listener.subscribe(&self.target.channel).await;
+            let turn = self.shared.turn(self.target).await;
             Queued {
                 _turn: turn,
                 subscription,
