@@ -139,14 +139,6 @@ impl Listener {
         }
     }
 
-    /// Wakes this process's waiters on `channel` at once, as the release published there will
-    /// when it arrives: a release made here need not wait for its own notification to come
-    /// back through the server and the listener's thread. A wake that finds the target still
-    /// held costs the waiter one attempt, after which it waits again.
-    pub(crate) fn wake_local(&self, channel: &[u8]) {
-        self.channels.wake(channel);
-    }
-
     /// Subscribes to `channel` on every server and waits until half of them (rounded up)
     /// confirm, or a server that cannot be reached answers at once. A hold was granted by a
     /// majority, and its release publishes on each server of that majority, so half the

@@ -488,7 +488,7 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
     if !rollback.is_empty() {
         let (shared, target) = (shared.clone(), target.clone());
         spawn_release(async move {
-            let (_, released, _) = release_on(
+            release_on(
                 &shared,
                 &target,
                 &owner,
@@ -497,9 +497,6 @@ fn give_back(shared: &Arc<Shared>, target: &Arc<Target>, owner: String, answered
                 &[],
             )
             .await;
-            if released > 0 {
-                shared.listener.wake_local(&target.channel);
-            }
         });
     }
 }
@@ -664,9 +661,6 @@ async fn release_hold(hold: &Hold) -> Result<()> {
         &hold.incarnations,
     )
     .await;
-    if released > 0 {
-        hold.shared.listener.wake_local(&hold.target.channel);
-    }
     // Gone from more servers than a hold can spare: it was lost (expired, deleted) before the
     // extensions noticed, and its holder learns it from its loss signal.
     let servers = hold.shared.servers.len();
