@@ -3,9 +3,13 @@
 //! every waiter on it here tries again at once.
 //!
 //! Each server's connection is owned by one task, started on first use and ended when the
-//! provider is dropped (or its runtime ends; the next wait starts a new one). While a
-//! connection is down, subscriptions are answered at once and waiters fall back on their
-//! backoff; after it reconnects every waiter is woken, since releases may have been missed.
+//! provider is dropped (or its runtime ends; the next wait starts a new one). As for requests
+//! (see [`Route`]), there are two sets of these tasks: waiters on a caller's runtime are woken
+//! by tasks on that runtime, so that a release notification reaches them without a hop from
+//! another runtime's thread; waiters on tollgate's own runtime (the blocking API) by tasks on
+//! that one. While a connection is down, subscriptions are answered at once and waiters fall
+//! back on their backoff; after it reconnects every waiter is woken, since releases may have
+//! been missed.
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -15,6 +19,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::redlock::Route;
 use crate::backend::kit::runtime::background;
 use crate::backend::kit::wait::{Backoff, Schedule, Wake};
 
@@ -56,16 +61,21 @@ impl Channels {
     }
 }
 
+/// Each server's task of one route, where it is running.
+type Tasks = Vec<Option<mpsc::UnboundedSender<Command>>>;
+
 /// The release notifications of one provider.
 pub(crate) struct Listener {
     clients: Vec<redis::Client>,
     channels: Arc<Channels>,
-    tasks: Mutex<Vec<Option<mpsc::UnboundedSender<Command>>>>,
+    /// The tasks of [`Route::Caller`], then those of [`Route::Background`].
+    tasks: Mutex<[Tasks; 2]>,
 }
 
 /// Interest in one channel; dropping it unsubscribes when no other waiter needs the channel.
 pub(crate) struct Subscription {
     listener: Arc<Listener>,
+    route: Route,
     channel: Vec<u8>,
     wakes: watch::Receiver<u64>,
 }
@@ -93,49 +103,63 @@ impl Drop for Subscription {
                 }
             }
         }
-        // Every subscription told each server's task once; each drop tells it once too.
+        // Every subscription told each server's task of its route once; each drop tells it
+        // once too. A task that has ended (its runtime shut down) took its counts with it.
         self.listener
-            .send_all(|| Command::Unsubscribe(self.channel.clone()));
+            .send_running(self.route, || Command::Unsubscribe(self.channel.clone()));
     }
 }
 
 impl Listener {
     pub(crate) fn new(clients: Vec<redis::Client>) -> Self {
-        let tasks = clients.iter().map(|_| None).collect();
+        let tasks = || clients.iter().map(|_| None).collect();
         Listener {
-            clients,
             channels: Arc::default(),
-            tasks: Mutex::new(tasks),
+            tasks: Mutex::new([tasks(), tasks()]),
+            clients,
         }
     }
 
-    /// Sends a command to every server's task, starting tasks that are not running.
-    fn send_all(&self, mut command: impl FnMut() -> Command) {
-        let mut tasks = self
-            .tasks
+    fn tasks(&self) -> MutexGuard<'_, [Tasks; 2]> {
+        self.tasks
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for (index, slot) in tasks.iter_mut().enumerate() {
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Sends a command to every server's task of `route`, starting tasks that are not
+    /// running: a caller's on the runtime of this thread, which runs the waiters they wake,
+    /// and the background route's on tollgate's own runtime.
+    fn send_all(&self, route: Route, mut command: impl FnMut() -> Command) {
+        let mut tasks = self.tasks();
+        for (index, slot) in tasks[route as usize].iter_mut().enumerate() {
             if slot.as_ref().is_some_and(|sender| sender.is_closed()) {
                 *slot = None;
             }
             if slot.is_none() {
-                // On tollgate's own runtime: no caller's runtime (one that stalls, or shuts
-                // down) holds up or ends the notifications of every waiter.
-                let Ok(runtime) = background() else {
-                    continue;
-                };
                 let (sender, receiver) = mpsc::unbounded_channel();
-                runtime.spawn(run(
-                    self.clients[index].clone(),
-                    self.channels.clone(),
-                    receiver,
-                ));
+                let task = run(self.clients[index].clone(), self.channels.clone(), receiver);
+                match route {
+                    Route::Caller => drop(tokio::spawn(task)),
+                    Route::Background => {
+                        let Ok(runtime) = background() else {
+                            continue;
+                        };
+                        drop(runtime.spawn(task));
+                    }
+                }
                 *slot = Some(sender);
             }
             if let Some(sender) = slot {
                 let _ = sender.send(command());
             }
+        }
+    }
+
+    /// Sends a command to every server's task of `route` that is running (a drop may happen
+    /// outside any runtime, where none could be started).
+    fn send_running(&self, route: Route, mut command: impl FnMut() -> Command) {
+        for sender in self.tasks()[route as usize].iter().flatten() {
+            let _ = sender.send(command());
         }
     }
 
@@ -146,6 +170,7 @@ impl Listener {
     /// is missed, and a hung server (which never confirms) holds nothing up while the others
     /// answer.
     pub(crate) async fn subscribe(self: &Arc<Self>, channel: &[u8]) -> Subscription {
+        let route = Route::here();
         let wakes = {
             let mut channels = self.channels.lock();
             let entry = channels
@@ -156,13 +181,14 @@ impl Listener {
         };
         let subscription = Subscription {
             listener: self.clone(),
+            route,
             channel: channel.to_vec(),
             wakes,
         };
         // Later waiters on the same channel also wait for confirmation: commands to a task
         // run in order, so theirs is answered after the first subscription is in place.
         let mut acks = Vec::new();
-        self.send_all(|| {
+        self.send_all(route, || {
             let (ack, confirmed) = oneshot::channel();
             acks.push(confirmed);
             Command::Subscribe(channel.to_vec(), ack)

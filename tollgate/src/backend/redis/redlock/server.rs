@@ -26,7 +26,7 @@ pub(crate) enum Route {
 
 impl Route {
     /// The connection for work on this thread.
-    fn here() -> Route {
+    pub(crate) fn here() -> Route {
         if on_background() {
             Route::Background
         } else {
