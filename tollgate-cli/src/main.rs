@@ -234,7 +234,8 @@ pub struct LockArgs {
 
     /// Where the locks live: local: (this machine, per-user runtime directory),
     /// file:///DIR (lock files in DIR), postgres://USER@HOST:PORT/DB, mysql://USER@HOST/DB,
-    /// redis://HOST:PORT (redis://H1,H2,H3 for RedLock), with options after `?`
+    /// redis://HOST:PORT (redis://H1,H2,H3 for RedLock), zookeeper://HOST:2181[,HOST2…]/DIR
+    /// (locks), with options after `?`
     #[arg(
         long,
         value_name = "URL",

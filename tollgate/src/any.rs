@@ -536,6 +536,7 @@ impl AnyProvider {
     /// | `postgres://user@host/db`, `postgresql://…` | PostgreSQL advisory locks |
     /// | `mysql://user@host/db`, `mariadb://…` | MySQL / MariaDB user locks (no reader-writer locks) |
     /// | `redis://host:6379/0`, `rediss://…` | Redis; `redis://h1,h2,h3` for RedLock over several |
+    /// | `zookeeper://host:2181/dir`, `zk://…` | ZooKeeper; `zookeeper://h1:2181,h2:2181` for an ensemble (no upgradeable reader-writer locks) |
     ///
     /// Options go in the query string (`file:///dir?group=true`).
     ///
@@ -573,6 +574,15 @@ impl AnyProvider {
                     .read_write_locks()
                     .build())
             }
+            #[cfg(feature = "zookeeper")]
+            Some("zookeeper" | "zk") => {
+                use crate::backend::zookeeper::{ZooKeeperProvider, BACKEND};
+                let provider = ZooKeeperProvider::from_url(url)?;
+                Ok(AnyProvider::builder(BACKEND, provider)
+                    .semaphores()
+                    .read_write_locks()
+                    .build())
+            }
             // The URL is never quoted back: it may carry a password.
             #[cfg(not(feature = "local"))]
             Some(scheme @ ("local" | "file")) => Err(missing_feature(scheme, "local")),
@@ -582,9 +592,11 @@ impl AnyProvider {
             Some(scheme @ ("mysql" | "mariadb")) => Err(missing_feature(scheme, "mysql")),
             #[cfg(not(feature = "redis"))]
             Some(scheme @ ("redis" | "rediss")) => Err(missing_feature(scheme, "redis")),
+            #[cfg(not(feature = "zookeeper"))]
+            Some(scheme @ ("zookeeper" | "zk")) => Err(missing_feature(scheme, "zookeeper")),
             Some(scheme) if !scheme.is_empty() => Err(Error::invalid(format!(
                 "no tollgate backend for URL scheme {scheme:?} (expected local:, file:, \
-                 postgres:, mysql:, mariadb:, redis: or rediss:)"
+                 postgres:, mysql:, mariadb:, redis:, rediss:, zookeeper: or zk:)"
             ))),
             _ => Err(Error::invalid(
                 "not a backend URL: expected SCHEME:…, e.g. local:, file:///dir, \
@@ -600,7 +612,8 @@ impl AnyProvider {
         feature = "local",
         feature = "postgres",
         feature = "mysql",
-        feature = "redis"
+        feature = "redis",
+        feature = "zookeeper"
     ),
     allow(dead_code)
 )]
@@ -729,6 +742,11 @@ mod tests {
             ),
             ("mysql://u:pw@h/db", "`mysql`", cfg!(feature = "mysql")),
             ("redis://:pw@h", "`redis`", cfg!(feature = "redis")),
+            (
+                "zookeeper://u:pw@h/dir",
+                "`zookeeper`",
+                cfg!(feature = "zookeeper"),
+            ),
             ("file:///tmp/pw", "`local`", cfg!(feature = "local")),
         ];
         for &(url, feature, built) in urls {

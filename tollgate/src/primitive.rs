@@ -205,7 +205,10 @@ pub fn check_max_count(name: &str, max_count: u32) -> Result<()> {
 
 /// The error for a semaphore used with another max count than the one its tickets are held
 /// under, on backends that store the max count.
-#[cfg_attr(not(any(feature = "local", feature = "redis")), allow(dead_code))]
+#[cfg_attr(
+    not(any(feature = "local", feature = "redis", feature = "zookeeper")),
+    allow(dead_code)
+)]
 pub(crate) fn max_count_mismatch(
     name: &str,
     stored: impl std::fmt::Display,

@@ -21,4 +21,7 @@ pub mod mysql;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;
+
 pub(crate) mod kit;

@@ -15,7 +15,12 @@
 
 // A build without the server backends rides nothing.
 #![cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 
@@ -88,6 +93,10 @@ fn classify(link: &(dyn StdError + 'static)) -> Option<bool> {
     }
     #[cfg(feature = "redis")]
     if let Some(verdict) = crate::backend::redis::transient(link) {
+        return Some(verdict);
+    }
+    #[cfg(feature = "zookeeper")]
+    if let Some(verdict) = crate::backend::zookeeper::transient(link) {
         return Some(verdict);
     }
     None

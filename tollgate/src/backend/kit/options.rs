@@ -35,6 +35,50 @@ pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
     })
 }
 
+/// The parts of a URL whose authority may list several hosts (`h1:1,h2:2`), which
+/// `url::Url` would refuse: the scheme (as written), the user part (still percent-encoded),
+/// the hosts, the path, the query (without `?`) and the fragment (without `#`).
+#[cfg(any(feature = "redis", feature = "zookeeper"))]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct MultiHostUrl<'a> {
+    pub(crate) scheme: &'a str,
+    pub(crate) userinfo: Option<&'a str>,
+    pub(crate) hosts: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) query: &'a str,
+    pub(crate) fragment: Option<&'a str>,
+}
+
+#[cfg(any(feature = "redis", feature = "zookeeper"))]
+impl<'a> MultiHostUrl<'a> {
+    /// Splits `url` (`scheme://[userinfo@]hosts[/path][?query][#fragment]`); `None` without
+    /// `://`.
+    pub(crate) fn split(url: &'a str) -> Option<Self> {
+        let (scheme, rest) = url.split_once("://")?;
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let (authority, tail) = rest.split_at(authority_end);
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((userinfo, hosts)) => (Some(userinfo), hosts),
+            None => (None, authority),
+        };
+        let (before_fragment, fragment) = match tail.split_once('#') {
+            Some((before, fragment)) => (before, Some(fragment)),
+            None => (tail, None),
+        };
+        let (path, query) = before_fragment
+            .split_once('?')
+            .unwrap_or((before_fragment, ""));
+        Some(MultiHostUrl {
+            scheme,
+            userinfo,
+            hosts,
+            path,
+            query,
+            fragment,
+        })
+    }
+}
+
 /// The query options of one backend URL, taken key by key.
 #[derive(Debug)]
 pub(crate) struct UrlOptions {
@@ -197,6 +241,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(any(feature = "redis", feature = "zookeeper"))]
+    #[test]
+    fn multi_host_urls_split() {
+        let parts = MultiHostUrl::split("zk://u:p@a@h1:1,h2/dir/x?k=v&w=1#frag").unwrap();
+        assert_eq!(
+            parts,
+            MultiHostUrl {
+                scheme: "zk",
+                userinfo: Some("u:p@a"),
+                hosts: "h1:1,h2",
+                path: "/dir/x",
+                query: "k=v&w=1",
+                fragment: Some("frag"),
+            }
+        );
+        let bare = MultiHostUrl::split("redis://h").unwrap();
+        assert_eq!((bare.hosts, bare.path, bare.query), ("h", "", ""));
+        assert!(MultiHostUrl::split("local:").is_none());
+    }
 
     #[test]
     fn durations() {

@@ -18,7 +18,12 @@ use crate::{Error, Result};
 
 /// How long a normal exit waits for the releases still under way.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 pub const EXIT_WAIT: Duration = Duration::from_secs(3);
@@ -83,13 +88,23 @@ impl Pending {
 /// One release under way, counted until dropped (when it finishes, or when its task is
 /// dropped with a runtime that shuts down).
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 struct Counted(());
 
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 impl Counted {
@@ -113,7 +128,12 @@ impl Drop for Counted {
 /// Runs `release` on tollgate's runtime, counted as a release under way until it ends. It
 /// never blocks the calling thread, and works from any thread, inside a runtime or not.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn spawn_release(release: impl Future<Output = ()> + Send + 'static) {
@@ -131,7 +151,12 @@ pub(crate) fn spawn_release(release: impl Future<Output = ()> + Send + 'static) 
 /// Runs `task` on tollgate's runtime or, if that cannot start, on the caller's; the error
 /// (why tollgate's runtime could not start) when there is neither.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 pub(crate) fn spawn_owned(task: impl Future<Output = ()> + Send + 'static) -> Result<()> {
@@ -193,7 +218,12 @@ pub fn flush_releases_blocking(limit: Duration) -> bool {
 /// handle and returns from `main` at once would otherwise leave a leased hold (Redis) behind
 /// until its lease expires.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 fn wait_at_exit() {

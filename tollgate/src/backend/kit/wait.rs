@@ -108,7 +108,12 @@ impl Schedule for Backoff {
 /// # Cancel safety
 /// As cancel-safe as `future`.
 #[cfg_attr(
-    not(any(feature = "postgres", feature = "mysql", feature = "redis")),
+    not(any(
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "zookeeper"
+    )),
     allow(dead_code)
 )]
 pub(crate) async fn before<T>(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::redlock::{Server, Shared};
 use super::{Lease, RedisProvider, BACKEND};
 use crate::backend::kit::fault;
-use crate::backend::kit::options::UrlOptions;
+use crate::backend::kit::options::{MultiHostUrl, UrlOptions};
 use crate::{Error, Result};
 
 const DEFAULT_EXPIRY: Duration = Duration::from_secs(30);
@@ -185,27 +185,19 @@ impl RedisProvider {
     pub fn builder(url: &str) -> Result<RedisProviderBuilder> {
         // The URL is not quoted back: it may carry a password.
         let bad = |why: &str| Error::invalid(format!("bad redis URL: {why}"));
-        let (scheme, rest) = url
-            .split_once("://")
+        let MultiHostUrl {
+            scheme,
+            userinfo,
+            hosts,
+            path,
+            query,
+            fragment,
+        } = MultiHostUrl::split(url)
             .ok_or_else(|| bad("expected redis://host or rediss://host"))?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "redis" && scheme != "rediss" {
             return Err(bad("the scheme must be redis or rediss"));
         }
-        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        let (userinfo, hosts) = match authority.rsplit_once('@') {
-            Some((userinfo, hosts)) => (Some(userinfo), hosts),
-            None => (None, authority),
-        };
-        let (before_fragment, fragment) = match tail.split_once('#') {
-            Some((before, fragment)) => (before, Some(fragment)),
-            None => (tail, None),
-        };
-        let (path, query) = match before_fragment.split_once('?') {
-            Some((path, query)) => (path, query),
-            None => (before_fragment, ""),
-        };
         let mut builder = RedisProviderBuilder::from_clients([]);
         let mut options = UrlOptions::new(BACKEND, query)?;
         if let Some(expiry) = options.duration("expiry")? {

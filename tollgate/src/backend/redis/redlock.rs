@@ -5,9 +5,7 @@
 //! scripts that take, extend, release and — for a waiting writer — withdraw a hold). Each
 //! attempt uses a fresh owner id, so a late rollback of one attempt can never touch the next.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -20,6 +18,7 @@ use super::listener::Listener;
 use super::{Lease, BACKEND};
 use crate::backend::kit::completion::run_to_completion;
 use crate::backend::kit::hold::{Release, Shell};
+use crate::backend::kit::ids::random_id;
 use crate::backend::kit::notes::{Note, ReleaseNotes};
 use crate::backend::kit::runtime::{spawn_owned, spawn_release};
 use crate::backend::kit::turns::{Turn, Turns};
@@ -143,23 +142,6 @@ impl Target {
     fn note(&self) -> Vec<u8> {
         self.channel.clone()
     }
-}
-
-/// A random 128-bit id in hex, for owners and waiters.
-pub(crate) fn random_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let word = || {
-        let mut hasher = RandomState::new().build_hasher();
-        hasher.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-        hasher.write_u32(std::process::id());
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or_default();
-        hasher.write_u128(nanos);
-        hasher.finish()
-    };
-    format!("{:016x}{:016x}", word(), word())
 }
 
 fn lease_ms(lease: Duration) -> Vec<u8> {

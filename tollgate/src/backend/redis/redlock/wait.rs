@@ -9,10 +9,9 @@ use tokio::sync::RwLock;
 use tokio::time::Instant;
 
 use super::super::listener::Subscription;
-use super::{
-    attempt, lease_ms, random_id, script_args, Attempt, RedisHandle, Shared, Target, Turn, Waiter,
-};
+use super::{attempt, lease_ms, script_args, Attempt, RedisHandle, Shared, Target, Turn, Waiter};
 use crate::backend::kit::fault::Outage;
+use crate::backend::kit::ids::random_id;
 use crate::backend::kit::runtime::spawn_release;
 use crate::backend::kit::wait::{
     before, wait_for, Attempt as WaitAttempt, Backoff, Contender, Wake,

@@ -1,0 +1,255 @@
+//! The provider's one ZooKeeper session, shared by all its holds: opened on first use, on
+//! tollgate's own runtime (so that no caller's runtime, stalled or shut down, takes the session
+//! and every hold on it with it), and opened again after it expired.
+//!
+//! Every hold is registered with the session it was taken on. The session's watcher task
+//! fires the loss signal of every hold at once when the session expires, is closed, or fails
+//! authentication, and when the connection stays down for a whole session timeout (the server
+//! has then expired the session, or is about to). After a reconnect within the timeout, each
+//! hold's node is checked again, since deletions while disconnected may have gone unseen.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use zookeeper_client as zk;
+
+use super::{error, Settings};
+use crate::backend::kit::runtime::background;
+use crate::{LossNotifier, Result};
+
+/// How long a hold's watch waits before it is set again after the connection dropped.
+const REWATCH_PAUSE: Duration = Duration::from_millis(100);
+
+/// A session that was opened, and the holds taken on it.
+pub(crate) struct Live {
+    pub(crate) client: zk::Client,
+    holds: Mutex<HashMap<String, LossNotifier>>,
+    /// Set once the session is over: expired, closed, failed, or down for its timeout.
+    over: AtomicBool,
+}
+
+impl Live {
+    fn holds(&self) -> MutexGuard<'_, HashMap<String, LossNotifier>> {
+        self.holds
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Whether the session can no longer hold anything.
+    pub(crate) fn is_over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+
+    /// Registers the hold on `node`, whose loss `notifier` reports, and watches the node: its
+    /// deletion by anyone but its holder's release fires the loss.
+    pub(crate) fn register(self: &Arc<Self>, node: String, notifier: LossNotifier) {
+        if self.is_over() {
+            notifier.notify_lost();
+            return;
+        }
+        self.holds().insert(node.clone(), notifier);
+        // On tollgate's runtime, off the acquire's path. The session is held only while a
+        // watch is being set, so that a watch never keeps open a session nobody uses any more
+        // (its closing ends the watch with a session event).
+        let live = Arc::downgrade(self);
+        let watch = async move {
+            loop {
+                let Some(current) = live.upgrade() else {
+                    return;
+                };
+                let watching = current.client.check_and_watch_stat(&node).await;
+                drop(current);
+                let event = match watching {
+                    Ok((Some(_), watcher)) => watcher.changed().await,
+                    // The connection is down: the session's own watch decides about that;
+                    // set the watch once it is back.
+                    Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
+                        tokio::time::sleep(REWATCH_PAUSE).await;
+                        continue;
+                    }
+                    // Gone already, or the session is over: lost either way.
+                    Ok((None, _)) | Err(_) => break,
+                };
+                // A data change (a semaphore's mark) leaves the hold as it is: watch again.
+                if event.event_type != zk::EventType::NodeDataChanged {
+                    break;
+                }
+            }
+            if let Some(live) = live.upgrade() {
+                live.lose(&node);
+            }
+        };
+        if let Ok(runtime) = background() {
+            drop(runtime.spawn(watch));
+        }
+    }
+
+    /// Takes the hold on `node` out of the session's care (it is being released): its
+    /// node's deletion is no loss.
+    pub(crate) fn unregister(&self, node: &str) {
+        self.holds().remove(node);
+    }
+
+    /// Fires the loss of the hold on `node`, if it is still registered.
+    fn lose(&self, node: &str) {
+        if let Some(notifier) = self.holds().remove(node) {
+            tracing::warn!(
+                node,
+                "zookeeper: a held node was deleted or its session ended"
+            );
+            notifier.notify_lost();
+        }
+    }
+
+    /// Ends the session's holds: every one is lost.
+    fn end(&self) {
+        self.over.store(true, Ordering::Release);
+        for (_, notifier) in self.holds().drain() {
+            notifier.notify_lost();
+        }
+    }
+
+    /// After a reconnect: every hold whose node is gone is lost.
+    async fn check_holds(&self) {
+        let nodes: Vec<String> = self.holds().keys().cloned().collect();
+        for node in nodes {
+            if let Ok(None) = self.client.check_stat(&node).await {
+                self.lose(&node);
+            }
+        }
+    }
+}
+
+/// The provider's session slot.
+pub(crate) struct Session {
+    live: tokio::sync::Mutex<Option<Arc<Live>>>,
+}
+
+impl Session {
+    pub(crate) fn new() -> Self {
+        Session {
+            live: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The session, opened (on tollgate's runtime) if there is none or the last one is over.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: an open that its caller stops waiting for finishes on tollgate's runtime
+    /// and is kept for the next caller.
+    pub(crate) async fn live(&self, settings: &Arc<Settings>) -> Result<Arc<Live>> {
+        let mut slot = self.live.lock().await;
+        if let Some(live) = &*slot {
+            if !live.is_over() {
+                return Ok(live.clone());
+            }
+        }
+        let runtime = background()?;
+        let opening = runtime.spawn(open(settings.clone()));
+        let live = opening.await.map_err(|join| crate::Error::Backend {
+            backend: super::BACKEND,
+            message: format!("opening the session failed: {join}"),
+            source: None,
+        })??;
+        *slot = Some(live.clone());
+        Ok(live)
+    }
+
+    /// Forgets `live` (it is over), so that the next caller opens a new session.
+    pub(crate) async fn forget(&self, live: &Arc<Live>) {
+        live.end();
+        let mut slot = self.live.lock().await;
+        if slot
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, live))
+        {
+            *slot = None;
+        }
+    }
+}
+
+/// Opens a session and starts its watcher task (on the current runtime: tollgate's).
+async fn open(settings: Arc<Settings>) -> Result<Arc<Live>> {
+    let mut connector = zk::Client::connector()
+        .with_session_timeout(settings.session_timeout)
+        .with_connection_timeout(settings.connect_timeout);
+    if let Some((user, password)) = &settings.credentials {
+        connector = connector.with_auth("digest", format!("{user}:{password}").as_bytes());
+    }
+    let connecting = tokio::time::timeout(
+        settings.connect_timeout + settings.connect_timeout / 2,
+        connector.connect(&settings.hosts),
+    );
+    let client = match connecting.await {
+        Ok(Ok(client)) => client,
+        Ok(Err(failure)) => return Err(error("cannot open a session", failure)),
+        Err(elapsed) => {
+            return Err(crate::Error::Backend {
+                backend: super::BACKEND,
+                message: format!(
+                    "cannot open a session: no server of {} answered within {:?}",
+                    settings.hosts, settings.connect_timeout
+                ),
+                source: Some(Box::new(elapsed)),
+            })
+        }
+    };
+    let live = Arc::new(Live {
+        holds: Mutex::default(),
+        over: AtomicBool::new(false),
+        client,
+    });
+    let session_timeout = live.client.session_timeout();
+    tokio::spawn(watch_state(Arc::downgrade(&live), session_timeout));
+    Ok(live)
+}
+
+/// Follows the session's state until it is over (or nobody holds the session any more).
+async fn watch_state(live: std::sync::Weak<Live>, session_timeout: Duration) {
+    let Some(mut states) = live.upgrade().map(|live| live.client.state_watcher()) else {
+        return;
+    };
+    loop {
+        let state = states.changed().await;
+        let Some(current) = live.upgrade() else {
+            return;
+        };
+        match state {
+            zk::SessionState::Disconnected => {
+                drop(current);
+                // Down for a whole session timeout: the server has expired the session (or
+                // is about to), and with it every hold.
+                let back = tokio::time::timeout(session_timeout, async {
+                    loop {
+                        match states.changed().await {
+                            zk::SessionState::SyncConnected
+                            | zk::SessionState::ConnectedReadOnly => return None,
+                            zk::SessionState::Disconnected => {}
+                            terminal => return Some(terminal),
+                        }
+                    }
+                })
+                .await;
+                let Some(current) = live.upgrade() else {
+                    return;
+                };
+                match back {
+                    Ok(None) => current.check_holds().await,
+                    Ok(Some(_)) | Err(_) => {
+                        tracing::warn!("zookeeper: the session ended; its holds are lost");
+                        current.end();
+                        return;
+                    }
+                }
+            }
+            state if state.is_terminated() => {
+                tracing::warn!(?state, "zookeeper: the session ended; its holds are lost");
+                current.end();
+                return;
+            }
+            _ => {}
+        }
+    }
+}
