@@ -1,8 +1,14 @@
 //! `tollgate` against the server backends on this machine's loopback: the same cases for
 //! each (run, hold, busy, other primitives of the same name, unreachable server, bad URL, a
 //! hold lost under a running command, a killed tollgate, what the command is told).
+//! ZooKeeper's server is the one `.ci/run` starts at 127.0.0.1:2181.
 
-#![cfg(any(feature = "postgres", feature = "mysql", feature = "redis"))]
+#![cfg(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "redis",
+    feature = "zookeeper"
+))]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::Path;
@@ -228,7 +234,8 @@ fn killed_tollgate_takes_the_command(url: &str, label: &str) {
 
 /// `kill -9` of tollgate while a process its command started runs on: that process shares
 /// the hold's server connection, so the lock stays held (nothing else runs) until it is gone
-/// (or, on Redis, the unextended lease lapses); with `-o` the lock is free at once.
+/// (or, on Redis, the unextended lease lapses; on ZooKeeper, the session times out); with `-o`
+/// the lock is free at once (on Redis and ZooKeeper, after the lease or session timeout).
 fn killed_tollgate_leaves_its_lock_to_what_its_command_started(url: &str, label: &str) {
     for close in [false, true] {
         let name = unique(label);
@@ -251,9 +258,9 @@ fn killed_tollgate_leaves_its_lock_to_what_its_command_started(url: &str, label:
             .args(["run", &name, "--timeout", "0", "--", "true"])
             .output()
             .unwrap();
-        // A Redis lease outlives a killed tollgate until it expires, whatever holds its
-        // connection.
-        let leased = url.starts_with("redis");
+        // A Redis lease outlives a killed tollgate until it expires, and a ZooKeeper session
+        // until it times out, whatever holds its connection.
+        let leased = url.starts_with("redis") || url.starts_with("zookeeper");
         if close && !leased {
             // The server sees the connection close with tollgate: free without waiting for
             // the `sleep`.
@@ -605,5 +612,48 @@ mod redis {
     #[test]
     fn unreachable_and_bad_urls() {
         super::unreachable_and_bad_urls("redis://127.0.0.1:1", "redis", "redis://h?expiry=never");
+    }
+}
+
+#[cfg(feature = "zookeeper")]
+mod zookeeper {
+    const URL: &str = "zookeeper://127.0.0.1:2181/tollgate-cli-test?session_timeout=2s";
+
+    #[test]
+    fn run_hold_and_busy() {
+        super::run_hold_and_busy(URL, "cli-zk", &[&["--max", "2"]]);
+    }
+
+    #[test]
+    fn loss_stops_the_command() {
+        let name = super::unique("cli-zk-loss");
+        super::loss_stops_the_command(URL, &name, || {
+            super::block_on(async {
+                let client = zookeeper_client::Client::connect("127.0.0.1:2181")
+                    .await
+                    .unwrap();
+                // Without -s, the exclusive side of the name's reader-writer lock: its one
+                // `write-` node, once the command runs.
+                let path = format!("/tollgate-cli-test/{name}");
+                let nodes = client.list_children(&path).await.unwrap();
+                assert_eq!(nodes.len(), 1, "{nodes:?}");
+                assert!(nodes[0].starts_with("write-"), "{nodes:?}");
+                client
+                    .delete(&format!("{path}/{}", nodes[0]), None)
+                    .await
+                    .unwrap();
+            });
+        });
+    }
+
+    super::every_backend!(URL, "cli-zk", fencing_token = true, shared = true);
+
+    #[test]
+    fn unreachable_and_bad_urls() {
+        super::unreachable_and_bad_urls(
+            "zookeeper://127.0.0.1:1/?connect_timeout=200ms",
+            "zookeeper",
+            "zookeeper://h?session_timeout=never",
+        );
     }
 }

@@ -303,3 +303,155 @@ async fn any_provider_takes_zookeeper_urls() {
         lock.acquire().await.unwrap().release().await.unwrap();
     }
 }
+
+/// A ZooKeeper server of the test's own, on a free loopback port, for the cases that stop,
+/// pause or restart it; killed when dropped.
+struct OwnServer {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnServer {
+    async fn start() -> OwnServer {
+        let dir = tempfile::tempdir().unwrap();
+        let port = conformance::faults::closed_port();
+        let config = format!(
+            "tickTime=500\ndataDir={}\nclientPort={port}\nclientPortAddress=127.0.0.1\n\
+             admin.enableServer=false\n4lw.commands.whitelist=ruok\nforceSync=no\n",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("zoo.cfg"), config).unwrap();
+        let mut server = OwnServer {
+            child: None,
+            port,
+            dir,
+        };
+        server.run().await;
+        server
+    }
+
+    /// Starts the server process on the same port and data, and waits until it answers.
+    async fn run(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
+        let child = std::process::Command::new("java")
+            .args([
+                "-cp",
+                "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            ])
+            .arg(self.dir.path().join("zoo.cfg"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("java and Debian's zookeeper package (see .ci/run)");
+        self.child = Some(child);
+        let started = Instant::now();
+        while !self.answers().await {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "the server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether `ruok` gets `imok`.
+    async fn answers(&self) -> bool {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ask = async {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?;
+            stream.write_all(b"ruok").await?;
+            let mut reply = String::new();
+            stream.read_to_string(&mut reply).await?;
+            std::io::Result::Ok(reply == "imok")
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), ask).await,
+            Ok(Ok(true))
+        )
+    }
+
+    fn url(&self, options: &str) -> String {
+        format!("zookeeper://127.0.0.1:{}/own?{options}", self.port)
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().unwrap().id() as i32;
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
+    /// Kills the server (its data stays) and starts it again.
+    async fn restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.run().await;
+    }
+}
+
+impl Drop for OwnServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A holder cut off from its server for longer than the session timeout (the server paused)
+/// loses its hold, and its provider opens a new session for the next acquire once the server
+/// is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cut_off_past_its_timeout_loses_its_holds() {
+    let server = OwnServer::start().await;
+    let provider = ZooKeeperProvider::from_url(&server.url("session_timeout=1s")).unwrap();
+    let lock = provider.lock(&unique("cut-off")).unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let other = provider.lock(&unique("cut-off-other")).unwrap();
+    let other_handle = other.acquire().await.unwrap();
+    server.signal(libc::SIGSTOP);
+    let lost = tokio::time::timeout(PROMPT, async {
+        handle.lost().await;
+        other_handle.lost().await;
+    })
+    .await;
+    server.signal(libc::SIGCONT);
+    lost.expect("both holds are lost with the session");
+    handle.release().await.unwrap();
+    other_handle.release().await.unwrap();
+    let again = tokio::time::timeout(PROMPT, lock.acquire())
+        .await
+        .expect("a new session gets the lock")
+        .unwrap();
+    assert!(!again.loss_signal().is_lost());
+    again.release().await.unwrap();
+}
+
+/// A waiter keeps waiting while its server restarts (the session outlives the restart), and
+/// gets the lock once the holder lets go; the holder's hold is kept meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_survive_a_server_restart() {
+    let mut server = OwnServer::start().await;
+    let url = server.url("session_timeout=10s");
+    let name = unique("restart");
+    let holders = ZooKeeperProvider::from_url(&url).unwrap();
+    let waiters = ZooKeeperProvider::from_url(&url).unwrap();
+    let path = holders.path_of(&name);
+    let hosts = format!("127.0.0.1:{}", server.port);
+    let server_ref = &mut server;
+    conformance::faults::waiter_rides_out(holders, waiters, &name, || async move {
+        // The waiter queues behind the holder first.
+        let client = zk::Client::connect(&hosts).await.unwrap();
+        let started = Instant::now();
+        while children(&client, &path).await.len() < 2 {
+            assert!(started.elapsed() < PROMPT, "the waiter never queued");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(client);
+        server_ref.restart().await;
+        conformance::faults::Left::HoldKept
+    })
+    .await;
+}

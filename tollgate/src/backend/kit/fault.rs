@@ -61,7 +61,7 @@ pub(crate) fn is_transient(error: &Error) -> bool {
 }
 
 /// The verdict of the first layer of `link`'s source chain that has one.
-fn chain_verdict(link: &(dyn StdError + 'static)) -> Option<bool> {
+pub(crate) fn chain_verdict(link: &(dyn StdError + 'static)) -> Option<bool> {
     let mut link = Some(link);
     while let Some(current) = link {
         if let Some(error) = current.downcast_ref::<std::io::Error>() {

@@ -70,6 +70,14 @@ pub(crate) const BACKEND: &str = "zookeeper";
 /// session over (a new one is opened). Refused credentials and bad arguments are not.
 pub(crate) fn transient(link: &(dyn std::error::Error + 'static)) -> Option<bool> {
     let failure = link.downcast_ref::<zk::Error>()?;
+    if let zk::Error::Custom(_) = failure {
+        // The client's wrapper of an I/O error (a connection reset), behind an `Arc` that a
+        // plain walk of the source chain cannot see through: that error decides.
+        type Shared = Arc<dyn std::error::Error + Send + Sync>;
+        return std::error::Error::source(failure)
+            .and_then(|inner| inner.downcast_ref::<Shared>())
+            .and_then(|inner| crate::backend::kit::fault::chain_verdict(inner.as_ref()));
+    }
     Some(matches!(
         failure,
         zk::Error::ConnectionLoss

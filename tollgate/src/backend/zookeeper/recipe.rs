@@ -26,6 +26,8 @@ const ACQUIRED: &[u8] = b"ACQUIRED";
 /// How a semaphore's node stores its max count: this, then the count in decimal.
 const MAX_COUNT: &str = "tollgate:max_count=";
 /// The fallback pause between re-checks while a watch is set (only lost events need it).
+/// The pause before a release tries its delete again after the connection dropped.
+const RELEASE_RETRY: Duration = Duration::from_millis(100);
 const FIRST_RECHECK: Duration = Duration::from_secs(1);
 const MAX_RECHECK: Duration = Duration::from_secs(5);
 
@@ -663,19 +665,40 @@ impl Release for Node {
     fn release(self) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         self.live.unregister(&self.path);
         async move {
-            if self.live.is_over() {
-                // The session ended and its ephemeral nodes with it.
-                return Ok(());
-            }
-            match self.live.client.delete(&self.path, None).await {
-                // Deleted, or lost already (nothing left to give back): the primitive's path
-                // goes too once it is empty.
-                Ok(()) | Err(zk::Error::NoNode) => {
-                    remove_dir(&self.live, &self.shared, &self.dir).await;
-                    Ok(())
+            // While the connection is down, the delete is tried again until the session
+            // would have expired (the node is gone with it then).
+            let give_up = Instant::now() + self.shared.settings.session_timeout;
+            loop {
+                let deleting = self.live.client.delete(&self.path, None);
+                let deleted = tokio::time::timeout_at(give_up, deleting).await;
+                match deleted {
+                    // Deleted, or lost already (nothing left to give back): the primitive's
+                    // path goes too once it is empty.
+                    Ok(Ok(()) | Err(zk::Error::NoNode)) => {
+                        remove_dir(&self.live, &self.shared, &self.dir).await;
+                        return Ok(());
+                    }
+                    Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => return Ok(()),
+                    Ok(Err(zk::Error::ConnectionLoss | zk::Error::Timeout))
+                        if Instant::now() < give_up && !self.live.is_over() =>
+                    {
+                        tokio::time::sleep(RELEASE_RETRY).await;
+                    }
+                    // A session declared lost (a session timeout without the server) that the
+                    // server still kept: its node goes when the session ends.
+                    _ if self.live.is_over() => return Ok(()),
+                    Ok(Err(failure)) => return Err(error("cannot delete the held node", failure)),
+                    Err(elapsed) => {
+                        return Err(Error::Backend {
+                            backend: BACKEND,
+                            message: format!(
+                                "deleting the held node {:?} got no answer for a session timeout",
+                                self.path
+                            ),
+                            source: Some(Box::new(elapsed)),
+                        })
+                    }
                 }
-                Err(zk::Error::SessionExpired | zk::Error::ClientClosed) => Ok(()),
-                Err(failure) => Err(error("cannot delete the held node", failure)),
             }
         }
     }
