@@ -241,6 +241,14 @@ struct Subjects {
     peer_semaphore: distributed_lock_redis::semaphore::RedisDistributedSemaphore,
 }
 
+impl tollgate_bench::interleave::Cycles for Subjects {
+    type Row = Row;
+
+    async fn cycle(&mut self, row: Row) {
+        Subjects::cycle(self, row).await;
+    }
+}
+
 impl Subjects {
     async fn new(url: &str) -> Subjects {
         let provider = RedisProvider::from_url(url).expect("provider");
@@ -439,37 +447,15 @@ async fn contend_floor(url: &str, round: usize, span: Duration) -> f64 {
 fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<(Row, Duration)> {
     runtime.block_on(async {
         let mut subjects = Subjects::new(url).await;
-        let mut batches: Vec<Vec<Duration>> = vec![Vec::new(); Row::ALL.len()];
-        let batch = if testing { 1 } else { BATCH };
-        // Warm-up: every row a few batches.
-        for _ in 0..5 {
-            for row in Row::ALL {
-                for _ in 0..batch {
-                    subjects.cycle(row).await;
-                }
-            }
-        }
-        let started = Instant::now();
-        let mut rounds = 0;
-        while rounds < 3 || (!testing && started.elapsed() < UNCONTENDED_TIME) {
-            for (index, row) in Row::ALL.into_iter().enumerate() {
-                let begun = Instant::now();
-                for _ in 0..batch {
-                    subjects.cycle(row).await;
-                }
-                batches[index].push(begun.elapsed() / batch);
-            }
-            rounds += 1;
-        }
-        println!("uncontended: {rounds} rounds of {batch} operations per row");
-        Row::ALL
-            .into_iter()
-            .zip(batches)
-            .map(|(row, mut batches)| {
-                batches.sort();
-                (row, batches[batches.len() / 2])
-            })
-            .collect()
+        let medians = tollgate_bench::interleave::batch_medians(
+            &mut subjects,
+            &Row::ALL,
+            BATCH,
+            UNCONTENDED_TIME,
+            testing,
+        )
+        .await;
+        medians
     })
 }
 

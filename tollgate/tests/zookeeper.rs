@@ -7,7 +7,7 @@ mod conformance;
 use std::time::{Duration, Instant};
 
 use tollgate::backend::zookeeper::ZooKeeperProvider;
-use tollgate::{Acquire, AnyProvider, Handle, LockProvider};
+use tollgate::{Acquire, AnyProvider, Handle, LockProvider, SemaphoreProvider};
 use zookeeper_client as zk;
 
 use conformance::support::{unique, Locks, PROMPT};
@@ -60,15 +60,17 @@ async fn children(client: &zk::Client, path: &str) -> Vec<String> {
     }
 }
 
-/// Waits (bounded) until `path` is gone: releases after a drop run on tollgate's runtime.
+/// Waits (bounded) until no contender's node is left under `path` (releases after a drop run
+/// on tollgate's runtime); the path itself is a container node, which the server removes
+/// later (see `containers_are_removed_once_empty`).
 async fn assert_gone(client: &zk::Client, path: &str) {
     let started = Instant::now();
-    while client.check_stat(path).await.unwrap().is_some() {
-        assert!(
-            started.elapsed() < PROMPT,
-            "{path} is still there: {:?}",
-            children(client, path).await
-        );
+    loop {
+        let left = children(client, path).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(started.elapsed() < PROMPT, "{path} still has {left:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -231,11 +233,12 @@ async fn fencing_tokens_grow_across_recreated_paths() {
         last = token;
         handle.release().await.unwrap();
         assert_gone(&client, lock.path()).await;
+        client.delete(lock.path(), None).await.unwrap();
     }
 }
 
-/// A provider told the directory is someone else's neither creates nor deletes the lock's
-/// path.
+/// A provider told the directory is someone else's does not create the lock's path, nor
+/// does the server remove it (it is not a container).
 #[tokio::test]
 async fn an_assumed_path_is_left_untouched() {
     let client = admin().await;
@@ -255,6 +258,7 @@ async fn an_assumed_path_is_left_untouched() {
     client.create(lock.path(), &[], &options).await.unwrap();
     let handle = lock.acquire().await.unwrap();
     handle.release().await.unwrap();
+    assert_gone(&client, lock.path()).await;
     assert!(client.check_stat(lock.path()).await.unwrap().is_some());
     client.delete(lock.path(), None).await.unwrap();
     client.delete(&directory, None).await.unwrap();
@@ -288,7 +292,12 @@ async fn creator_acl_keeps_others_out() {
     assert!(!error.is_transient(), "{error:?}");
     assert!(client.delete(handle.node_path(), None).await.is_err());
     handle.release().await.unwrap();
-    assert_gone(&client, lock.path()).await;
+    let alice = zk::Client::connector()
+        .with_auth("digest", b"alice:secret")
+        .connect(&hosts())
+        .await
+        .unwrap();
+    assert_gone(&alice, lock.path()).await;
     let _ = client.delete(&directory, None).await;
 }
 
@@ -310,10 +319,17 @@ struct OwnServer {
     child: Option<std::process::Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// `-D` options of the server's JVM.
+    properties: Vec<String>,
 }
 
 impl OwnServer {
     async fn start() -> OwnServer {
+        OwnServer::start_with(&[]).await
+    }
+
+    /// A server whose JVM gets these `-D` options.
+    async fn start_with(properties: &[&str]) -> OwnServer {
         let dir = tempfile::tempdir().unwrap();
         let port = conformance::faults::closed_port();
         let config = format!(
@@ -326,6 +342,7 @@ impl OwnServer {
             child: None,
             port,
             dir,
+            properties: properties.iter().map(|p| format!("-D{p}")).collect(),
         };
         server.run().await;
         server
@@ -335,6 +352,7 @@ impl OwnServer {
     async fn run(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).unwrap();
         let child = std::process::Command::new("java")
+            .args(&self.properties)
             .args([
                 "-cp",
                 "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar",
@@ -454,4 +472,32 @@ async fn waiters_survive_a_server_restart() {
         conformance::faults::Left::HoldKept
     })
     .await;
+}
+
+/// Every path tollgate creates is a container node: once a primitive's last contender is
+/// gone, the server removes its path, and then the ancestors tollgate created, by itself
+/// (this server looks every 200 ms instead of every minute).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_are_removed_once_empty() {
+    let server = OwnServer::start_with(&["znode.container.checkIntervalMs=200"]).await;
+    let provider = ZooKeeperProvider::from_url(&server.url("")).unwrap();
+    let lock = provider.lock("deep").unwrap();
+    let semaphore = provider.semaphore("counted", 2).unwrap();
+    let held = lock.acquire().await.unwrap();
+    let ticket = semaphore.acquire().await.unwrap();
+    let client = zk::Client::connect(&format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    assert!(client.check_stat("/own").await.unwrap().is_some());
+    held.release().await.unwrap();
+    ticket.release().await.unwrap();
+    let started = Instant::now();
+    while client.check_stat("/own").await.unwrap().is_some() {
+        assert!(
+            started.elapsed() < PROMPT,
+            "left behind: {:?}",
+            children(&client, "/own").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

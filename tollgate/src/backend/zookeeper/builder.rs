@@ -100,8 +100,8 @@ impl ZooKeeperProviderBuilder {
         self
     }
 
-    /// Never create nor delete the primitives' own paths: they are someone else's and exist
-    /// already (DistributedLock's `assumePathExists`); an acquire on a missing one fails.
+    /// Never create the primitives' own paths: they are someone else's and exist already
+    /// (DistributedLock's `assumePathExists`); an acquire on a missing one fails.
     pub fn assume_path_exists(mut self, assume: bool) -> Self {
         self.assume_path_exists = assume;
         self

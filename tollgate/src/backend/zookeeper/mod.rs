@@ -24,10 +24,11 @@
 //!   left, orphaned, until the session ends (the weakness behind DistributedLock's issue #156).
 //!   A dropped acquire deletes its node, on tollgate's runtime.
 //! - **Paths.** A name becomes a node under the provider's directory (the URL's path, default
-//!   `/`) by DistributedLock's safe-name rules (see [`ZooKeeperProvider::path_of`]). The lock's
-//!   path and any missing ancestor are created as container nodes, and the lock's path is
-//!   deleted again when its last node goes, so nothing is left behind; `assume_path_exists`
-//!   leaves a directory of someone else's untouched.
+//!   `/`) by DistributedLock's safe-name rules (see [`ZooKeeperProvider::path_of`]). The
+//!   primitive's path and any missing ancestor are created as container nodes, which the
+//!   server itself removes once they are empty (it looks every minute by default,
+//!   `znode.container.checkIntervalMs`), so nothing is left behind and a release costs one
+//!   delete; `assume_path_exists` leaves a directory of someone else's untouched.
 //! - **Fencing tokens** are the node's creation zxid: strictly increasing across successive
 //!   holders of a name.
 //!

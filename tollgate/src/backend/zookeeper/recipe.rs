@@ -113,16 +113,7 @@ impl Pending {
             return;
         };
         self.sent = false;
-        remove(
-            &live,
-            &self.shared,
-            &self.dir,
-            self.role,
-            &self.token,
-            node,
-            sent,
-        )
-        .await;
+        remove(&live, &self.dir, self.role, &self.token, node, sent).await;
     }
 }
 
@@ -136,8 +127,7 @@ impl Drop for Pending {
             return;
         }
         let note = self.shared.notes.note(vec![self.dir.to_string()]);
-        let (shared, dir, role, token, sent) = (
-            self.shared.clone(),
+        let (dir, role, token, sent) = (
             self.dir.clone(),
             self.role,
             std::mem::take(&mut self.token),
@@ -145,7 +135,7 @@ impl Drop for Pending {
         );
         spawn_release(async move {
             let _note = note;
-            remove(&live, &shared, &dir, role, &token, node, sent).await;
+            remove(&live, &dir, role, &token, node, sent).await;
         });
     }
 }
@@ -155,7 +145,6 @@ impl Drop for Pending {
 /// listed by it. Best effort: a node of a session that ended is gone with it.
 async fn remove(
     live: &Live,
-    shared: &Shared,
     dir: &str,
     role: Role,
     token: &str,
@@ -173,16 +162,6 @@ async fn remove(
                 tracing::debug!(node = %node.path, %failure, "zookeeper: cannot delete an abandoned node");
             }
         }
-        remove_dir(live, shared, dir).await;
-    }
-}
-
-/// Deletes the primitive's own node once it has no children (as DistributedLock does; a
-/// parent of ours is also a container node, which the server removes by itself), unless the
-/// provider was told the path is someone else's.
-async fn remove_dir(live: &Live, shared: &Shared, dir: &str) {
-    if !shared.settings.assume_path_exists {
-        let _ = live.client.delete(dir, None).await;
     }
 }
 
@@ -228,6 +207,8 @@ enum Watch {
 struct Entering<'a> {
     pending: &'a mut Pending,
     watch: Option<Watch>,
+    /// Whether the contender was turned away at least once (its node may be watched).
+    waited: bool,
 }
 
 impl Entering<'_> {
@@ -247,13 +228,22 @@ impl Entering<'_> {
     }
 
     /// Creates the contender's node (and the primitive's path, if missing), or finds the one
-    /// an unanswered create made.
-    async fn create(&mut self, live: &Arc<Live>) -> Result<Created> {
+    /// an unanswered create made. The first look at the contenders goes out right behind the
+    /// create, so that one round trip answers both (a session's requests are handled in
+    /// order: the look sees the new node).
+    async fn create(&mut self, live: &Arc<Live>) -> Result<(Created, Option<Look>)> {
         let pending = &mut *self.pending;
         if pending.sent {
-            if let Some(found) = find(live, &pending.dir, pending.role, &pending.token).await? {
+            // The path's watch, if the one sent with the lost create failed, goes out before
+            // the search, so it covers the node found.
+            let watching = live.watch_dir(&pending.dir);
+            let ((), found) = futures_util::join!(
+                watching,
+                find(live, &pending.dir, pending.role, &pending.token)
+            );
+            if let Some(found) = found? {
                 pending.sent = false;
-                return Ok(found);
+                return Ok((found, None));
             }
             pending.sent = false;
         }
@@ -262,19 +252,24 @@ impl Entering<'_> {
         let options = zk::CreateMode::EphemeralSequential.with_acls(shared.settings.acls());
         for _ in 0..8 {
             pending.sent = true;
-            match live
+            // The path's watch (the first time this session uses it), the create and the first
+            // look go out in this order, one round trip for the three.
+            let watching = live.watch_dir(&pending.dir);
+            let creating = live
                 .client
-                .create(&path, pending.token.as_bytes(), &options)
-                .await
-            {
+                .create(&path, pending.token.as_bytes(), &options);
+            let ((), created, looked) =
+                futures_util::join!(watching, creating, look(live, &pending.dir, pending.role));
+            match created {
                 Ok((stat, sequence)) => {
                     pending.sent = false;
                     let name = format!("{}{sequence}", pending.role.prefix());
-                    return Ok(Created {
+                    let created = Created {
                         path: format!("{}/{name}", pending.dir),
                         name,
                         czxid: stat.czxid,
-                    });
+                    };
+                    return Ok((created, looked.ok()));
                 }
                 Err(zk::Error::NoNode) => {
                     pending.sent = false;
@@ -334,13 +329,29 @@ async fn make_dirs(live: &Live, shared: &Shared, dir: &str, data: &[u8]) -> Resu
     Ok(())
 }
 
-/// The children of `dir` that `role` queues among, in creation order.
-async fn queue(live: &Live, dir: &str, role: Role) -> Result<Vec<String>> {
-    let children = live
-        .client
-        .list_children(dir)
-        .await
-        .map_err(|failure| error("cannot list the contenders", failure))?;
+/// What one look at a primitive finds: its children and, for a semaphore, the data of its
+/// path (the stored max count).
+struct Look {
+    children: Vec<String>,
+    stored: Option<Vec<u8>>,
+}
+
+/// Lists the children of `dir` and, for a semaphore, reads its data, in one round trip.
+async fn look(live: &Live, dir: &str, role: Role) -> Result<Look> {
+    let listing = live.client.list_children(dir);
+    let (children, stored) = match role {
+        Role::Semaphore(_) => {
+            let (children, stored) = futures_util::join!(listing, live.client.get_data(dir));
+            (children, stored.ok().map(|(data, _)| data))
+        }
+        _ => (listing.await, None),
+    };
+    let children = children.map_err(|failure| error("cannot list the contenders", failure))?;
+    Ok(Look { children, stored })
+}
+
+/// The children that `role` queues among, in creation order.
+async fn queue(live: &Live, dir: &str, role: Role, children: Vec<String>) -> Vec<String> {
     let mut entries: Vec<(i32, String)> = children
         .into_iter()
         .filter_map(|child| {
@@ -359,9 +370,9 @@ async fn queue(live: &Live, dir: &str, role: Role) -> Result<Vec<String>> {
             }
         }
         dated.sort();
-        return Ok(dated.into_iter().map(|(_, child)| child).collect());
+        return dated.into_iter().map(|(_, child)| child).collect();
     }
-    Ok(entries.into_iter().map(|(_, child)| child).collect())
+    entries.into_iter().map(|(_, child)| child).collect()
 }
 
 impl Contender for Entering<'_> {
@@ -430,35 +441,38 @@ impl Contender for Entering<'_> {
 
 impl Entering<'_> {
     async fn attempt_on(&mut self, live: &Arc<Live>) -> Result<Attempt<(Arc<Live>, Created)>> {
-        let node = match self.pending.node.clone() {
-            Some(node) => node,
+        let (node, first_look) = match self.pending.node.clone() {
+            Some(node) => (node, None),
             None => {
-                let node = self.create(live).await?;
+                let (node, look) = self.create(live).await?;
                 self.pending.node = Some(node.clone());
-                node
+                (node, look)
             }
         };
         let role = self.pending.role;
-        let queue = match role {
-            Role::Semaphore(max) => {
-                // The stored max count is read beside the children, in the same round trip.
-                let (stored, queue) = futures_util::join!(
-                    live.client.get_data(&self.pending.dir),
-                    queue(live, &self.pending.dir, role)
-                );
-                if let Ok((data, _)) = stored {
-                    let stored = std::str::from_utf8(&data)
-                        .ok()
-                        .and_then(|data| data.strip_prefix(MAX_COUNT))
-                        .and_then(|count| count.parse::<u32>().ok());
-                    if let Some(stored) = stored.filter(|stored| *stored != max) {
-                        return Err(max_count_mismatch(&self.pending.name, stored, max));
-                    }
-                }
-                queue?
-            }
-            _ => queue(live, &self.pending.dir, role).await?,
+        let Look { children, stored } = match first_look {
+            Some(look) => look,
+            None => look(live, &self.pending.dir, role).await?,
         };
+        let queue = queue(live, &self.pending.dir, role, children).await;
+        if let (Role::Semaphore(max), Some(data)) = (role, stored) {
+            let stored = std::str::from_utf8(&data)
+                .ok()
+                .and_then(|data| data.strip_prefix(MAX_COUNT))
+                .and_then(|count| count.parse::<u32>().ok());
+            if let Some(stored) = stored.filter(|stored| *stored != max) {
+                // The stored count binds while anyone else queues or holds; the path (a
+                // container, removed by the server a while after it empties) may outlive its
+                // last ticket, and then the first contender's count goes.
+                if queue.len() > 1 {
+                    return Err(max_count_mismatch(&self.pending.name, stored, max));
+                }
+                live.client
+                    .set_data(&self.pending.dir, &role.dir_data(), None)
+                    .await
+                    .map_err(|failure| error("cannot store the max count", failure))?;
+            }
+        }
         let Some(index) = queue.iter().position(|child| *child == node.name) else {
             // Deleted by someone else while it waited: not this process's to recreate.
             self.pending.node = None;
@@ -493,7 +507,10 @@ impl Entering<'_> {
         };
         match watch {
             None => {
-                if let Role::Semaphore(_) = role {
+                // Only a node that waited can be watched for the mark: a waiter watches the node
+                // ahead of it only while that node is itself beyond the max count, and a node
+                // that held at once never was.
+                if let (Role::Semaphore(_), true) = (role, self.waited) {
                     live.client
                         .set_data(&node.path, ACQUIRED, None)
                         .await
@@ -506,6 +523,7 @@ impl Entering<'_> {
             }
             Some(watch) => {
                 self.watch = Some(watch);
+                self.waited = true;
                 Ok(Attempt::Busy { retry_within: None })
             }
         }
@@ -557,6 +575,7 @@ pub(crate) async fn acquire(
         let mut entering = Entering {
             pending: &mut pending,
             watch: None,
+            waited: false,
         };
         wait_for(&mut entering, deadline, &mut backoff, &mut outage).await
     };
@@ -672,12 +691,9 @@ impl Release for Node {
                 let deleting = self.live.client.delete(&self.path, None);
                 let deleted = tokio::time::timeout_at(give_up, deleting).await;
                 match deleted {
-                    // Deleted, or lost already (nothing left to give back): the primitive's
-                    // path goes too once it is empty.
-                    Ok(Ok(()) | Err(zk::Error::NoNode)) => {
-                        remove_dir(&self.live, &self.shared, &self.dir).await;
-                        return Ok(());
-                    }
+                    // Deleted, or lost already (nothing left to give back). The primitive's
+                    // path is a container node, which the server removes once it is empty.
+                    Ok(Ok(()) | Err(zk::Error::NoNode)) => return Ok(()),
                     Ok(Err(zk::Error::SessionExpired | zk::Error::ClientClosed)) => return Ok(()),
                     Ok(Err(zk::Error::ConnectionLoss | zk::Error::Timeout))
                         if Instant::now() < give_up && !self.live.is_over() =>

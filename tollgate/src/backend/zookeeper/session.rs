@@ -8,7 +8,7 @@
 //! has then expired the session, or is about to). After a reconnect within the timeout, each
 //! hold's node is checked again, since deletions while disconnected may have gone unseen.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -19,13 +19,13 @@ use super::{error, Settings};
 use crate::backend::kit::runtime::background;
 use crate::{LossNotifier, Result};
 
-/// How long a hold's watch waits before it is set again after the connection dropped.
-const REWATCH_PAUSE: Duration = Duration::from_millis(100);
-
 /// A session that was opened, and the holds taken on it.
 pub(crate) struct Live {
     pub(crate) client: zk::Client,
     holds: Mutex<HashMap<String, LossNotifier>>,
+    /// The primitives' paths this session has a persistent recursive watch on (set, or on
+    /// its way): every deletion of a node under one reaches [`Live::lose`].
+    watched: Mutex<HashSet<String>>,
     /// Set once the session is over: expired, closed, failed, or down for its timeout.
     over: AtomicBool,
 }
@@ -42,48 +42,79 @@ impl Live {
         self.over.load(Ordering::Acquire)
     }
 
-    /// Registers the hold on `node`, whose loss `notifier` reports, and watches the node: its
-    /// deletion by anyone but its holder's release fires the loss.
-    pub(crate) fn register(self: &Arc<Self>, node: String, notifier: LossNotifier) {
+    /// Starts the persistent recursive watch on `dir` if this session has none yet: the
+    /// request goes out now, before whatever the caller sends next (a create), so the watch
+    /// sees every later deletion under `dir`. The future returned waits for the reply and
+    /// hands the watcher to [`Live::follow`]; it does nothing when the watch was set or on its
+    /// way already.
+    pub(crate) fn watch_dir<'a>(
+        self: &'a Arc<Self>,
+        dir: &'a str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'a {
+        let watching = {
+            let mut watched = self
+                .watched
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Sent under the lock, so that a create of another acquire that found the path
+            // watched goes out after it.
+            watched.insert(dir.to_owned()).then(|| {
+                self.client
+                    .watch(dir, zk::AddWatchMode::PersistentRecursive)
+            })
+        };
+        async move {
+            if let Some(watching) = watching {
+                self.follow(dir, watching.await);
+            }
+        }
+    }
+
+    /// Follows the watch on `dir` (from [`Live::watch_dir`]), or forgets it if it could not be
+    /// set (the next acquire tries again).
+    fn follow(
+        self: &Arc<Self>,
+        dir: &str,
+        watcher: std::result::Result<zk::PersistentWatcher, zk::Error>,
+    ) {
+        let Ok(mut watcher) = watcher else {
+            self.watched
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(dir);
+            return;
+        };
+        let live = Arc::downgrade(self);
+        let follow = async move {
+            loop {
+                let event = watcher.changed().await;
+                match event.event_type {
+                    zk::EventType::NodeDeleted => match live.upgrade() {
+                        Some(live) => live.lose(&event.path),
+                        None => return,
+                    },
+                    // No more events come after the session's end.
+                    zk::EventType::Session if event.session_state.is_terminated() => return,
+                    _ => {}
+                }
+                if live.strong_count() == 0 {
+                    return;
+                }
+            }
+        };
+        if let Ok(runtime) = background() {
+            drop(runtime.spawn(follow));
+        }
+    }
+
+    /// Registers the hold on `node`, whose loss `notifier` reports. Its path's persistent
+    /// watch sees the node's deletion by anyone but this hold's release, which fires the loss.
+    pub(crate) fn register(&self, node: String, notifier: LossNotifier) {
         if self.is_over() {
             notifier.notify_lost();
             return;
         }
-        self.holds().insert(node.clone(), notifier);
-        // On tollgate's runtime, off the acquire's path. The session is held only while a
-        // watch is being set, so that a watch never keeps open a session nobody uses any more
-        // (its closing ends the watch with a session event).
-        let live = Arc::downgrade(self);
-        let watch = async move {
-            loop {
-                let Some(current) = live.upgrade() else {
-                    return;
-                };
-                let watching = current.client.check_and_watch_stat(&node).await;
-                drop(current);
-                let event = match watching {
-                    Ok((Some(_), watcher)) => watcher.changed().await,
-                    // The connection is down: the session's own watch decides about that;
-                    // set the watch once it is back.
-                    Err(zk::Error::ConnectionLoss | zk::Error::Timeout) => {
-                        tokio::time::sleep(REWATCH_PAUSE).await;
-                        continue;
-                    }
-                    // Gone already, or the session is over: lost either way.
-                    Ok((None, _)) | Err(_) => break,
-                };
-                // A data change (a semaphore's mark) leaves the hold as it is: watch again.
-                if event.event_type != zk::EventType::NodeDataChanged {
-                    break;
-                }
-            }
-            if let Some(live) = live.upgrade() {
-                live.lose(&node);
-            }
-        };
-        if let Ok(runtime) = background() {
-            drop(runtime.spawn(watch));
-        }
+        self.holds().insert(node, notifier);
     }
 
     /// Takes the hold on `node` out of the session's care (it is being released): its
@@ -198,6 +229,7 @@ async fn open(settings: Arc<Settings>) -> Result<Arc<Live>> {
     };
     let live = Arc::new(Live {
         holds: Mutex::default(),
+        watched: Mutex::default(),
         over: AtomicBool::new(false),
         client,
     });
