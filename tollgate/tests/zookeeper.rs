@@ -501,3 +501,147 @@ async fn containers_are_removed_once_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A TCP proxy between the provider and a server, which can swallow the server's replies and
+/// cut the connections: a lost reply and a connection lost at a chosen moment.
+struct Proxy {
+    port: u16,
+    swallow: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<tokio::sync::Notify>,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(server_port: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Proxy {
+            port: listener.local_addr().unwrap().port(),
+            swallow: Default::default(),
+            cut: Default::default(),
+            forwarded: Default::default(),
+        };
+        let (swallow, cut, forwarded) = (
+            proxy.swallow.clone(),
+            proxy.cut.clone(),
+            proxy.forwarded.clone(),
+        );
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", server_port)).await
+                else {
+                    continue;
+                };
+                let (swallow, cut, forwarded) = (swallow.clone(), cut.clone(), forwarded.clone());
+                tokio::spawn(async move {
+                    let (mut client_in, mut client_out) = client.into_split();
+                    let (mut server_in, mut server_out) = server.into_split();
+                    let up = async {
+                        let mut buffer = [0u8; 16384];
+                        while let Ok(read @ 1..) = client_in.read(&mut buffer).await {
+                            if server_out.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                            forwarded.fetch_add(read, Ordering::SeqCst);
+                        }
+                    };
+                    let down = async {
+                        let mut buffer = [0u8; 16384];
+                        while let Ok(read @ 1..) = server_in.read(&mut buffer).await {
+                            if swallow.load(Ordering::SeqCst) {
+                                continue;
+                            }
+                            if client_out.write_all(&buffer[..read]).await.is_err() {
+                                break;
+                            }
+                        }
+                    };
+                    // Either side closing, or a cut, ends both directions.
+                    tokio::select! {
+                        () = up => {}
+                        () = down => {}
+                        () = cut.notified() => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self, options: &str) -> String {
+        format!("zookeeper://127.0.0.1:{}/own?{options}", self.port)
+    }
+
+    /// Closes every connection through the proxy now.
+    fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+}
+
+/// A create whose reply is lost with the connection is found again on the retry by the token
+/// in its node, so the acquire holds that node and leaves no orphan behind (DistributedLock's
+/// issue #156).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_reply_is_lost_is_found_again() {
+    use std::sync::atomic::Ordering;
+    let server = OwnServer::start().await;
+    let proxy = Proxy::start(server.port).await;
+    let provider = ZooKeeperProvider::from_url(&proxy.url("session_timeout=10s")).unwrap();
+    let lock = provider.lock("lost-reply").unwrap();
+    // Open the session (and the path) first.
+    lock.acquire().await.unwrap().release().await.unwrap();
+    let client = zk::Client::connect(&format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    proxy.swallow.store(true, Ordering::SeqCst);
+    let sent = proxy.forwarded.load(Ordering::SeqCst);
+    let acquiring = tokio::spawn({
+        let lock = lock.clone();
+        async move { lock.acquire().await }
+    });
+    // The create reached the server, its reply did not come back: cut the connection.
+    let started = Instant::now();
+    while children(&client, lock.path()).await.is_empty() {
+        assert!(started.elapsed() < PROMPT, "the create never arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(proxy.forwarded.load(Ordering::SeqCst) > sent);
+    proxy.swallow.store(false, Ordering::SeqCst);
+    proxy.cut();
+    let handle = tokio::time::timeout(PROMPT, acquiring)
+        .await
+        .expect("the acquire ends")
+        .unwrap()
+        .expect("it holds the node its lost create made");
+    let nodes = children(&client, lock.path()).await;
+    assert_eq!(nodes.len(), 1, "an orphan was left: {nodes:?}");
+    assert_eq!(handle.node_path(), format!("{}/{}", lock.path(), nodes[0]));
+    handle.release().await.unwrap();
+    assert_gone(&client, lock.path()).await;
+}
+
+/// A held node deleted while its holder's connection was down (so no watch event reaches it)
+/// is found gone when the connection comes back: the holds are checked again after every
+/// reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_deleted_while_disconnected_is_lost_after_the_reconnect() {
+    use std::sync::atomic::Ordering;
+    let server = OwnServer::start().await;
+    let proxy = Proxy::start(server.port).await;
+    let provider = ZooKeeperProvider::from_url(&proxy.url("session_timeout=10s")).unwrap();
+    let lock = provider.lock("deleted-while-away").unwrap();
+    let handle = lock.acquire().await.unwrap();
+    let client = zk::Client::connect(&format!("127.0.0.1:{}", server.port))
+        .await
+        .unwrap();
+    // Nothing reaches the holder, then its connection drops; meanwhile its node goes.
+    proxy.swallow.store(true, Ordering::SeqCst);
+    client.delete(handle.node_path(), None).await.unwrap();
+    proxy.cut();
+    proxy.swallow.store(false, Ordering::SeqCst);
+    tokio::time::timeout(PROMPT, handle.lost())
+        .await
+        .expect("the loss is found after the reconnect");
+    handle.release().await.unwrap();
+}
