@@ -168,8 +168,9 @@ impl Session {
     /// The session, opened (on tollgate's runtime) if there is none or the last one is over.
     ///
     /// # Cancel safety
-    /// Cancel-safe: an open that its caller stops waiting for finishes on tollgate's runtime
-    /// and is kept for the next caller.
+    /// Cancel-safe: an open whose caller stops waiting finishes on tollgate's runtime, and
+    /// the session it opened is closed again (nothing was created on it); the next caller
+    /// opens another.
     pub(crate) async fn live(&self, settings: &Arc<Settings>) -> Result<Arc<Live>> {
         let mut slot = self.live.lock().await;
         if let Some(live) = &*slot {
