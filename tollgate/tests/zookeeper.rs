@@ -645,3 +645,54 @@ async fn a_hold_deleted_while_disconnected_is_lost_after_the_reconnect() {
         .expect("the loss is found after the reconnect");
     handle.release().await.unwrap();
 }
+
+/// A disconnection shorter than the session timeout is no loss: across a server restart the
+/// hold stays held (another provider is still refused) and its loss signal never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_disconnection_is_no_loss() {
+    let mut server = OwnServer::start().await;
+    let url = server.url("session_timeout=10s");
+    let holder = ZooKeeperProvider::from_url(&url).unwrap();
+    let other = ZooKeeperProvider::from_url(&url).unwrap();
+    let name = unique("short-disconnection");
+    let handle = holder.lock(&name).unwrap().acquire().await.unwrap();
+    server.restart().await;
+    let lock = other.lock(&name).unwrap();
+    let refused = tokio::time::timeout(PROMPT, async {
+        loop {
+            // Tries fail while the server is still coming up; once it answers, the lock is
+            // still held.
+            match lock.try_acquire().await {
+                Ok(outcome) => return outcome,
+                Err(error) => assert!(error.is_transient(), "{error:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the other provider gets an answer");
+    assert!(
+        refused.is_none(),
+        "the hold was lost across a short disconnection"
+    );
+    // Past the point where the holder's session has reconnected: still not lost.
+    let started = Instant::now();
+    while holder
+        .lock(&unique("probe"))
+        .unwrap()
+        .try_acquire()
+        .await
+        .is_err()
+    {
+        assert!(started.elapsed() < PROMPT, "the holder never reconnected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!handle.loss_signal().is_lost());
+    handle.release().await.unwrap();
+    let taken = lock
+        .try_acquire()
+        .await
+        .unwrap()
+        .expect("free after the release");
+    taken.release().await.unwrap();
+}
