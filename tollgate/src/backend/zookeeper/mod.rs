@@ -107,6 +107,15 @@ pub(crate) fn error(doing: &str, failure: zk::Error) -> Error {
     }
 }
 
+/// A failure of this backend that no client error stands behind.
+pub(crate) fn failure(message: String) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message,
+        source: None,
+    }
+}
+
 /// Who may use the nodes a provider creates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ZooKeeperAcl {

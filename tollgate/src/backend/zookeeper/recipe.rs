@@ -11,7 +11,7 @@ use zookeeper_client as zk;
 
 use super::names::{in_creation_order, sequence};
 use super::session::Live;
-use super::{error, Shared, BACKEND};
+use super::{error, failure, Shared, BACKEND};
 use crate::backend::kit::fault::Outage;
 use crate::backend::kit::hold::{Release, Shell};
 use crate::backend::kit::notes::Note;
@@ -100,39 +100,31 @@ struct Pending {
 }
 
 impl Pending {
-    /// The node is a hold now: nothing to clean up.
-    fn disarm(&mut self) -> Option<(Arc<Live>, Created)> {
+    /// What is left to clean up, taken out: the session, the node if known, and whether a
+    /// create went out unanswered. `None` when there is nothing (no create went out, or the
+    /// node became a hold).
+    fn take(&mut self) -> Option<(Arc<Live>, Option<Created>, bool)> {
+        let (live, node, sent) = (self.live.take()?, self.node.take(), self.sent);
         self.sent = false;
-        Some((self.live.take()?, self.node.take()?))
+        (node.is_some() || sent).then_some((live, node, sent))
     }
 
     /// Deletes the node now (an acquire that gave up): this process's next look at the
     /// primitive sees it gone.
     async fn give_up(&mut self) {
-        let (Some(live), node, sent) = (self.live.take(), self.node.take(), self.sent) else {
-            return;
-        };
-        self.sent = false;
-        remove(&live, &self.dir, self.role, &self.token, node, sent).await;
+        if let Some((live, node, sent)) = self.take() {
+            remove(&live, &self.dir, self.role, &self.token, node, sent).await;
+        }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let Some(live) = self.live.take() else {
+        let Some((live, node, sent)) = self.take() else {
             return;
         };
-        let node = self.node.take();
-        if node.is_none() && !self.sent {
-            return;
-        }
         let note = self.shared.notes.note(vec![self.dir.to_string()]);
-        let (dir, role, token, sent) = (
-            self.dir.clone(),
-            self.role,
-            std::mem::take(&mut self.token),
-            self.sent,
-        );
+        let (dir, role, token) = (self.dir.clone(), self.role, std::mem::take(&mut self.token));
         spawn_release(async move {
             let _note = note;
             remove(&live, &dir, role, &token, node, sent).await;
@@ -172,12 +164,18 @@ async fn find(live: &Live, dir: &str, role: Role, token: &str) -> Result<Option<
         Err(zk::Error::NoNode) => return Ok(None),
         Err(failure) => return Err(error("cannot list the contenders", failure)),
     };
-    for child in children {
-        if sequence(&child, role.prefix()).is_none() {
-            continue;
-        }
-        let path = format!("{dir}/{child}");
-        match live.client.get_data(&path).await {
+    // Every candidate's data is asked for at once: one round trip.
+    let candidates: Vec<String> = children
+        .into_iter()
+        .filter(|child| sequence(child, role.prefix()).is_some())
+        .collect();
+    let paths: Vec<String> = candidates
+        .iter()
+        .map(|child| format!("{dir}/{child}"))
+        .collect();
+    let reads = futures_util::future::join_all(paths.iter().map(|path| live.client.get_data(path)));
+    for ((child, path), read) in candidates.into_iter().zip(paths).zip(reads.await) {
+        match read {
             Ok((data, stat)) if data == token.as_bytes() => {
                 return Ok(Some(Created {
                     path,
@@ -274,14 +272,10 @@ impl Entering<'_> {
                 Err(zk::Error::NoNode) => {
                     pending.sent = false;
                     if shared.settings.assume_path_exists {
-                        return Err(Error::Backend {
-                            backend: BACKEND,
-                            message: format!(
-                                "node {:?} does not exist (the provider was told to assume it does)",
-                                pending.dir
-                            ),
-                            source: None,
-                        });
+                        return Err(failure(format!(
+                            "node {:?} does not exist (the provider was told to assume it does)",
+                            pending.dir
+                        )));
                     }
                     make_dirs(live, shared, &pending.dir, &pending.role.dir_data()).await?;
                 }
@@ -294,14 +288,10 @@ impl Entering<'_> {
                 }
             }
         }
-        Err(Error::Backend {
-            backend: BACKEND,
-            message: format!(
-                "node {:?} keeps being deleted under the acquire",
-                pending.dir
-            ),
-            source: None,
-        })
+        Err(failure(format!(
+            "node {:?} keeps being deleted under the acquire",
+            pending.dir
+        )))
     }
 }
 
@@ -476,14 +466,10 @@ impl Entering<'_> {
         let Some(index) = queue.iter().position(|child| *child == node.name) else {
             // Deleted by someone else while it waited: not this process's to recreate.
             self.pending.node = None;
-            return Err(Error::Backend {
-                backend: BACKEND,
-                message: format!(
-                    "the waiting node {:?} was deleted by someone else while it waited",
-                    node.path
-                ),
-                source: None,
-            });
+            return Err(failure(format!(
+                "the waiting node {:?} was deleted by someone else while it waited",
+                node.path
+            )));
         };
         let path = |child: &str| format!("{}/{child}", self.pending.dir);
         let watch = match role {
@@ -581,7 +567,7 @@ pub(crate) async fn acquire(
     };
     match won {
         Ok(Some((live, node))) => {
-            pending.disarm();
+            // The attempt that took the node took it out of `pending` too.
             Ok(Some(ZooKeeperHandle::new(
                 shared.clone(),
                 name.clone(),

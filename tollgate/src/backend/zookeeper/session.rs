@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use zookeeper_client as zk;
 
-use super::{error, Settings};
+use super::{error, failure, Settings};
 use crate::backend::kit::runtime::background;
 use crate::{LossNotifier, Result};
 
@@ -142,12 +142,16 @@ impl Live {
         }
     }
 
-    /// After a reconnect: every hold whose node is gone is lost.
+    /// After a reconnect: every hold whose node is gone is lost (all asked at once).
     async fn check_holds(&self) {
         let nodes: Vec<String> = self.holds().keys().cloned().collect();
-        for node in nodes {
-            if let Ok(None) = self.client.check_stat(&node).await {
-                self.lose(&node);
+        let checks = nodes.iter().map(|node| self.client.check_stat(node));
+        for (node, check) in nodes
+            .iter()
+            .zip(futures_util::future::join_all(checks).await)
+        {
+            if let Ok(None) = check {
+                self.lose(node);
             }
         }
     }
@@ -180,11 +184,9 @@ impl Session {
         }
         let runtime = background()?;
         let opening = runtime.spawn(open(settings.clone()));
-        let live = opening.await.map_err(|join| crate::Error::Backend {
-            backend: super::BACKEND,
-            message: format!("opening the session failed: {join}"),
-            source: None,
-        })??;
+        let live = opening
+            .await
+            .map_err(|join| failure(format!("opening the session failed: {join}")))??;
         *slot = Some(live.clone());
         Ok(live)
     }
