@@ -49,9 +49,8 @@ use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
-use tollgate_bench::handoff::latency;
+use tollgate_bench::handoff::{latency, Pair};
 use tollgate_bench::partner::{die_with_parent, say, Partner};
-use tollgate_bench::table::format_us;
 
 const URL_ENV: &str = "TOLLGATE_REDIS_URL";
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -109,7 +108,7 @@ fn bench(args: BenchArgs) {
         } else {
             (HANDOFF_ROUNDS, HANDOFF_WARMUP)
         };
-        [Pair::Tollgate, Pair::Raw].map(|pair| (pair, handoff(&url, pair, rounds, warmup)))
+        Pair::BOTH.map(|pair| (pair_label(pair), handoff(&url, pair, rounds, warmup)))
     });
     if args.selects("contention") {
         let (rounds, span) = tollgate_bench::contention::rounds_and_span(testing);
@@ -123,41 +122,19 @@ fn bench(args: BenchArgs) {
 
     println!("\n==================== Summary ====================\n");
     if let Some(rows) = rows {
-        println!("Uncontended acquire + release (median of batch means):\n");
-        println!("| row | per operation | vs. its raw floor |");
-        println!("|---|---|---|");
-        for (row, median) in &rows {
-            let floor = rows
-                .iter()
-                .find(|(other, _)| *other == row.floor())
-                .map(|(_, median)| *median);
-            let ratio = floor.map_or(String::from("—"), |floor| {
-                format!("{:.2}×", median.as_secs_f64() / floor.as_secs_f64())
-            });
-            println!(
-                "| {} | {} | {ratio} |",
-                row.label(),
-                format_us(median.as_nanos() as u64)
-            );
-        }
+        let median_of = |wanted: Row| {
+            rows.iter()
+                .find(|(row, _)| *row == wanted)
+                .map_or(Duration::ZERO, |(_, median)| *median)
+        };
+        let table: Vec<_> = rows
+            .iter()
+            .map(|&(row, median)| (row.label(), median, median_of(row.floor())))
+            .collect();
+        tollgate_bench::table::print_uncontended(&table);
     }
     if let Some(handoffs) = handoffs {
-        println!("\nHand-off between two processes (release → the waiter's acquire returns):\n");
-        println!("| pair | rounds | median | p90 | p99 | max |");
-        println!("|---|---|---|---|---|---|");
-        for (pair, mut latencies) in handoffs {
-            latencies.sort();
-            let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
-            println!(
-                "| {} | {} | {} | {} | {} | {} |",
-                pair.label(),
-                latencies.len(),
-                format_us(at(0.5)),
-                format_us(at(0.9)),
-                format_us(at(0.99)),
-                format_us(at(1.0)),
-            );
-        }
+        tollgate_bench::handoff::print_pairs(handoffs.into());
     }
 }
 
@@ -459,25 +436,11 @@ fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<(Row, Duratio
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pair {
-    Tollgate,
-    Raw,
-}
-
-impl Pair {
-    fn label(self) -> &'static str {
-        match self {
-            Pair::Tollgate => "tollgate → tollgate (pub/sub release notification)",
-            Pair::Raw => "raw floor: compare-and-delete + `PUBLISH` → `SUBSCRIBE` + `SET NX`",
-        }
-    }
-
-    fn role(self) -> &'static str {
-        match self {
-            Pair::Tollgate => "tollgate",
-            Pair::Raw => "raw",
-        }
+/// What each pair of the hand-off section is.
+fn pair_label(pair: Pair) -> &'static str {
+    match pair {
+        Pair::Tollgate => "tollgate → tollgate (pub/sub release notification)",
+        Pair::Raw => "raw floor: compare-and-delete + `PUBLISH` → `SUBSCRIBE` + `SET NX`",
     }
 }
 

@@ -35,9 +35,8 @@ use tollgate_bench::args::BenchArgs;
 use tollgate_bench::clock::monotonic_ns;
 use tollgate_bench::current_thread;
 use tollgate_bench::cycle::{acquire_release, try_acquire_release};
-use tollgate_bench::handoff::latency;
+use tollgate_bench::handoff::{latency, Pair};
 use tollgate_bench::partner::{die_with_parent, say, Partner};
-use tollgate_bench::table::format_us;
 use zookeeper_client as zk;
 
 const URL_ENV: &str = "TOLLGATE_ZOOKEEPER_URL";
@@ -75,43 +74,25 @@ fn bench(args: BenchArgs) {
         } else {
             (HANDOFF_ROUNDS, HANDOFF_WARMUP)
         };
-        [Pair::Tollgate, Pair::Raw].map(|pair| (pair, handoff(&url, pair, rounds, warmup)))
+        Pair::BOTH.map(|pair| (pair_label(pair), handoff(&url, pair, rounds, warmup)))
     });
 
     println!("\n==================== Summary ====================\n");
     println!("load average: {}", tollgate_bench::load::load_average());
     if let Some(rows) = rows {
-        println!("Uncontended acquire + release (median of batch means):\n");
-        println!("| row | per operation | vs. the raw floor |");
-        println!("|---|---|---|");
-        let floor = rows
+        let median_of = |wanted: Row| {
+            rows.iter()
+                .find(|(row, _)| *row == wanted)
+                .map_or(Duration::ZERO, |(_, median)| *median)
+        };
+        let table: Vec<_> = rows
             .iter()
-            .find(|(row, _)| *row == Row::Floor)
-            .map(|(_, median)| *median);
-        for (row, median) in &rows {
-            let ratio = floor.map_or(String::from("—"), |floor| {
-                format!("{:.2}×", median.as_secs_f64() / floor.as_secs_f64())
-            });
-            println!(
-                "| {} | {} | {ratio} |",
-                row.label(),
-                format_us(median.as_nanos() as u64)
-            );
-        }
+            .map(|&(row, median)| (row.label(), median, median_of(Row::Floor)))
+            .collect();
+        tollgate_bench::table::print_uncontended(&table);
     }
     if let Some(handoffs) = handoffs {
-        println!("\nHand-off between two processes (release → the waiter's acquire returns):\n");
-        println!("| pair | rounds | min | median | p90 | p99 | max |");
-        println!("|---|---|---|---|---|---|---|");
-        for (pair, latencies) in handoffs {
-            let latencies = tollgate_bench::handoff::Latencies::new(latencies);
-            println!(
-                "| {} | {} | {} |",
-                pair.label(),
-                latencies.len(),
-                latencies.cells().join(" | ")
-            );
-        }
+        tollgate_bench::handoff::print_pairs(handoffs.into());
     }
 }
 
@@ -256,25 +237,11 @@ fn uncontended(runtime: &Runtime, url: &str, testing: bool) -> Vec<(Row, Duratio
     })
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Pair {
-    Tollgate,
-    Raw,
-}
-
-impl Pair {
-    fn label(self) -> &'static str {
-        match self {
-            Pair::Tollgate => "tollgate → tollgate (a watch on the node ahead)",
-            Pair::Raw => "raw floor: `delete` → `exists` watch fires, list children",
-        }
-    }
-
-    fn role(self) -> &'static str {
-        match self {
-            Pair::Tollgate => "tollgate",
-            Pair::Raw => "raw",
-        }
+/// What each pair of the hand-off section is.
+fn pair_label(pair: Pair) -> &'static str {
+    match pair {
+        Pair::Tollgate => "tollgate → tollgate (a watch on the node ahead)",
+        Pair::Raw => "raw floor: `delete` → `exists` watch fires, list children",
     }
 }
 

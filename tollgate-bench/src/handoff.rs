@@ -56,3 +56,41 @@ impl Latencies {
         ]
     }
 }
+
+/// The two sides of a hand-off comparison: tollgate to tollgate, and the raw floor.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Pair {
+    /// A tollgate holder hands off to a tollgate waiter.
+    Tollgate,
+    /// The same with the backend's bare protocol.
+    Raw,
+}
+
+impl Pair {
+    /// Both, in the order they run.
+    pub const BOTH: [Pair; 2] = [Pair::Tollgate, Pair::Raw];
+
+    /// The partner's role for this pair.
+    pub fn role(self) -> &'static str {
+        match self {
+            Pair::Tollgate => "tollgate",
+            Pair::Raw => "raw",
+        }
+    }
+}
+
+/// Prints the summary table of hand-off pairs: each one's label and measured rounds (in
+/// nanoseconds, any order).
+pub fn print_pairs(pairs: Vec<(&str, Vec<u64>)>) {
+    println!("\nHand-off between two processes (release → the waiter's acquire returns):\n");
+    println!("| pair | rounds | {} |", LATENCY_COLUMNS.join(" | "));
+    println!("|---|---|{}", "---|".repeat(LATENCY_COLUMNS.len()));
+    for (label, rounds) in pairs {
+        let latencies = Latencies::new(rounds);
+        println!(
+            "| {label} | {} | {} |",
+            latencies.len(),
+            latencies.cells().join(" | ")
+        );
+    }
+}

@@ -58,3 +58,18 @@ pub fn format_ns(ns: f64) -> String {
 pub fn format_us(ns: u64) -> String {
     format!("{:.1} µs", ns as f64 / 1000.0)
 }
+
+/// Prints the summary table of uncontended rows: each one's label, median per operation, and
+/// the median of the floor it is compared with (none for a floor itself).
+pub fn print_uncontended(rows: &[(&str, std::time::Duration, std::time::Duration)]) {
+    println!("Uncontended acquire + release (median of batch means):\n");
+    println!("| row | per operation | vs. its raw floor |");
+    println!("|---|---|---|");
+    for (label, median, floor) in rows {
+        println!(
+            "| {label} | {} | {:.2}× |",
+            format_us(median.as_nanos() as u64),
+            median.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+}
